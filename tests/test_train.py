@@ -1,0 +1,171 @@
+"""The train stage: a smoke run, compile-once, multi-device agreement, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import make_prepared
+
+from stages.common import PipelineError, validate_section
+from stages.model import CNN, ModelConfig, conv_im2col, conv_matmul_grad, load_model
+from stages.train import SCHEMA, augment, make_optimizer, make_train_step, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"epochs": 2, "batch_size": 16, "eval_batch_size": 16, "stem_width": 8,
+        "widths": [8, 16], "lr": 0.01, "warmup_fraction": 0.5}
+
+
+def tiny_params(**over) -> dict:
+    return validate_section("train", {**TINY, **over}, SCHEMA)
+
+
+def test_custom_convolutions_match_xla_autodiff():
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, (2, 8, 8, 5))
+    w = jax.random.normal(kw, (3, 3, 5, 7))
+    ref = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    for conv in (conv_matmul_grad, conv_im2col):
+        np.testing.assert_allclose(conv(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
+        g = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
+        g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), argnums=(0, 1))(x, w)
+        for a, b in zip(g, g_ref):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_augment_keeps_pixels_and_shape():
+    imgs = jnp.asarray(np.random.default_rng(0).integers(0, 255, (6, 8, 8, 3)), jnp.uint8)
+    out = augment(imgs, jax.random.key(1), translate=2, flip=True)
+    assert out.shape == imgs.shape
+    # A shift with reflect padding and a flip only move pixels: the set of values in the
+    # central 4x4 of the output comes from the input picture.
+    assert set(np.unique(np.asarray(out[0]))) <= set(np.unique(np.asarray(imgs[0])))
+    same = augment(imgs, jax.random.key(1), translate=2, flip=True)
+    np.testing.assert_array_equal(out, same)
+    np.testing.assert_array_equal(augment(imgs, jax.random.key(1), 0, False), imgs)
+
+
+def test_train_step_compiles_once():
+    p = tiny_params()
+    cfg = ModelConfig(4, p["stem_width"], tuple(p["widths"]), stem_patch=2)
+    graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    tx = make_optimizer(p, 10)
+    state = {"params": params, "rest": rest, "opt": tx.init(params),
+             "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
+    step = make_train_step(graphdef, tx, (jnp.zeros(3), jnp.ones(3)), p)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = rng.integers(0, 255, (16, 16, 16, 3)).astype(np.uint8)
+        y = rng.integers(0, 4, 16).astype(np.int32)
+        state, loss, _ = step(state, x, y)
+    assert step._cache_size() == 1
+    assert int(state["step"]) == 4 and np.isfinite(float(loss))
+
+
+def test_smoke_one_epoch(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared")
+    m = train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
+              tiny_params(epochs=1), resume_dir=tmp_path / "resume", progress=False)
+    assert json.loads((tmp_path / "train.json").read_text()) == m
+    assert m["epochs"] == 1 and 0.0 <= m["test_accuracy"] <= 1.0
+    assert m["backend"] == jax.default_backend() and m["device_count"] == jax.device_count()
+    graphdef, params, rest, cfg, norm = load_model(tmp_path / "model")
+    assert cfg.num_classes == 4 and cfg.widths == (8, 16)
+    assert (tmp_path / "live" / "plots" / "metrics" / "test" / "accuracy.tsv").exists()
+    assert not list((tmp_path / "resume").glob("*.msgpack"))  # removed after success
+
+
+def test_learns_the_synthetic_classes(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    m = train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
+              tiny_params(epochs=4), resume_dir=tmp_path / "resume", progress=False)
+    assert m["test_accuracy"] >= 0.9, m
+
+
+def test_bad_batch_size_is_refused_before_any_output(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared", train=2, test=2)
+    with pytest.raises(PipelineError, match="train.batch_size"):
+        train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
+              tiny_params(batch_size=64), resume_dir=tmp_path / "resume", progress=False)
+    assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
+
+
+# --------------------------------------------------------------------------- subprocess runs
+
+
+def _write_params(path: Path, **over) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"train": {**TINY, **over}}))
+    return path
+
+
+def _cmd(tmp: Path, params: Path, tag: str) -> list[str]:
+    return [sys.executable, "-m", "stages.train", "--prepared", str(tmp / "prepared"),
+            "--model", str(tmp / f"model-{tag}"), "--metrics", str(tmp / f"train-{tag}.json"),
+            "--live", str(tmp / f"live-{tag}"), "--params", str(params)]
+
+
+def _env(devices: int, tmp: Path) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return env
+
+
+def _metrics(tmp: Path, tag: str) -> dict:
+    m = json.loads((tmp / f"train-{tag}.json").read_text())
+    return {k: m[k] for k in ("test_accuracy", "train_accuracy", "train_loss")}
+
+
+@pytest.mark.slow
+def test_two_fake_devices_agree_with_one(tmp_path):
+    make_prepared(tmp_path / "prepared", train=32, test=8)
+    params = _write_params(tmp_path / "params.yaml")
+    for n in (1, 2):
+        subprocess.run(_cmd(tmp_path, params, f"d{n}"), cwd=tmp_path, env=_env(n, tmp_path),
+                       check=True, capture_output=True)
+    one, two = _metrics(tmp_path, "d1"), _metrics(tmp_path, "d2")
+    m2 = json.loads((tmp_path / "train-d2.json").read_text())
+    assert m2["device_count"] == 2
+    # The sharded batch sums in a different order: equal up to float rounding.
+    assert one["test_accuracy"] == pytest.approx(two["test_accuracy"], abs=1 / 32)
+    assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    # Enough pictures that an epoch lasts a good fraction of a second: the kill must land
+    # between the first checkpoint and the end of the run.
+    make_prepared(tmp_path / "prepared", train=512, test=8)
+    params = _write_params(tmp_path / "params.yaml", epochs=3)
+    env = _env(1, tmp_path)
+    subprocess.run(_cmd(tmp_path, params, "full"), cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    # Kill the second run with SIGKILL as soon as its first epoch's checkpoint exists.
+    proc = subprocess.Popen(_cmd(tmp_path, params, "killed"), cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resume = tmp_path / ".cache" / "train"
+    deadline = time.time() + 300
+    while not list(resume.glob("*.msgpack")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(resume.glob("*.msgpack")), "no checkpoint was written before the kill"
+    assert not (tmp_path / "model-killed").exists()  # nothing the next stage would read
+    out = subprocess.run(_cmd(tmp_path, params, "killed"), cwd=tmp_path, env=env,
+                         check=True, capture_output=True, text=True)
+    assert "resuming from" in out.stdout
+    assert _metrics(tmp_path, "killed") == _metrics(tmp_path, "full")
+    live = (tmp_path / "live-killed" / "plots" / "metrics" / "test" / "accuracy.tsv")
+    assert len(live.read_text().strip().splitlines()) == 1 + 3  # header + every epoch
