@@ -134,14 +134,24 @@ def load_params(
 # --------------------------------------------------------------------------- atomic outputs
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path, kind: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    maker = tempfile.mkdtemp if kind == "dir" else tempfile.mkstemp
-    made = maker(prefix=f".{path.name}.tmp-", dir=path.parent)
+    # mkdtemp/mkstemp create private (0700/0600) paths; the final output should carry the
+    # ordinary permissions a plain open() would have given it.
     if kind == "file":
-        os.close(made[0])  # type: ignore[index]
-        return Path(made[1])  # type: ignore[index]
-    return Path(made)  # type: ignore[arg-type]
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())
+        return Path(name)
+    made = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(made, 0o777 & ~_umask())
+    return made
 
 
 def _fsync_tree(path: Path) -> None:
