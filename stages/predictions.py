@@ -1,0 +1,389 @@
+"""The predictions file: the seam between "a classifier" and "the method".
+
+Reads: one `.npz` archive (written with `np.savez` or `np.savez_compressed`; never pickled)
+holding, for N pictures and C classes:
+
+    labels   int [N]        true class of each picture, an index into `classes`
+    classes  str [C]        class names: unique, non-empty, no whitespace (word2vec's text
+                            format separates fields with whitespace)
+    exactly one of
+      probs  float [N, C]   probabilities: no NaN/inf, no negatives, rows sum to 1 (+-1e-3)
+      logits float [N, C]   unnormalised scores (finite); softmax is applied where needed
+      topk   int [N, k]     class indices, most probable first, each in [0, C), no
+                            duplicates within a row; no probability is known
+    optional
+      split  int [N]        index into `splits` of the split each picture came from
+      splits str [S]        split names, e.g. ["train", "test"] (given together with `split`)
+      groups str []         a JSON object {group: [class names]}, or "null"
+
+Writes: nothing. `load_predictions` validates the metadata and small arrays at once and
+keeps the N x C (or N x k) score array on disk: `Predictions.blocks` streams it in blocks of
+rows straight out of the zip member, checking each block's values as it goes, so a
+1,281,167 x 1000 array is never held in memory whole (np.load cannot memory-map an npz).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from stages.common import PipelineError
+
+SCORE_KEYS = ("probs", "logits", "topk")
+# Tolerance on the row sums of `probs`: float32 softmax over 1000 classes is off by ~1e-5.
+PROB_SUM_TOLERANCE = 1e-3
+# Rows per block when load_predictions(check_values=True) makes its own pass over the scores.
+CHECK_BLOCK_ROWS = 65536
+# What reading a damaged zip member can raise: a bad CRC, a compression method zipfile does
+# not know, a cut deflate stream, an encrypted member (RuntimeError), a bad .npy header.
+_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, RuntimeError, NotImplementedError,
+                zipfile.BadZipFile, zlib.error)
+
+
+def _fail(path: Path, message: str) -> PipelineError:
+    return PipelineError(f"{path}: {message}")
+
+
+def _damaged(path: Path, key: str, exc: BaseException) -> PipelineError:
+    detail = (str(exc).splitlines() or [""])[0]
+    return _fail(path, f"'{key}' cannot be read ({type(exc).__name__}: {detail}); the file is "
+                       "damaged or not written by np.savez, write it again")
+
+
+def _member_name(zf: zipfile.ZipFile, key: str) -> str:
+    """The zip member np.load shows as `key`: `key.npy`, or `key` itself."""
+    return f"{key}.npy" if f"{key}.npy" in zf.namelist() else key
+
+
+def _read_header(fh) -> tuple | None:
+    """(shape, fortran_order, dtype) of the .npy stream at fh, or None for format 3.0
+    (unicode field names), which numpy has no public reader for."""
+    version = npy_format.read_magic(fh)
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return npy_format.read_array_header_2_0(fh)
+    return None
+
+
+class _NpyMember:
+    """One 2-D array inside an npz, read in blocks of rows without loading it whole.
+
+    Works for stored (np.savez) and deflated (np.savez_compressed) members alike, since
+    zipfile decompresses as it streams. A Fortran-ordered array (np.asfortranarray input)
+    cannot be streamed by rows; it is loaded whole instead.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        self.key = key
+        with zipfile.ZipFile(path) as zf:
+            self.member = _member_name(zf, key)
+            with zf.open(self.member) as fh:
+                header = _read_header(fh)
+        if header is None:  # a format version we do not stream: let numpy read it whole
+            arr = self._load_whole()
+            header = (arr.shape, True, arr.dtype)
+        shape, fortran, dtype = header
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype: np.dtype = np.dtype(dtype)
+        self.whole = bool(fortran)  # a Fortran-ordered array cannot be streamed by rows
+
+    def _load_whole(self) -> np.ndarray:
+        with np.load(self.path, allow_pickle=False) as npz:
+            arr = npz[self.key]
+        if not isinstance(arr, np.ndarray):  # not .npy data: np.load hands back raw bytes
+            raise ValueError("not .npy data")
+        return np.ascontiguousarray(arr)
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        try:
+            yield from self._blocks(rows)
+        except _READ_ERRORS as exc:  # damage found only while streaming (e.g. a bad CRC at the end)
+            raise _damaged(self.path, self.key, exc) from None
+
+    def _blocks(self, rows: int) -> Iterator[np.ndarray]:
+        n, width = self.shape
+        if self.whole:
+            whole = self._load_whole()
+            for start in range(0, n, rows):
+                yield whole[start : start + rows]
+            return
+        row_bytes = width * self.dtype.itemsize
+        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as fh:
+            _read_header(fh)  # the data follows the header directly
+            for start in range(0, n, rows):
+                count = min(rows, n - start)
+                buf = fh.read(count * row_bytes)
+                if len(buf) != count * row_bytes:
+                    raise _fail(self.path, f"'{self.key}' is truncated; write the file again")
+                yield np.frombuffer(buf, dtype=self.dtype).reshape(count, width)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A validated predictions file; the score array stays on disk (see `blocks`)."""
+
+    path: Path
+    labels: np.ndarray  # int [N], as stored
+    classes: tuple[str, ...]
+    kind: str  # "probs", "logits" or "topk"
+    width: int  # C for probs/logits, k for topk
+    split: np.ndarray | None  # int [N] indexing `splits`, or None
+    splits: tuple[str, ...]
+    groups: dict[str, list[str]] | None
+    _member: _NpyMember = field(repr=False, compare=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        """Yield the score array in consecutive blocks of `rows` rows (the last may be
+        shorter), each checked against the contract; a bad value raises PipelineError
+        naming its row. Blocks are read-only views of freshly read bytes, native dtype."""
+        start = 0
+        for block in self._member.blocks(rows):
+            _check_block(self.path, self.kind, block, start, self.n_classes)
+            yield block
+            start += block.shape[0]
+
+
+def _check_block(path: Path, kind: str, block: np.ndarray, start: int, n_classes: int) -> None:
+    def row_of(bad_rows: np.ndarray) -> int:
+        return start + int(np.flatnonzero(bad_rows)[0])
+
+    if kind in ("probs", "logits"):
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise _fail(path, f"'{kind}' row {row_of(~finite)} holds NaN or inf; every value must be finite")
+    if kind == "probs":
+        negative = (block < 0).any(axis=1)
+        if negative.any():
+            raise _fail(path, f"'probs' row {row_of(negative)} has a negative probability; save raw scores as 'logits' instead")
+        sums = block.sum(axis=1, dtype=np.float64)
+        off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
+        if off.any():
+            row = row_of(off)
+            raise _fail(
+                path,
+                f"'probs' row {row} sums to {sums[row - start]:.6g}, not 1 (+-{PROB_SUM_TOLERANCE}); "
+                "if these are unnormalised scores or log-probabilities, save them as 'logits' instead",
+            )
+    if kind == "topk":
+        out_of_range = ((block < 0) | (block >= n_classes)).any(axis=1)
+        if out_of_range.any():
+            raise _fail(path, f"'topk' row {row_of(out_of_range)} holds a class index outside [0, {n_classes})")
+        if block.shape[1] > 1:
+            # A stable sort of small integers is a radix sort: linear even for k = 1000.
+            ordered = np.sort(block, axis=1, kind="stable")
+            dup = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+            if dup.any():
+                raise _fail(path, f"'topk' row {row_of(dup)} lists a class twice; each row must name k different classes")
+
+
+def _str_array(path: Path, key: str, arr: np.ndarray, ndim: int) -> np.ndarray:
+    if arr.dtype.kind != "U":
+        raise _fail(path, f"'{key}' must be a str array (np.array(names, dtype=str)), got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise _fail(path, f"'{key}' must have {ndim} dimension(s), got shape {arr.shape}")
+    return arr
+
+
+def _int_array(path: Path, key: str, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if arr.dtype.kind not in "iu":
+        raise _fail(path, f"'{key}' must be an integer array, got dtype {arr.dtype}")
+    if arr.shape != shape:
+        raise _fail(path, f"'{key}' must have shape {shape}, got {arr.shape}")
+    return arr
+
+
+def _check_names(path: Path, key: str, names: list[str]) -> None:
+    for i, name in enumerate(names):
+        if not name:
+            raise _fail(path, f"'{key}'[{i}] is an empty name; every name must be non-empty")
+        if any(ch.isspace() for ch in name):
+            raise _fail(path, f"'{key}'[{i}] = {name!r} contains whitespace; replace it (e.g. with '_')")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise _fail(path, f"'{key}' lists {name!r} twice; names must be unique")
+        seen.add(name)
+
+
+def parse_groups(source: str, text: str, classes: tuple[str, ...]) -> dict[str, list[str]] | None:
+    """Parse and check a groups JSON object {group: [class names]}; "null" gives None.
+
+    `source` names where the text came from, for the error messages.
+    """
+    try:
+        groups = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{source}: 'groups' is not valid JSON ({exc.msg}); expected {{group: [class names]}}") from None
+    except RecursionError:  # e.g. "[[[[...": nested deeper than the parser's stack
+        raise PipelineError(f"{source}: 'groups' is nested too deeply; expected {{group: [class names]}}") from None
+    if groups is None:
+        return None
+    if not isinstance(groups, dict) or not all(
+        isinstance(v, list) and all(isinstance(c, str) for c in v) for v in groups.values()
+    ):
+        raise PipelineError(f"{source}: 'groups' must be a JSON object {{group: [class names]}}")
+    check_groups(source, groups, classes)
+    return {str(k): list(v) for k, v in groups.items()}
+
+
+def check_groups(source: str, groups: dict[str, list[str]], classes: tuple[str, ...]) -> None:
+    """Every group non-empty, every member a known class, no class in two groups."""
+    known = set(classes)
+    owner: dict[str, str] = {}
+    for group, members in groups.items():
+        if not members:
+            raise PipelineError(f"{source}: group '{group}' is empty; list at least one class or drop it")
+        for name in members:
+            if name not in known:
+                close = difflib.get_close_matches(name, classes, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
+                raise PipelineError(
+                    f"{source}: group '{group}' names unknown class {name!r}{hint}; valid classes: {shown}"
+                )
+            if name in owner:
+                raise PipelineError(
+                    f"{source}: class {name!r} is in both group '{owner[name]}' and group '{group}'; groups must not overlap"
+                )
+            owner[name] = group
+
+
+def load_predictions(path: str | Path, *, check_values: bool = True) -> Predictions:
+    """Open and validate a predictions file (see the module docstring for the format).
+
+    With check_values=True the score array is read once here to check every value; a
+    caller that reads it through `Predictions.blocks` anyway (which checks each block)
+    passes False to avoid the extra pass.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _fail(
+            path,
+            "predictions file not found; run the predict stage (dvc repro predict) or point "
+            "params.yaml 'pairs.predictions' at your own .npz (format: stages/predictions.py)",
+        )
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # np.load would try it as a pickle and suggest allow_pickle=True: never that.
+        with open(path, "rb") as fh:
+            npy = fh.read(6) == b"\x93NUMPY"
+        if not npy:
+            raise _fail(path, "cannot be read as an .npz archive (not a zip file); write it with np.savez")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise _fail(path, f"cannot be read as an .npz archive ({detail}); write it with np.savez") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _fail(path, "is a single .npy array, not an .npz archive; write it with np.savez(path, labels=..., classes=..., probs=...)")
+    with npz:
+        keys = set(npz.files)
+
+        def get(key: str) -> np.ndarray:
+            try:
+                arr = npz[key]
+            except ValueError as exc:
+                if "allow_pickle" in str(exc):  # object arrays: refused since they would need pickle
+                    raise _fail(path, f"'{key}' is an object array; store plain numbers or fixed-width str (dtype=str), never objects") from None
+                raise _damaged(path, key, exc) from None
+            except _READ_ERRORS as exc:
+                raise _damaged(path, key, exc) from None
+            if not isinstance(arr, np.ndarray):  # a member that is not .npy data comes back as bytes
+                raise _fail(path, f"'{key}' is not .npy data; write the file with np.savez")
+            return arr
+
+        for key in ("labels", "classes"):
+            if key not in keys:
+                raise _fail(path, f"missing key '{key}' (found: {', '.join(sorted(keys)) or 'none'})")
+        present = [k for k in SCORE_KEYS if k in keys]
+        if len(present) != 1:
+            what = "none" if not present else " and ".join(present)
+            raise _fail(path, f"needs exactly one of 'probs', 'logits', 'topk'; found {what}")
+        kind = present[0]
+
+        classes_arr = _str_array(path, "classes", get("classes"), 1)
+        classes = tuple(str(c) for c in classes_arr.tolist())
+        if len(classes) < 2:
+            raise _fail(path, f"'classes' lists {len(classes)} class(es); at least 2 are needed")
+        _check_names(path, "classes", list(classes))
+        n_classes = len(classes)
+
+        labels = get("labels")
+        if labels.ndim != 1 or labels.shape[0] == 0:
+            raise _fail(path, f"'labels' must be a non-empty 1-D array, got shape {labels.shape}")
+        n = labels.shape[0]
+        _int_array(path, "labels", labels, (n,))
+        if labels.min() < 0 or labels.max() >= n_classes:
+            bad = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
+            raise _fail(path, f"'labels'[{bad}] = {int(labels[bad])} is outside [0, {n_classes}) (there are {n_classes} classes)")
+
+        split, splits = None, ()
+        if ("split" in keys) != ("splits" in keys):
+            raise _fail(path, "'split' and 'splits' go together: give both or neither")
+        if "split" in keys:
+            splits_arr = _str_array(path, "splits", get("splits"), 1)
+            splits = tuple(str(s) for s in splits_arr.tolist())
+            if not 1 <= len(splits) <= 127:  # pairs stores the split index as int8
+                raise _fail(path, f"'splits' lists {len(splits)} names; give 1 to 127, or drop 'split' and 'splits'")
+            _check_names(path, "splits", list(splits))
+            split = _int_array(path, "split", get("split"), (n,))
+            if split.min() < 0 or split.max() >= len(splits):
+                bad = int(np.flatnonzero((split < 0) | (split >= len(splits)))[0])
+                raise _fail(path, f"'split'[{bad}] = {int(split[bad])} is outside [0, {len(splits)}) (splits: {', '.join(splits)})")
+
+        groups = None
+        if "groups" in keys:
+            text = _str_array(path, "groups", get("groups"), 0)
+            groups = parse_groups(str(path), str(text.item()), classes)
+
+    try:
+        member = _NpyMember(path, kind)
+    except ValueError as exc:  # a malformed .npy header
+        raise _fail(path, f"'{kind}' is not a valid array ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise _damaged(path, kind, exc) from None
+    if member.dtype.hasobject:
+        raise _fail(path, f"'{kind}' is an object array; store plain numbers")
+    if kind == "topk":
+        if member.dtype.kind not in "iu":
+            raise _fail(path, f"'topk' must be an integer array of class indices, got dtype {member.dtype}")
+        if len(member.shape) != 2 or member.shape[0] != n or not 1 <= member.shape[1] <= n_classes:
+            raise _fail(path, f"'topk' must have shape [N={n}, k] with 1 <= k <= C={n_classes}, got {member.shape}")
+    else:
+        if member.dtype.kind != "f":
+            raise _fail(path, f"'{kind}' must be a float array, got dtype {member.dtype}")
+        if member.shape != (n, n_classes):
+            raise _fail(path, f"'{kind}' must have shape [N, C] = ({n}, {n_classes}), got {member.shape}")
+
+    pred = Predictions(
+        path=path,
+        labels=labels,
+        classes=classes,
+        kind=kind,
+        width=int(member.shape[1]),
+        split=split,
+        splits=splits,
+        groups=groups,
+        _member=member,
+    )
+    if check_values:
+        for _ in pred.blocks(CHECK_BLOCK_ROWS):
+            pass
+    return pred

@@ -1,0 +1,244 @@
+"""Tests of stages/predictions.py (the file contract) and stages/pairs.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import chex
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from stages import pairs as pairs_stage
+from stages.common import PipelineError
+from stages.pairs import build_pairs, load_pairs, pairs_metrics, write_pairs
+from stages.predictions import load_predictions
+
+CLASSES = np.array(["a", "b", "c", "d"])
+# 4 pictures x 4 classes; each row's ranking is unambiguous.
+PROBS = np.array(
+    [
+        [0.70, 0.20, 0.06, 0.04],  # label a: top-1 right
+        [0.10, 0.30, 0.50, 0.10],  # label b: c, b, a/d tie -> a (lower index) first
+        [0.05, 0.15, 0.20, 0.60],  # label c: d, c, b
+        [0.40, 0.35, 0.15, 0.10],  # label d: a, b, c (d not in top-3)
+    ],
+    dtype=np.float32,
+)
+LABELS = np.array([0, 1, 2, 3])
+
+
+def save(tmp_path: Path, name: str = "pred.npz", **arrays) -> Path:
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+def base(**overrides) -> dict:
+    arrays = {"labels": LABELS, "classes": CLASSES, "probs": PROBS}
+    arrays.update(overrides)
+    return {k: v for k, v in arrays.items() if v is not None}
+
+
+@pytest.fixture
+def pred(tmp_path):
+    return load_predictions(save(tmp_path, **base()))
+
+
+def test_pairs_from_probs_exact(pred):
+    p = build_pairs(pred, top_k=3, block_size=1000)
+    np.testing.assert_array_equal(p.true, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    np.testing.assert_array_equal(p.guess, [0, 1, 2, 2, 1, 0, 3, 2, 1, 0, 1, 2])
+    np.testing.assert_array_equal(p.rank, [1, 2, 3] * 4)
+    np.testing.assert_allclose(
+        p.prob, [0.70, 0.20, 0.06, 0.50, 0.30, 0.10, 0.60, 0.20, 0.15, 0.40, 0.35, 0.15], rtol=1e-6
+    )
+    assert p.true.dtype == np.int32 and p.guess.dtype == np.int32
+    assert p.rank.dtype == np.int8 and p.prob.dtype == np.float32 and p.split.dtype == np.int8
+    np.testing.assert_array_equal(p.split, -1)  # no split in the file
+
+
+def test_blocks_give_identical_pairs(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), size=23).astype(np.float32)
+    path = save(tmp_path, labels=rng.integers(0, 7, 23), classes=np.array(list("abcdefg")), probs=probs)
+    pred = load_predictions(path)
+    small, large = build_pairs(pred, 3, block_size=2), build_pairs(pred, 3, block_size=1000)
+    for field in ("true", "guess", "rank", "prob", "split"):
+        np.testing.assert_array_equal(getattr(small, field), getattr(large, field))
+
+
+def test_topk_compiles_once_for_many_blocks(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(5), size=11).astype(np.float32)
+    path = save(tmp_path, labels=rng.integers(0, 5, 11), classes=np.array(list("abcde")), probs=probs)
+    counted = jax.jit(
+        chex.assert_max_traces(pairs_stage._topk_block.__wrapped__, n=1),
+        static_argnames=("k", "from_logits"),
+    )
+    monkeypatch.setattr(pairs_stage, "_topk_block", counted)
+    # 11 rows in blocks of 4: three calls, the last one padded; a retrace would raise.
+    p = build_pairs(load_predictions(path), 2, block_size=4)
+    assert p.true.shape == (22,)
+
+
+def test_logits_give_softmax_probabilities(tmp_path, pred):
+    logits = np.log(PROBS) + 3.0  # softmax of these is PROBS again
+    lp = build_pairs(load_predictions(save(tmp_path, "l.npz", **base(probs=None, logits=logits))), 3, 2)
+    pp = build_pairs(pred, 3, 2)
+    np.testing.assert_array_equal(lp.guess, pp.guess)
+    np.testing.assert_allclose(lp.prob, pp.prob, rtol=1e-5)
+
+
+def test_topk_input(tmp_path):
+    topk = np.array([[0, 1, 2], [2, 1, 0], [3, 2, 1], [0, 1, 2]], dtype=np.int16)
+    pred = load_predictions(save(tmp_path, **base(probs=None, topk=topk)))
+    p = build_pairs(pred, top_k=2, block_size=3)
+    np.testing.assert_array_equal(p.guess, [0, 1, 2, 1, 3, 2, 0, 1])
+    assert np.isnan(p.prob).all()
+    with pytest.raises(PipelineError, match=r"pairs\.top_k' = 3 .*k = 2"):
+        build_pairs(load_predictions(save(tmp_path, "k2.npz", **base(probs=None, topk=topk[:, :2]))), 3, 10)
+
+
+@pytest.mark.parametrize("top_k", [4, 5])
+def test_top_k_at_least_classes_refused(pred, top_k):
+    with pytest.raises(PipelineError, match=rf"pairs\.top_k' = {top_k} .*C = 4"):
+        build_pairs(pred, top_k, 10)
+
+
+def test_metrics_hand_made(tmp_path):
+    split = np.array([0, 0, 1, 1])
+    path = save(tmp_path, **base(split=split, splits=np.array(["train", "test"])))
+    m = pairs_metrics(build_pairs(load_predictions(path), 2, 10))
+    # top-1 right: picture 0 only; top-2 right: pictures 0, 1 and 2 (true class at rank 2)
+    assert m == {
+        "pictures": 4,
+        "classes": 4,
+        "top_k": 2,
+        "pairs": 8,
+        "top1_accuracy": {"all": 0.25, "train": 0.5, "test": 0.0},
+        "topk_accuracy": {"all": 0.75, "train": 1.0, "test": 0.5},
+    }
+
+
+def test_write_and_load_roundtrip_is_byte_identical(tmp_path, pred):
+    p = build_pairs(pred, 3, 2)
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        write_pairs(p, tmp_path / name)
+    for f in ("pairs.npz", "confusion.csv"):
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes()
+    back = load_pairs(tmp_path / "one")
+    np.testing.assert_array_equal(back.guess, p.guess)
+    assert back.classes == ("a", "b", "c", "d") and back.top_k == 3 and back.groups is None
+    csv = (tmp_path / "one" / "confusion.csv").read_text().splitlines()
+    assert csv == ["actual,predicted", "a,a", "b,c", "c,d", "d,a"]
+
+
+def test_compressed_and_fortran_files_stream_the_same(tmp_path, pred):
+    ref = build_pairs(pred, 3, 2)
+    np.savez_compressed(tmp_path / "z.npz", **base())
+    np.savez(tmp_path / "f.npz", **base(probs=np.asfortranarray(PROBS)))
+    for name in ("z.npz", "f.npz"):
+        np.testing.assert_array_equal(build_pairs(load_predictions(tmp_path / name), 3, 3).guess, ref.guess)
+
+
+def test_main_writes_outputs_and_fails_cleanly(tmp_path, monkeypatch, capsys):
+    pred_path = save(tmp_path, **base())
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"pairs": {"predictions": str(pred_path), "top_k": 2}}))
+    out, metrics = tmp_path / "data" / "pairs", tmp_path / "metrics" / "pairs.json"
+    argv = ["pairs", "--predictions", str(pred_path), "--out", str(out), "--metrics", str(metrics), "--params", str(params)]
+    monkeypatch.setattr(sys, "argv", argv)
+    pairs_stage.run_main(pairs_stage.main)
+    assert (out / "pairs.npz").exists() and json.loads(metrics.read_text())["pairs"] == 8
+
+    params.write_text(yaml.safe_dump({"pairs": {"predictions": str(pred_path), "top_k": 9}}))
+    with pytest.raises(SystemExit) as exc:
+        pairs_stage.run_main(pairs_stage.main)
+    assert exc.value.code == 2
+    assert "pairs.top_k' = 9" in capsys.readouterr().err
+    assert (out / "pairs.npz").exists()  # the old output is left whole
+
+
+# --------------------------------------------------------------------------- validation
+
+BAD_ROWS = PROBS.copy()
+BAD_ROWS[2] *= 0.5
+NAN_PROBS = PROBS.copy()
+NAN_PROBS[1, 1] = np.nan
+NEG_PROBS = PROBS.copy()
+NEG_PROBS[3] = [0.7, -0.1, 0.3, 0.1]
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (base(labels=None), "missing key 'labels'"),
+        (base(classes=None), "missing key 'classes'"),
+        (base(probs=None), "exactly one of 'probs', 'logits', 'topk'; found none"),
+        (base(logits=PROBS), "found probs and logits"),
+        (base(probs=PROBS[:, :3]), r"'probs' must have shape \[N, C\] = \(4, 4\)"),
+        (base(probs=PROBS[:3]), r"'probs' must have shape"),
+        (base(probs=PROBS.astype(np.int32)), "'probs' must be a float array"),
+        (base(labels=np.array([0, 1, 2, 4])), r"'labels'\[3\] = 4 is outside \[0, 4\)"),
+        (base(labels=np.array([0, -1, 2, 3])), r"'labels'\[1\] = -1"),
+        (base(labels=np.array([0.0, 1.0, 2.0, 3.0])), "'labels' must be an integer array"),
+        (base(labels=np.zeros((4, 1), int)), "'labels' must be a non-empty 1-D array"),
+        (base(probs=NAN_PROBS), "'probs' row 1 holds NaN"),
+        (base(probs=NEG_PROBS), "'probs' row 3 has a negative probability"),
+        (base(probs=BAD_ROWS), "'probs' row 2 sums to 0.5.*save them as 'logits'"),
+        (base(probs=None, logits=np.where(np.isnan(NAN_PROBS), np.inf, PROBS)), "'logits' row 1 holds NaN or inf"),
+        (base(probs=None, topk=np.array([[0, 1], [1, 4], [0, 1], [0, 1]])), r"'topk' row 1 holds a class index outside \[0, 4\)"),
+        (base(probs=None, topk=np.array([[0, 1], [1, 2], [3, 3], [0, 1]])), "'topk' row 2 lists a class twice"),
+        (base(probs=None, topk=np.zeros((4, 2), np.float32)), "'topk' must be an integer array"),
+        (base(probs=None, topk=np.zeros((4, 5), int)), r"'topk' must have shape \[N=4, k\] with 1 <= k <= C=4"),
+        (base(classes=np.array(["a", "b", "a", "d"])), "'classes' lists 'a' twice"),
+        (base(classes=np.array(["a", "", "c", "d"])), r"'classes'\[1\] is an empty name"),
+        (base(classes=np.array(["a", "b c", "c", "d"])), r"'classes'\[1\] = 'b c' contains whitespace"),
+        (base(classes=np.array([b"a", b"b", b"c", b"d"])), "'classes' must be a str array"),
+        (base(classes=np.array(["a"]), probs=PROBS[:, :1] / PROBS[:, :1], labels=np.zeros(4, int)), "at least 2 are needed"),
+        (base(split=np.array([0, 1, 0, 1])), "'split' and 'splits' go together"),
+        (base(split=np.array([0, 1, 2, 1]), splits=np.array(["train", "test"])), r"'split'\[2\] = 2 is outside \[0, 2\)"),
+        (base(split=np.array([0, 0, 0, 0]), splits=np.array(["train", "train"])), "'splits' lists 'train' twice"),
+        (base(groups=np.array(json.dumps({"g": ["a", "x"]}))), "group 'g' names unknown class 'x'"),
+        (base(groups=np.array(json.dumps({"g": ["a"], "h": ["a"]}))), "class 'a' is in both group 'g' and group 'h'"),
+        (base(groups=np.array("{not json")), "'groups' is not valid JSON"),
+        (base(groups=np.array(json.dumps(["a", "b"]))), r"'groups' must be a JSON object"),
+    ],
+)
+def test_predictions_validation(tmp_path, arrays, message):
+    path = save(tmp_path, **arrays)
+    with pytest.raises(PipelineError, match=message) as exc:
+        load_predictions(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_missing_file_names_the_param(tmp_path):
+    with pytest.raises(PipelineError, match=r"not found.*pairs\.predictions"):
+        load_predictions(tmp_path / "nope.npz")
+
+
+def test_not_an_npz(tmp_path):
+    (tmp_path / "x.npz").write_text("hello")
+    with pytest.raises(PipelineError, match="cannot be read as an .npz"):
+        load_predictions(tmp_path / "x.npz")
+    np.save(tmp_path / "y.npy", PROBS)
+    with pytest.raises(PipelineError, match="single .npy array"):
+        load_predictions(tmp_path / "y.npy")
+
+
+def test_object_arrays_are_refused_not_unpickled(tmp_path):
+    path = save(tmp_path, **base(classes=np.array(["a", "b", "c", "d"], dtype=object)))
+    with pytest.raises(PipelineError, match="'classes' is an object array"):
+        load_predictions(path)
+
+
+def test_value_errors_surface_on_the_stage_pass_too(tmp_path):
+    # check_values=False defers value checks to the blocks build_pairs reads.
+    pred = load_predictions(save(tmp_path, **base(probs=NAN_PROBS)), check_values=False)
+    with pytest.raises(PipelineError, match="'probs' row 1 holds NaN"):
+        build_pairs(pred, 2, 1)
