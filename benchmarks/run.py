@@ -1,0 +1,287 @@
+"""Side-by-side speed of the pipeline against PyTorch CPU and against the machine's limit.
+
+    make bench            # or: python -m benchmarks.run [--quick] [--skip-repro]
+
+Measures, in one process on one machine (these machines are noisy: ratios measured side
+by side hold better than absolute figures), each figure the median of several repetitions
+after a warm-up, with the spread (min-max) printed:
+
+- peak_gflops: float32 2048x2048 matrix multiply in JAX (the practical peak of this machine).
+- train_images_per_s: the default network of params.yaml (`train:`), one jitted train step
+  (forward, backward, SGD+Nesterov update) without augmentation, JAX vs the same network in
+  PyTorch (benchmarks/torch_reference.py) in its faster memory layout (channels_last or
+  contiguous, whichever measures faster here); train_ratio_vs_torch = JAX / PyTorch. The
+  JAX step with its fused augmentation is reported too.
+- train_fraction_of_peak: the JAX step's achieved GFLOP/s (3x the forward FLOPs of
+  stages/model.py:count_flops) over peak_gflops.
+- predict_images_per_s: batched inference + top-3, JAX (jitted, `jax.lax.top_k`) vs PyTorch
+  (`torch.topk` under `torch.inference_mode`); predict_ratio_vs_torch.
+- noop_repro_s: `dvc repro` when nothing changed; embed_only_repro_s: `dvc repro` after
+  changing one embed param (params.yaml is restored afterwards and embed/evaluate are
+  checked out again from DVC's run cache). Needs a completed pipeline; skipped otherwise.
+- pairs_images_per_s and pairs_peak_rss_mib: the pairs stage's real CLI on 1,281,167
+  pictures x 1,000 classes given as top-10 indices (synthetic, generated in a temp folder).
+
+Writes benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+from flax import nnx
+
+from stages.common import validate_section
+from stages.model import CNN, ModelConfig, count_flops, make_inference_fn
+from stages.train import SCHEMA as TRAIN_SCHEMA
+from stages.train import make_optimizer, make_train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, reps: int, warmup: int = 2) -> tuple[float, float, float]:
+    """(median, min, max) seconds of fn() over reps runs after warmup runs."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)), float(min(ts)), float(max(ts))
+
+
+def rate(items: int, t: tuple[float, float, float]) -> dict:
+    """Items per second: the median and the spread (from the slowest and fastest rep)."""
+    return {"median": items / t[0], "min": items / t[2], "max": items / t[1]}
+
+
+def peak_gflops(reps: int) -> dict:
+    n = 2048
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+    f = jax.jit(lambda x: x @ x)
+    gflop = 2 * n**3 / 1e9
+    return {k: v * gflop for k, v in rate(1, timed(lambda: f(a).block_until_ready(), reps)).items()}
+
+
+# --------------------------------------------------------------------------- train step
+
+
+def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
+              augment: bool) -> dict:
+    p = {**p, "translate": p["translate"] if augment else 0, "flip": p["flip"] and augment}
+    graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    tx = make_optimizer(p, 1000)
+    state = {"params": params, "rest": rest, "opt": tx.init(params),
+             "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
+    step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), p)
+    x, y = jnp.asarray(batch), jnp.asarray(labels)
+    box = [state]
+
+    def one():
+        box[0], loss, _ = step(box[0], x, y)
+        loss.block_until_ready()
+
+    return rate(len(batch), timed(one, reps))
+
+
+def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
+                channels_last: bool) -> dict:
+    import torch
+
+    from benchmarks.torch_reference import TorchCNN
+
+    torch.manual_seed(0)
+    model = TorchCNN(cfg.num_classes, cfg.stem_width, cfg.widths, cfg.logit_scale,
+                     cfg.stem_patch)
+    x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 120.0) / 60.0
+    x = x.contiguous(memory_format=torch.channels_last if channels_last else
+                     torch.contiguous_format)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    y = torch.from_numpy(labels).long()
+    opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=0.01,
+                          momentum=p["momentum"], nesterov=p["nesterov"],
+                          weight_decay=p["weight_decay"])
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return rate(len(batch), timed(one, reps))
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, k: int = 3) -> dict:
+    graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)), tta_flip=False)
+    topk = jax.jit(lambda pr, r, x: jax.lax.top_k(jax.nn.softmax(infer(pr, r, x)), k))
+    x = jnp.asarray(batch)
+    return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
+
+
+def torch_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last: bool,
+                  k: int = 3) -> dict:
+    import torch
+
+    from benchmarks.torch_reference import TorchCNN
+
+    model = TorchCNN(cfg.num_classes, cfg.stem_width, cfg.widths, cfg.logit_scale,
+                     cfg.stem_patch).eval()
+    x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 120.0) / 60.0
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def one():
+        with torch.inference_mode():
+            torch.topk(torch.softmax(model(x), 1), k)
+
+    return rate(len(batch), timed(one, reps))
+
+
+# --------------------------------------------------------------------------- dvc
+
+
+def _repro_seconds() -> float:
+    t = time.perf_counter()
+    subprocess.run(["dvc", "repro"], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def repro_times(reps: int) -> dict:
+    status = subprocess.run(["dvc", "status"], cwd=ROOT, capture_output=True, text=True)
+    if status.returncode or "up to date" not in status.stdout:
+        print("  (skipped: the pipeline is not up to date; run `dvc repro` first)")
+        return {}
+    noop = timed(_repro_seconds, reps, warmup=1)
+    params_file = ROOT / "params.yaml"
+    original = params_file.read_text()
+    doc = yaml.safe_load(original)
+    try:
+        doc["embed"]["alpha"] = float(doc["embed"].get("alpha", 0.025)) * 1.01
+        params_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        embed_only = _repro_seconds()
+    finally:
+        params_file.write_text(original)
+        subprocess.run(["dvc", "repro"], cwd=ROOT, check=True, capture_output=True)
+    return {"noop_repro_s": {"median": noop[0], "min": noop[1], "max": noop[2]},
+            "embed_only_repro_s": {"median": embed_only, "min": embed_only,
+                                   "max": embed_only}}
+
+
+def pairs_many_classes(n: int) -> dict:
+    from benchmarks.pairs_many_classes import run_stage, write_synthetic_topk
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pairs-"))
+    try:
+        pred = tmp / "predictions.npz"
+        write_synthetic_topk(pred, n=n, c=1000, k=10, seed=0)
+        (tmp / "params.yaml").write_text(yaml.safe_dump(
+            {"pairs": {"predictions": str(pred), "top_k": 3}}))
+        seconds, rss_mib = run_stage("pairs", [
+            "--predictions", str(pred), "--out", str(tmp / "pairs"),
+            "--metrics", str(tmp / "pairs.json"), "--params", str(tmp / "params.yaml")])
+        return {"pairs_images_per_s": n / seconds, "pairs_seconds": seconds,
+                "pairs_peak_rss_mib": rss_mib, "pairs_pictures": n, "pairs_classes": 1000}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, 100k pairs")
+    ap.add_argument("--skip-repro", action="store_true", help="skip the dvc timings")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    args = ap.parse_args()
+    reps = 3 if args.quick else 7
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    p = validate_section("train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"],
+                         TRAIN_SCHEMA)
+    cfg = ModelConfig(num_classes=10, stem_patch=p["stem_patch"], stem_width=p["stem_width"],
+                      widths=tuple(p["widths"]), conv_impl=p["conv_impl"])
+    rng = np.random.default_rng(0)
+    bs = p["batch_size"]
+    batch = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, bs).astype(np.int32)
+    flops_train = 3 * count_flops(cfg, (32, 32))
+
+    res: dict = {"machine": {"python": platform.python_version(), "jax": jax.__version__,
+                             "torch": torch.__version__, "backend": jax.default_backend(),
+                             "devices": jax.device_count(), "cpus": os.cpu_count()},
+                 "network": {"batch_size": bs, **cfg.to_dict(),
+                             "gflops_train_per_image": flops_train / 1e9}}
+    print("measuring peak matmul ...", flush=True)
+    res["peak_gflops"] = peak_gflops(reps)
+    print("measuring train steps ...", flush=True)
+    res["train_images_per_s_jax"] = jax_train(p, cfg, batch, labels, reps, augment=False)
+    res["train_images_per_s_jax_with_augmentation"] = jax_train(p, cfg, batch, labels, reps,
+                                                                augment=True)
+    t_cl = torch_train(p, cfg, batch, labels, reps, channels_last=True)
+    t_nc = torch_train(p, cfg, batch, labels, reps, channels_last=False)
+    res["train_images_per_s_torch_channels_last"] = t_cl
+    res["train_images_per_s_torch_contiguous"] = t_nc
+    torch_best = max(t_cl["median"], t_nc["median"])
+    res["train_ratio_vs_torch"] = res["train_images_per_s_jax"]["median"] / torch_best
+    achieved = res["train_images_per_s_jax"]["median"] * flops_train / 1e9
+    res["train_gflops_jax"] = achieved
+    res["train_fraction_of_peak"] = achieved / res["peak_gflops"]["median"]
+
+    print("measuring inference + top-k ...", flush=True)
+    pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
+    res["predict_images_per_s_jax"] = jax_predict(cfg, pbatch, reps)
+    p_cl = torch_predict(cfg, pbatch, reps, channels_last=True)
+    p_nc = torch_predict(cfg, pbatch, reps, channels_last=False)
+    res["predict_images_per_s_torch_channels_last"] = p_cl
+    res["predict_images_per_s_torch_contiguous"] = p_nc
+    res["predict_ratio_vs_torch"] = (res["predict_images_per_s_jax"]["median"]
+                                     / max(p_cl["median"], p_nc["median"]))
+
+    if not args.skip_repro:
+        print("measuring dvc repro ...", flush=True)
+        res.update(repro_times(3 if args.quick else 5))
+    print("measuring the pairs stage at ImageNet size ...", flush=True)
+    res.update(pairs_many_classes(100_000 if args.quick else 1_281_167))
+
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print_table(res)
+
+
+def print_table(res: dict) -> None:
+    def fmt(v):
+        if isinstance(v, dict):
+            return f"{v['median']:10.1f}  ({v['min']:.1f} - {v['max']:.1f})"
+        return f"{v:10.3f}" if isinstance(v, float) else str(v)
+
+    print(f"\n{'figure':45s} {'median':>10s}  (spread)")
+    for k, v in res.items():
+        if k in ("machine", "network"):
+            continue
+        print(f"{k:45s} {fmt(v)}")
+
+
+if __name__ == "__main__":
+    main()
