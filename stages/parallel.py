@@ -11,10 +11,12 @@ device is touched; each host then feeds its own slice of every global batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
 _initialized = False
 
@@ -59,6 +61,31 @@ def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
     """Put host arrays (this host's rows) on the devices, split along the data axis."""
     sharding = batch_sharded(mesh)
     return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
+
+
+def map_batches(fn: Callable[[jax.Array], jax.Array], rows: np.ndarray, batch_size: int,
+                mesh: Mesh, progress: bool = False, desc: str = "") -> np.ndarray:
+    """Apply a jitted `fn` to `rows` batch by batch, sharded over the mesh.
+
+    The last batch is padded with zeros to `batch_size` (and the padding dropped from the
+    result) so that `fn` sees one static shape and compiles once.
+    """
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress,
+                      unit="batch", leave=False):
+        xb = np.asarray(rows[start : start + batch_size])
+        n = len(xb)
+        if n < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
+        (xs,) = shard_batch(mesh, xb)
+        out.append(np.asarray(fn(xs))[:n])
+    return np.concatenate(out)
+
+
+def enable_compilation_cache(path: str = ".cache/jax") -> None:
+    """Keep compiled XLA programs on disk so that a rerun of a stage skips compilation."""
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def check_batch_size(batch_size: int, where: str) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from stages import parallel
 from stages.common import Param, PipelineError, at_least, atomic_file, load_params, run_main
@@ -36,21 +35,6 @@ SCHEMA = {
 }
 
 
-def predict_logits(infer, params, rest, images: np.ndarray, batch_size: int, mesh,
-                   progress: bool = True, desc: str = "predict") -> np.ndarray:
-    """Logits [N, C] for uint8 images [N, H, W, 3], batch by batch with static shapes."""
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress,
-                      unit="batch", leave=False):
-        xb = np.asarray(images[start : start + batch_size])
-        n = len(xb)
-        if n < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
-        (xs,) = parallel.shard_batch(mesh, xb)
-        out.append(np.asarray(infer(params, rest, xs), np.float32)[:n])
-    return np.concatenate(out)
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -62,6 +46,7 @@ def predict(prepared_dir: str | Path, model_dir: str | Path, out_file: str | Pat
     """Write the predictions file; return a short summary (pictures, accuracy per split)."""
     t0 = time.perf_counter()
     parallel.init_distributed()
+    parallel.enable_compilation_cache()
     data = load_prepared(prepared_dir, p["splits"])
     graphdef, params, rest, cfg, norm = load_model(model_dir)
     if cfg.num_classes != len(data.classes):
@@ -77,8 +62,8 @@ def predict(prepared_dir: str | Path, model_dir: str | Path, out_file: str | Pat
     labels, probs, split_ids, summary = [], [], [], {}
     for i, name in enumerate(p["splits"]):
         split = data.splits[name]
-        logits = predict_logits(infer, params, rest, split.images, p["batch_size"], mesh,
-                                progress, desc=f"predict {name}")
+        logits = parallel.map_batches(lambda x: infer(params, rest, x), split.images,
+                                      p["batch_size"], mesh, progress, desc=f"predict {name}")
         probs.append(softmax(logits))
         labels.append(split.labels)
         split_ids.append(np.full(len(split.labels), i, np.int8))

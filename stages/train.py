@@ -184,24 +184,6 @@ def _load_checkpoint(path: Path, template):
     return state, [dict(h) for h in history], float(saved["train_seconds"])
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def evaluate_accuracy(infer, params, rest, images: np.ndarray, labels: np.ndarray,
-                      batch_size: int, mesh) -> float:
-    """Top-1 accuracy over a split; the last batch is padded so shapes stay static."""
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        xb = np.asarray(images[start : start + batch_size])
-        n = len(xb)
-        if n < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
-        (xs,) = parallel.shard_batch(mesh, xb)
-        logits = np.asarray(infer(params, rest, xs))[:n]
-        correct += int((logits.argmax(-1) == labels[start : start + n]).sum())
-    return correct / len(images)
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -219,6 +201,7 @@ def train(
 
     t_stage = time.perf_counter()
     parallel.init_distributed()
+    parallel.enable_compilation_cache()
     prepared_dir, resume_dir = Path(prepared_dir), Path(resume_dir)
     data = load_prepared(prepared_dir, ["train", "test"])
     train_x, train_y = data.splits["train"].images, data.splits["train"].labels
@@ -300,8 +283,9 @@ def train(
         epoch_seconds = time.perf_counter() - t0
         train_seconds += epoch_seconds
         seen = steps_per_epoch * bs
-        test_acc = evaluate_accuracy(infer, state["params"], state["rest"], test.images,
-                                     test.labels, p["eval_batch_size"], mesh)
+        logits = parallel.map_batches(lambda x: infer(state["params"], state["rest"], x),
+                                      test.images, p["eval_batch_size"], mesh)
+        test_acc = float((logits.argmax(-1) == test.labels).mean())
         rec = {
             "epoch": epoch + 1,
             "train/loss": round(float(loss_acc) / seen, 6),
