@@ -1,0 +1,255 @@
+"""Tests of the directed JAX skip-gram (stages/skipgram.py) and embed's `engine: jax`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from gensim.models import KeyedVectors
+
+from stages import embed
+from stages.common import PipelineError, validate_section
+from stages.embed import SCHEMA, load_embeddings, train_vectors, write_embeddings
+from stages.evaluate import cosine_matrices
+from stages.pairs import Pairs, build_pairs, write_pairs
+from stages.predictions import load_predictions
+from stages.skipgram import _train, count_matrix, train_skipgram
+from synthetic import make_synthetic_predictions, write_predictions
+
+CLASSES = ["c0", "c1", "c2", "c3", "c4", "c5"]
+# c0~c1 and c2~c3 are confused a lot; c4, c5 are confused with nothing in particular.
+PLANTED = {"g01": ["c0", "c1"], "g23": ["c2", "c3"]}
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Pairs:
+    path = tmp_path_factory.mktemp("pred") / "pred.npz"
+    write_predictions(path, make_synthetic_predictions(600, CLASSES, PLANTED, confusion_strength=2.0, seed=0))
+    return build_pairs(load_predictions(path), top_k=2, block_size=4096)
+
+
+def params(**overrides) -> dict:
+    return validate_section("embed", {"engine": "jax", "seeds": [0, 1, 2], **overrides}, SCHEMA)
+
+
+def make_pairs(true: list[int], guess: list[int], classes: list[str]) -> Pairs:
+    """Pairs with top_k = 1 from explicit (true, guess) lists."""
+    n = len(true)
+    return Pairs(
+        true=np.asarray(true, np.int32), guess=np.asarray(guess, np.int32), rank=np.ones(n, np.int8),
+        prob=np.full(n, np.nan, np.float32), split=np.full(n, -1, np.int8), classes=tuple(classes),
+        splits=(), groups=None, top_k=1,
+    )
+
+
+def mean_cosine(vectors: np.ndarray) -> np.ndarray:
+    return cosine_matrices(vectors).mean(axis=0)
+
+
+@pytest.fixture(scope="module")
+def vectors(pairs) -> np.ndarray:
+    return train_vectors(pairs, params())
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_shape_and_dtype(vectors):
+    assert vectors.shape == (3, len(CLASSES), 5) and vectors.dtype == np.float32
+    assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("objective", ["softmax", "negative"])
+def test_planted_pairs_are_nearest(pairs, vectors, objective):
+    vecs = vectors if objective == "softmax" else train_vectors(pairs, params(jax_objective="negative"))
+    mean = mean_cosine(vecs)
+    np.fill_diagonal(mean, -np.inf)
+    nearest = mean.argmax(axis=1)
+    assert nearest[0] == 1 and nearest[1] == 0
+    assert nearest[2] == 3 and nearest[3] == 2
+
+
+def test_same_seed_bitwise_identical_and_order_free(pairs, vectors):
+    again = train_vectors(pairs, params(seeds=[1, 0]))
+    np.testing.assert_array_equal(again[0], vectors[1])
+    np.testing.assert_array_equal(again[1], vectors[0])
+    # Different initial vectors ...
+    assert not np.allclose(vectors[0], vectors[1])
+
+
+def test_converged_result_hardly_depends_on_the_budget(pairs, vectors):
+    # Each seed's result: doubling the training budget hardly moves it (gensim's moves a lot).
+    doubled = train_vectors(pairs, params(jax_steps=2 * SCHEMA["jax_steps"].default))
+    assert np.abs(cosine_matrices(doubled) - cosine_matrices(vectors)).max() < 0.02
+
+
+def fit(counts: np.ndarray, seed: int = 0, **overrides):
+    """train_skipgram with embed's jax defaults."""
+    d = validate_section("embed", {}, SCHEMA)
+    kw = {"dim": d["dim"], "steps": d["jax_steps"], "lr": d["jax_lr"], "l2": d["jax_l2"], **overrides}
+    return train_skipgram(counts, seed, **kw)
+
+
+def test_converges_to_a_stationary_point(pairs):
+    counts = count_matrix(pairs.true, pairs.guess, pairs.n_classes)
+    model = fit(counts)
+    assert model.grad_norm < embed.JAX_CONVERGED_GRAD_NORM
+    # The model's conditional p(guess | true) is close to the observed one (l2 is small).
+    observed = counts / counts.sum(axis=1, keepdims=True)
+    assert np.abs(model.probs() - observed).max() < 0.05
+
+
+# --------------------------------------------------------------------------- directedness
+
+# Four classes; class 0's pictures are guessed as 1, class 1's never as 0.
+ASYM_CLASSES = ["a", "b", "c", "d"]
+ASYM = [(0, 0)] * 60 + [(0, 1)] * 40 + [(1, 1)] * 60 + [(1, 2)] * 40 + [(2, 2)] * 60 + [(2, 3)] * 40 + [(3, 3)] * 60 + [(3, 2)] * 40
+
+
+def test_count_matrix_is_directed():
+    true, guess = zip(*ASYM)
+    counts = count_matrix(np.array(true), np.array(guess), 4)
+    assert counts[0, 1] == 40 and counts[1, 0] == 0
+    assert counts[1, 2] == 40 and counts[2, 1] == 0
+    assert counts.sum() == len(ASYM) and counts.dtype == np.int64
+
+
+def test_directed_objective_learns_the_asymmetry():
+    true, guess = zip(*ASYM)
+    directed = make_pairs(list(true), list(guess), ASYM_CLASSES)
+    # The same pairs plus their reverses: what gensim's two-word sentences amount to.
+    symmetric = make_pairs(list(true) + list(guess), list(guess) + list(true), ASYM_CLASSES)
+    fits = {}
+    for name, p in (("directed", directed), ("symmetric", symmetric)):
+        counts = count_matrix(p.true, p.guess, p.n_classes)
+        assert np.array_equal(counts, counts.T) == (name == "symmetric")
+        fits[name] = fit(counts, dim=3)
+    p_dir, p_sym = fits["directed"].probs(), fits["symmetric"].probs()
+    # a's pictures go to b 40% of the time, b's pictures never to a.
+    assert p_dir[0, 1] == pytest.approx(0.4, abs=0.05)
+    assert p_dir[1, 0] < 0.03
+    # Trained on both directions (the reversed pairs added), b -> a is 40 of b's 200 pairs.
+    assert p_sym[1, 0] == pytest.approx(0.2, abs=0.05)
+    # And the vectors the engine returns (W_in) differ between the two inputs.
+    cos_dir = mean_cosine(train_vectors(directed, params(seeds=[0])))
+    cos_sym = mean_cosine(train_vectors(symmetric, params(seeds=[0])))
+    assert np.abs(cos_dir - cos_sym).max() > 0.1
+
+
+def test_class_never_a_true_class_is_refused():
+    # "c" is guessed but has no picture: no input vector can be trained for it.
+    p = make_pairs([0, 0, 1, 1], [0, 2, 1, 2], ["a", "b", "c"])
+    with pytest.raises(PipelineError, match="c are never a true class"):
+        train_vectors(p, params(seeds=[0]))
+    train_vectors(p, validate_section("embed", {"seeds": [0]}, SCHEMA))  # gensim trains it
+
+
+def test_seed_beyond_32_bits_is_refused(pairs):
+    # jax.random.key(2**32) would be jax.random.key(0): refuse rather than repeat a seed.
+    with pytest.raises(PipelineError, match=r"embed\.seeds' = \[4294967296\]: engine jax takes seeds below 2\*\*32"):
+        train_vectors(pairs, params(seeds=[0, 2**32]))
+
+
+def test_class_in_no_pair_is_refused(pairs):
+    lonely = Pairs(
+        true=pairs.true, guess=pairs.guess, rank=pairs.rank, prob=pairs.prob, split=pairs.split,
+        classes=(*pairs.classes, "ghost"), splits=pairs.splits, groups=None, top_k=pairs.top_k,
+    )
+    with pytest.raises(PipelineError, match="ghost appear in no pair"):
+        train_vectors(lonely, params(seeds=[0]))
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+def test_training_compiles_once_per_shape():
+    counts = np.arange(49, dtype=np.int64).reshape(7, 7) + 1  # a shape no other test uses
+    before = _train._cache_size()
+    for seed, steps, lr, l2 in ((0, 10, 0.05, 1e-4), (1, 25, 0.01, 1e-3), (2, 7, 0.1, 0.5)):
+        train_skipgram(counts, seed, dim=3, steps=steps, lr=lr, l2=l2)
+    assert _train._cache_size() == before + 1
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_files_same_format_as_gensim_and_readable(tmp_path, pairs, vectors):
+    p = params()
+    (tmp_path / "jax").mkdir()
+    (tmp_path / "gensim").mkdir()
+    write_embeddings(tmp_path / "jax", pairs.classes, vectors, p)
+    g = validate_section("embed", {"seeds": [0, 1, 2]}, SCHEMA)
+    write_embeddings(tmp_path / "gensim", pairs.classes, train_vectors(pairs, g), g)
+    names = sorted(f.name for f in (tmp_path / "jax").iterdir())
+    assert names == sorted(f.name for f in (tmp_path / "gensim").iterdir())
+
+    text = KeyedVectors.load_word2vec_format(str(tmp_path / "jax" / "seed_1.txt"))
+    kv = KeyedVectors.load(str(tmp_path / "jax" / "seed_1.kv"))
+    assert text.index_to_key == CLASSES and kv.index_to_key == CLASSES
+    np.testing.assert_allclose(text.vectors, vectors[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(kv.vectors, vectors[1])
+    assert kv.most_similar("c0", topn=1)[0][0] == "c1"
+
+    loaded, manifest = load_embeddings(tmp_path / "jax")
+    np.testing.assert_array_equal(loaded, vectors)
+    assert manifest == {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "jax"}
+
+
+def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
+    (tmp_path / "pairs").mkdir()
+    write_pairs(pairs, tmp_path / "pairs")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"embed": {"engine": "jax", "seeds": [3, 4], "dim": 4}}))
+    out = tmp_path / "embed"
+    monkeypatch.setattr(
+        sys, "argv",
+        ["embed", "--pairs", str(tmp_path / "pairs"), "--out", str(out), "--params", str(tmp_path / "params.yaml")],
+    )
+    embed.main()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"] == "jax" and manifest["seeds"] == [3, 4] and manifest["dim"] == 4
+    assert np.load(out / "vectors.npy").shape == (2, len(CLASSES), 4)
+    assert {"seed_3.txt", "seed_3.kv", "seed_4.txt", "seed_4.kv"} <= {f.name for f in out.iterdir()}
+
+
+# --------------------------------------------------------------------------- params
+
+
+def test_defaults():
+    p = validate_section("embed", {}, SCHEMA)
+    assert p["engine"] == "gensim"
+    assert (p["jax_steps"], p["jax_lr"], p["jax_l2"], p["jax_objective"], p["jax_negative"]) == (
+        4000, 0.05, 0.01, "softmax", 5,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"engine": "torch"}, r"embed\.engine' = 'torch' is out of range"),
+        ({"jax_steps": 0}, r"embed\.jax_steps' = 0 is out of range"),
+        ({"jax_steps": 2.5}, r"embed\.jax_steps' = 2.5 has the wrong type"),
+        ({"jax_steps": True}, "wrong type"),
+        ({"jax_lr": 0.0}, r"embed\.jax_lr' = 0.0 is out of range"),
+        ({"jax_lr": -0.1}, "a number > 0"),
+        ({"jax_l2": 0.0}, r"embed\.jax_l2' = 0.0 is out of range"),
+        ({"jax_l2": "small"}, "wrong type"),
+        ({"jax_objective": "hs"}, r"embed\.jax_objective' = 'hs' is out of range; expected one of \['softmax', 'negative'\]"),
+        ({"jax_negative": 0}, r"embed\.jax_negative' = 0"),
+        ({"jax_step": 10}, "did you mean 'jax_steps'"),
+    ],
+)
+def test_params_validation(overrides, message):
+    with pytest.raises(PipelineError, match=message):
+        validate_section("embed", overrides, SCHEMA)
+
+
+def test_jax_params_accepted():
+    p = validate_section(
+        "embed",
+        {"engine": "jax", "jax_steps": 100, "jax_lr": 1, "jax_l2": 1e-3, "jax_objective": "negative", "jax_negative": 10},
+        SCHEMA,
+    )
+    assert p["jax_lr"] == 1 and p["jax_objective"] == "negative"
