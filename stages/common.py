@@ -140,16 +140,37 @@ def _umask() -> int:
     return mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temporary siblings of `path` left by a stage that was killed (SIGKILL, power
+    cut): their names carry the writer's pid, and that process no longer exists."""
+    for old in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = old.name[len(f".{path.name}.tmp-"):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove(old)
+
+
 def _tmp_sibling(path: Path, kind: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(path)
+    prefix = f".{path.name}.tmp-{os.getpid()}-"
     # mkdtemp/mkstemp create private (0700/0600) paths; the final output should carry the
     # ordinary permissions a plain open() would have given it.
     if kind == "file":
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.close(fd)
         os.chmod(name, 0o666 & ~_umask())
         return Path(name)
-    made = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    made = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     os.chmod(made, 0o777 & ~_umask())
     return made
 

@@ -111,7 +111,7 @@ class _Source:
                 self._list_dir(path, "", 0)
             elif zipfile.is_zipfile(path):
                 self._list_zip()
-            elif tarfile.is_tarfile(path):
+            elif self._is_tar(path):
                 self._list_tar()
             else:
                 raise PipelineError(
@@ -121,6 +121,13 @@ class _Source:
         except BaseException:
             self.close()
             raise
+
+    def _is_tar(self, path: Path) -> bool:
+        # is_tarfile lets some errors of a cut .gz through (EOFError on a cut gzip header).
+        try:
+            return tarfile.is_tarfile(path)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise self._corrupt(exc) from None
 
     # -- listing
     def _list_dir(self, folder: Path, rel: str, depth: int) -> None:
@@ -260,8 +267,27 @@ def _subset(n: int, k: int | None, seed: int, split: str, cls: str) -> list[int]
     return sorted(int(i) for i in rng.permutation(n)[:k])
 
 
+def _check_class_name(where: str, name: str) -> None:
+    """A class name must be usable as a word downstream: the predictions file and the
+    word2vec text format refuse whitespace, and outputs are UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PipelineError(
+            f"{where}: class name {name!r} is not valid UTF-8 text; rename it"
+        ) from None
+    if not name or any(ch.isspace() for ch in name):
+        fixed = "_".join(name.split()) or "a name"
+        raise PipelineError(
+            f"{where}: class name {name!r} is empty or contains whitespace, which the later "
+            f"stages refuse (class names are words); rename it, e.g. to {fixed!r}"
+        )
+
+
 def _check_classes(where: str, per_split: dict[str, dict[str, int]]) -> None:
     """Both splits must have the same classes, each non-empty, and at least two of them."""
+    for cls in sorted(set(per_split["train"]) | set(per_split["test"])):
+        _check_class_name(where, cls)
     for split in SPLITS:
         for cls, n in per_split[split].items():
             if n == 0:
@@ -509,11 +535,21 @@ def _names(d: dict[Any, Any], key: str, where: str) -> list[str]:
     raw = _field(d, key, where)
     if not isinstance(raw, list) or not all(isinstance(n, (bytes, str)) for n in raw):
         raise PipelineError(f"{where}: '{key}' must be a list of names")
-    return [n.decode("utf-8") if isinstance(n, bytes) else n for n in raw]
+    try:
+        names = [n.decode("utf-8") if isinstance(n, bytes) else n for n in raw]
+    except UnicodeDecodeError:
+        raise PipelineError(f"{where}: '{key}' holds a name that is not UTF-8 text") from None
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise PipelineError(f"{where}: '{key}' lists {twice!r} twice; names must be unique")
+    return names
 
 
 def _labels(d: dict[Any, Any], key: str, where: str, n_rows: int, n_classes: int) -> np.ndarray:
-    raw = np.asarray(_field(d, key, where))
+    try:
+        raw = np.asarray(_field(d, key, where))
+    except (ValueError, TypeError, OverflowError):  # e.g. a ragged list of lists
+        raise PipelineError(f"{where}: '{key}' must be {n_rows} integers") from None
     if raw.shape != (n_rows,) or raw.dtype.kind not in "iu":
         raise PipelineError(f"{where}: '{key}' must be {n_rows} integers, found {raw.shape}")
     if n_rows and (raw.min() < 0 or raw.max() >= n_classes):

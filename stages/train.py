@@ -52,7 +52,8 @@ from stages.dataset import load_prepared
 from stages.model import CNN, ModelConfig, count_flops, make_inference_fn, save_model
 
 SCHEMA = {
-    "seed": Param(int, 0),
+    # numpy's default_rng refuses negative seeds and jax.random.key takes at most 64 bits.
+    "seed": Param(int, 0, in_range(0, 2**32 - 1)),
     "epochs": Param(int, 10, at_least(1)),
     "batch_size": Param(int, 512, at_least(1)),
     "lr": Param(float, 0.2, lambda v: None if v > 0 else "a number > 0"),
@@ -154,7 +155,11 @@ def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], p: dict[str
 
 
 def _fingerprint(p: dict[str, Any], prepared_dir: Path) -> str:
+    """Names the resume checkpoint: params, data, device count and the training code, so a
+    checkpoint is only resumed by the run that would have written it."""
     h = hashlib.sha256(json.dumps(p, sort_keys=True).encode())
+    for module in ("train", "model", "dataset", "parallel", "common"):
+        h.update((Path(__file__).parent / f"{module}.py").read_bytes())
     for name in sorted(prepared_dir.glob("*")):
         if name.suffix == ".json" or name.name.endswith("_labels.npy"):
             h.update(name.name.encode() + name.read_bytes())
@@ -181,10 +186,32 @@ def _load_checkpoint(path: Path, template):
     history = saved["history"]
     if isinstance(history, dict):  # msgpack_restore turns lists into {"0": ...} dicts
         history = [history[str(i)] for i in range(len(history))]
-    return state, [dict(h) for h in history], float(saved["train_seconds"])
+    # msgpack stores dict keys sorted; put each record back in the order it was made in, the
+    # order dvclive writes reports/train/metrics.json in when the epochs are replayed.
+    order = ("epoch", "train/loss", "train/accuracy", "test/accuracy")
+    return state, [{k: h[k] for k in order} for h in history], float(saved["train_seconds"])
 
 
 # --------------------------------------------------------------------------- the stage
+
+
+def _check_geometry(image_hw: tuple[int, int], p: dict[str, Any]) -> None:
+    """The stem's space-to-depth needs stem_patch to divide the picture; each block then
+    halves the feature map (2x2 max-pool), so it must stay even down to the last block."""
+    h, w = image_hw
+    patch, blocks = p["stem_patch"], len(p["widths"])
+    if h % patch or w % patch:
+        raise PipelineError(
+            f"params.yaml: 'train.stem_patch' = {patch} does not divide the {h}x{w} pictures; "
+            "pick a divisor of both sides (or set prepare.image_size)"
+        )
+    need = 2**blocks
+    if (h // patch) % need or (w // patch) % need:
+        raise PipelineError(
+            f"params.yaml: 'train.widths' = {p['widths']} has {blocks} blocks, each halving the "
+            f"{h // patch}x{w // patch} map after the stem, so both sides must be divisible by "
+            f"{need}; use fewer widths, a smaller train.stem_patch or a larger prepare.image_size"
+        )
 
 
 def train(
@@ -217,6 +244,7 @@ def train(
         )
     steps_per_epoch = len(train_x) // bs
     total_steps = steps_per_epoch * p["epochs"]
+    _check_geometry(data.image_hw, p)
 
     cfg = ModelConfig(
         num_classes=num_classes,

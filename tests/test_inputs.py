@@ -1,0 +1,290 @@
+"""Bad inputs that tests/test_pairs.py and tests/test_prepare.py do not cover yet.
+
+Damaged predictions files (a bad CRC, an unknown compression method, a member that is not
+.npy data, JSON nested too deeply), CIFAR tarballs with odd class names or labels, a cut
+gzip header, class names that the later stages would refuse, stage inputs that disagree
+with each other, and what `dvc` itself says when the raw data or its remote is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import make_dataset, make_prepared
+from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
+
+from stages import evaluate as evaluate_stage
+from stages import predict as predict_stage
+from stages import prepare as prep
+from stages.common import PipelineError, run_main
+from stages.pairs import build_pairs
+from stages.predictions import load_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALID = {
+    "labels": np.array([0, 1, 1]),
+    "classes": np.array(["a", "b"]),
+    "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]], np.float32),
+}
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def write_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    return path
+
+
+def flip_byte_in(path: Path, member: str, offset_from_data: int) -> None:
+    """Flip one byte of a stored member's data: its CRC no longer matches."""
+    raw = bytearray(path.read_bytes())
+    start = raw.find(b"\x93NUMPY", raw.find(member.encode()))
+    raw[start + offset_from_data] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def refused(path: Path, *fragments: str, stream: bool = False) -> str:
+    """load_predictions (or, with stream, the pairs stage's streaming read) refuses path."""
+    with pytest.raises(PipelineError) as exc:
+        if stream:
+            build_pairs(load_predictions(path, check_values=False), 1, 2)
+        else:
+            load_predictions(path)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(path) in msg
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+    return msg
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+@pytest.mark.parametrize("member", ["labels", "classes"])
+def test_bad_crc_in_a_small_array(tmp_path, member):
+    path = write_zip(tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()})
+    flip_byte_in(path, f"{member}.npy", 130)
+    refused(path, f"'{member}' cannot be read (BadZipFile: Bad CRC-32", "damaged")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_crc_in_the_scores_is_found_while_streaming(tmp_path, stream):
+    path = write_zip(tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()})
+    flip_byte_in(path, "probs.npy", 130)
+    refused(path, "'probs' cannot be read (BadZipFile: Bad CRC-32", stream=stream)
+
+
+def test_unknown_compression_method(tmp_path):
+    path = write_zip(tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()},
+                     zipfile.ZIP_BZIP2)
+    raw = bytearray(path.read_bytes())
+    # Compression method 12 (bzip2) -> 99 (AES, which zipfile cannot read), in every header.
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = raw.find(sig)
+        while at != -1:
+            raw[at + off] = 99
+            at = raw.find(sig, at + 1)
+    path.write_bytes(bytes(raw))
+    refused(path, "cannot be read (NotImplementedError: That compression method is not supported)")
+
+
+@pytest.mark.parametrize("member", ["labels", "probs"])
+def test_member_that_is_not_npy_data(tmp_path, member):
+    members = {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()}
+    members[f"{member}.npy"] = b"these are not .npy bytes"
+    path = write_zip(tmp_path / "p.npz", members)
+    refused(path, f"'{member}'", "not .npy data" if member == "labels" else "not a valid array")
+
+
+def test_members_without_the_npy_suffix(tmp_path):
+    """np.load shows a member `probs` (no .npy) as key 'probs'; it must be read, not crash."""
+    path = write_zip(tmp_path / "p.npz", {k: npy_bytes(v) for k, v in VALID.items()})
+    pred = load_predictions(path)
+    assert pred.kind == "probs" and pred.n == 3
+    np.testing.assert_array_equal(build_pairs(pred, 1, 2).guess, [0, 1, 1])
+
+
+def test_groups_nested_too_deeply(tmp_path):
+    path = tmp_path / "p.npz"
+    np.savez(path, **VALID, groups=np.array("[" * 100_000 + "]" * 100_000))
+    refused(path, "'groups' is nested too deeply")
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def cifar_tar(path: Path, meta: dict, batch: dict | None = None) -> Path:
+    base = "cifar-10-batches-py/"
+    data = np.zeros((2, 3072), np.uint8)
+    batch = batch or {b"data": data, b"labels": [0, 1]}
+    members = {base + "batches.meta": meta}
+    members.update({base + f"data_batch_{i}": batch for i in range(1, 6)})
+    members[base + "test_batch"] = batch
+    with tarfile.open(path, "w") as tar:
+        for name, obj in members.items():
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def prepare_refuses(source: Path, out: Path, *fragments: str) -> str:
+    with pytest.raises(PipelineError) as exc:
+        prep.prepare(source, out, {})
+    msg = str(exc.value)
+    assert "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+    assert not out.exists()
+    return msg
+
+
+@pytest.mark.parametrize(
+    "names, fragments",
+    [
+        ([b"\xff\xfe", b"b"], ["'label_names' holds a name that is not UTF-8 text"]),
+        ([b"a", b"a"], ["'label_names' lists 'a' twice"]),
+        ([b"sea lion", b"b"], ["class name 'sea lion'", "whitespace", "'sea_lion'"]),
+    ],
+)
+def test_cifar_class_names(tmp_path, names, fragments):
+    source = cifar_tar(tmp_path / "c.tar", {b"label_names": names})
+    prepare_refuses(source, tmp_path / "out", *fragments)
+
+
+def test_cifar_ragged_labels(tmp_path):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 1]]}
+    source = cifar_tar(tmp_path / "c.tar", {b"label_names": [b"a", b"b"]}, batch)
+    prepare_refuses(source, tmp_path / "out", "'labels' must be 2 integers")
+
+
+def test_image_folder_class_with_whitespace(tmp_path):
+    source = make_dataset(tmp_path / "src", ["sea lion", "seal"], train=1, test=1, size=(4, 4))
+    prepare_refuses(source, tmp_path / "out", "class name 'sea lion'", "whitespace", "'sea_lion'")
+
+
+@pytest.mark.parametrize("keep", [2, 5, 9])
+def test_gzip_cut_inside_its_header(tmp_path, keep):
+    source = make_dataset(tmp_path / "src", ["a", "b"], train=1, test=1, size=(4, 4))
+    archive = tmp_path / "cut.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "train", arcname="train")
+    archive.write_bytes(archive.read_bytes()[:keep])
+    prepare_refuses(archive, tmp_path / "out", "cut.tar.gz", "fetch it again")
+
+
+# --------------------------------------------------------------------------- stage inputs
+
+
+def test_evaluate_embed_and_pairs_disagree(tmp_path, monkeypatch, capsys):
+    """The embed folder was made from other pairs (other classes): evaluate refuses."""
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["embed"]["seeds"] = [0]
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    from stages import embed as embed_stage
+    from stages import pairs as pairs_stage
+
+    for name, classes in (("ten", CIFAR10), ("four", ["w", "x", "y", "z"])):
+        write_predictions(tmp_path / f"{name}.npz",
+                          make_synthetic_predictions(20, classes, None, 1.0, seed=0))
+        monkeypatch.setattr(sys, "argv", ["pairs", "--predictions", f"{name}.npz",
+                                          "--out", f"pairs-{name}", "--metrics", f"{name}.json"])
+        pairs_stage.main()
+    monkeypatch.setattr(sys, "argv", ["embed", "--pairs", "pairs-four", "--out", "embed-four"])
+    embed_stage.main()
+    monkeypatch.setattr(sys, "argv", ["evaluate", "--pairs", "pairs-ten", "--embed", "embed-four",
+                                      "--metrics", "m.json", "--report", "r.md",
+                                      "--plots", "plots", "--matrices", "x.npz"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_main(evaluate_stage.main)
+    assert exc.value.code == 2
+    assert "embed-four: its classes differ from those of pairs-ten" in capsys.readouterr().err
+    assert not any(Path(p).exists() for p in ("m.json", "r.md", "plots", "x.npz"))
+
+
+def test_predict_model_and_data_disagree(tmp_path, monkeypatch, capsys):
+    """A model trained on 3 classes, prepared data with 4: predict refuses, writes nothing."""
+    from flax import nnx
+
+    from stages.model import CNN, ModelConfig, save_model
+
+    monkeypatch.chdir(tmp_path)
+    make_prepared(tmp_path / "prepared", num_classes=4, train=2, test=2)
+    cfg = ModelConfig(num_classes=3, stem_width=4, widths=(4,), stem_patch=2)
+    _, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    save_model(tmp_path / "model", cfg, (np.zeros(3), np.ones(3)), params, rest)
+    Path("params.yaml").write_text(yaml.safe_dump({"predict": {"batch_size": 4}}))
+    monkeypatch.setattr(sys, "argv", ["predict", "--prepared", "prepared", "--model", "model",
+                                      "--out", "pred.npz"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_main(predict_stage.main)
+    assert exc.value.code == 2
+    assert "model predicts 3 classes but prepared has 4; rerun `dvc repro train`" in \
+        capsys.readouterr().err
+    assert not Path("pred.npz").exists()
+
+
+# --------------------------------------------------------------------------- dvc level
+
+
+@pytest.mark.slow
+def test_missing_raw_data_and_missing_remote(tmp_path):
+    """What a user sees when data/raw is not there and cannot be pulled: `dvc repro` stops
+    before running prepare, naming the file; `dvc pull` names the missing remote / files."""
+    from test_dvc_pipeline import make_repo, run
+
+    repo = make_repo(tmp_path)
+    (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n")  # track data/raw as in the project
+    run(repo, "dvc", "add", "-q", "data/raw/cifar10-jpeg.tar.gz")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    (repo / "data" / "raw" / "cifar10-jpeg.tar.gz").unlink()
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:
+        from test_dvc_pipeline import _env
+        return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True,
+                              text=True)
+
+    repro = dvc("repro")
+    assert repro.returncode != 0
+    assert "missing data 'source': data/raw/cifar10-jpeg.tar.gz" in repro.stderr
+    assert not (repo / "data" / "prepared").exists() and not (repo / "metrics").exists()
+
+    pull = dvc("pull")  # no remote configured at all
+    assert pull.returncode != 0 and "No remote provided and no default remote set" in pull.stderr
+
+    run(repo, "dvc", "remote", "add", "-d", "storage", str(tmp_path / "no-such-storage"))
+    pull = dvc("pull")  # a remote whose folder does not exist (e.g. not mounted)
+    assert pull.returncode != 0
+    assert "do not exist neither locally nor on remote" in pull.stderr
+    assert "data/raw/cifar10-jpeg.tar.gz" in pull.stderr
+
+    # The stage itself, run by hand, points at `dvc pull`.
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.prepare", "--source", "data/raw/cifar10-jpeg.tar.gz",
+         "--out", "data/prepared", "--metrics", "metrics/prepare.json"],
+        cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 2
+    assert proc.stderr == ("error: data/raw/cifar10-jpeg.tar.gz: not found; run `dvc pull` "
+                           "to fetch it\n")

@@ -1,0 +1,334 @@
+"""Every stage validates its params.yaml section first: a bad value stops it with exit code 2
+and one line naming `section.key`, the value and what is allowed, before any input is read
+and before any output is touched.
+
+Each case runs the stage's real entry point (`run_main(stage.main)` with the command line
+dvc.yaml gives it) in a scratch project folder holding a bad params.yaml, then checks the
+exit code, the message, and that the folder is exactly as it was (no output, no temporary
+sibling). The schema-level cases run with the stage's inputs missing: that the params error
+still comes out proves it is checked first. Cross-field checks that need the data (top_k
+against the number of classes, groups against the class names, batch size against the
+number of pictures) run against real inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import make_prepared
+from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
+
+from stages.common import Param, PipelineError, run_main
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
+# The command line of each stage, as in dvc.yaml (relative to the project folder).
+ARGS = {
+    "prepare": ["--source", "data/raw/cifar10-jpeg.tar.gz", "--out", "data/prepared",
+                "--metrics", "metrics/prepare.json"],
+    "train": ["--prepared", "data/prepared", "--model", "models/cnn",
+              "--metrics", "metrics/train.json", "--live", "reports/train"],
+    "predict": ["--prepared", "data/prepared", "--model", "models/cnn",
+                "--out", "data/predictions.npz"],
+    "pairs": ["--predictions", "data/predictions.npz", "--out", "data/pairs",
+              "--metrics", "metrics/pairs.json"],
+    "embed": ["--pairs", "data/pairs", "--out", "data/embed"],
+    "evaluate": ["--pairs", "data/pairs", "--embed", "data/embed",
+                 "--metrics", "metrics/similarity.json", "--report", "reports/similarity.md",
+                 "--plots", "reports/plots", "--matrices", "reports/similarity_matrices.npz"],
+}
+
+
+def schema(stage: str) -> dict[str, Param]:
+    return importlib.import_module(f"stages.{stage}").SCHEMA
+
+
+def default_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    """Every path under folder (hidden ones too) with its size; folders count as -1."""
+    return {str(p.relative_to(folder)): (-1 if p.is_dir() else p.stat().st_size)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """An empty project folder (the stages' inputs absent) as the working directory."""
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+def run_stage(stage: str, params: dict | str, monkeypatch, capsys) -> tuple[int, str]:
+    """Write params.yaml, run the stage's main like `python -m stages.<stage>`, return
+    (exit code, stderr). The working directory is the project folder."""
+    Path("params.yaml").write_text(params if isinstance(params, str) else yaml.safe_dump(params))
+    module = importlib.import_module(f"stages.{stage}")
+    monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *ARGS[stage]])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_main(module.main)
+    return exc.value.code, capsys.readouterr().err
+
+
+def assert_refused(stage: str, params: dict | str, fragments: list[str], monkeypatch, capsys,
+                   folder: Path) -> str:
+    """Exit code 2, one line `error: ...` holding every fragment, the folder unchanged."""
+    Path("params.yaml").write_text(params if isinstance(params, str) else yaml.safe_dump(params))
+    before = snapshot(folder)
+    code, err = run_stage(stage, params, monkeypatch, capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert snapshot(folder) == before, "the stage touched the project folder"
+    return err
+
+
+def with_value(stage: str, key: str, value) -> dict:
+    params = default_params()
+    params[stage][key] = value
+    return params
+
+
+# --------------------------------------------------------------------------- schema level
+
+
+def _all_keys() -> list[tuple[str, str]]:
+    return [(stage, key) for stage in STAGES for key in schema(stage)]
+
+
+def _wrong_type_value(spec: Param):
+    """A value whose type the key does not accept."""
+    types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
+    return ["not", "a", "dict"] if dict in types else {"not": "valid"}
+
+
+@pytest.mark.parametrize("stage, key", _all_keys())
+def test_every_key_refuses_a_wrong_type(stage, key, project, monkeypatch, capsys):
+    value = _wrong_type_value(schema(stage)[key])
+    assert_refused(stage, with_value(stage, key, value),
+                   [f"'{stage}.{key}' = {value!r} has the wrong type; expected "],
+                   monkeypatch, capsys, project)
+
+
+@pytest.mark.parametrize("stage, key", _all_keys())
+def test_every_key_misspelt_is_refused_with_a_suggestion(stage, key, project, monkeypatch, capsys):
+    params = default_params()
+    typo = key[:-1] if key.endswith("s") else key + "s"  # epochs -> epoch, lr -> lrs
+    params[stage][typo] = params[stage].pop(key, 1)
+    assert_refused(stage, params, [f"unknown key '{stage}.{typo}'", f"did you mean '{key}'?"],
+                   monkeypatch, capsys, project)
+
+
+# Values of the right type but outside what each checked key allows, tried in this order.
+_OUT_OF_RANGE_CANDIDATES = {
+    int: [-1, 0, 10**9],
+    float: [-1.0, 0.0, 2.0, -2.0, 1e9],
+    str: ["no-such-choice"],
+    list: [[], [0, 0], [-1], [True], ["x", "x"], [1]],
+}
+
+
+def _checked_keys() -> list[tuple[str, str, object]]:
+    cases = []
+    for stage in STAGES:
+        for key, spec in schema(stage).items():
+            if spec.check is None:
+                continue
+            types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
+            bad = [v for t in types for v in _OUT_OF_RANGE_CANDIDATES.get(t, []) if spec.check(v)]
+            cases.append((stage, key, bad[0] if bad else None))
+    return cases
+
+
+@pytest.mark.parametrize("stage, key, value", _checked_keys())
+def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monkeypatch, capsys):
+    assert value is not None, f"no out-of-range candidate found for {stage}.{key}; add one"
+    allowed = schema(stage)[key].check(value)
+    assert_refused(stage, with_value(stage, key, value),
+                   [f"'{stage}.{key}' = {value!r} is out of range; expected {allowed}"],
+                   monkeypatch, capsys, project)
+
+
+@pytest.mark.parametrize(
+    "stage, key, value, fragments",
+    [
+        # The values the issue names, with the exact text a user sees.
+        ("train", "epochs", 0, ["'train.epochs' = 0 is out of range; expected a number >= 1"]),
+        ("train", "epochs", True, ["'train.epochs' = True has the wrong type; expected int"]),
+        ("train", "conv_impl", "cuda", ["'train.conv_impl' = 'cuda'", "one of ['matmul', 'xla']"]),
+        ("train", "widths", [64, 0], ["'train.widths' = [64, 0]", "a non-empty list of positive ints"]),
+        ("embed", "dim", 0, ["'embed.dim' = 0 is out of range; expected a number >= 1"]),
+        ("embed", "seeds", [], ["'embed.seeds' = [] is out of range", "non-empty list"]),
+        ("embed", "seeds", [1, 1], ["'embed.seeds' = [1, 1]", "distinct"]),
+        ("pairs", "top_k", 0, ["'pairs.top_k' = 0 is out of range; expected a number >= 1"]),
+        ("pairs", "predictions", None, ["'pairs.predictions' = None has the wrong type; expected str"]),
+        ("predict", "splits", ["test", "test"], ["'predict.splits'", "distinct split names"]),
+        ("prepare", "image_size", 5000, ["'prepare.image_size' = 5000", "in [1, 4096]"]),
+        ("evaluate", "groups", ["animals"], ["'evaluate.groups' = ['animals'] has the wrong type; expected dict or null"]),
+        ("evaluate", "collapse_threshold", 1.5, ["'evaluate.collapse_threshold' = 1.5", "in [-1.0, 1.0]"]),
+    ],
+)
+def test_named_bad_values(stage, key, value, fragments, project, monkeypatch, capsys):
+    assert_refused(stage, with_value(stage, key, value), fragments, monkeypatch, capsys, project)
+
+
+def test_missing_required_key(project, monkeypatch, capsys):
+    params = default_params()
+    del params["pairs"]["predictions"]
+    assert_refused("pairs", params, ["'pairs.predictions' is required"], monkeypatch, capsys,
+                   project)
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        ("embed: [1, 2\n", ["params.yaml: not valid YAML"]),
+        ("- just\n- a list\n", ["params.yaml: expected a mapping of sections"]),
+        ("embed: 5\n", ["params.yaml: section 'embed' must be a mapping"]),
+    ],
+)
+def test_broken_params_file(text, fragments, project, monkeypatch, capsys):
+    assert_refused("embed", text, fragments, monkeypatch, capsys, project)
+
+
+def test_missing_params_file(project, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["stages.pairs", *ARGS["pairs"]])
+    pairs = importlib.import_module("stages.pairs")
+    with pytest.raises(SystemExit) as exc:
+        run_main(pairs.main)
+    assert exc.value.code == 2
+    assert "params.yaml: params file not found; run from the project root" in capsys.readouterr().err
+    assert snapshot(project) == {}
+
+
+# --------------------------------------------------------------------------- cross-field
+
+
+@pytest.fixture
+def with_predictions(project) -> Path:
+    """The project with a 10-class CIFAR-like predictions file at data/predictions.npz."""
+    (project / "data").mkdir()
+    arrays = make_synthetic_predictions(30, CIFAR10, CIFAR10_GROUPS, 2.0, seed=0)
+    write_predictions(project / "data" / "predictions.npz", arrays)
+    return project
+
+
+@pytest.mark.parametrize("top_k", [10, 11])
+def test_top_k_not_below_the_number_of_classes(top_k, with_predictions, monkeypatch, capsys):
+    assert_refused("pairs", with_value("pairs", "top_k", top_k),
+                   [f"'pairs.top_k' = {top_k} must be smaller than the number of classes C = 10"],
+                   monkeypatch, capsys, with_predictions)
+
+
+@pytest.fixture
+def with_pairs_and_embed(with_predictions, monkeypatch, capsys) -> Path:
+    """The project after pairs and embed ran (2 seeds), ready for evaluate."""
+    params = default_params()
+    params["embed"]["seeds"] = [0, 1]
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("pairs", "embed"):
+        monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *ARGS[stage]])
+        importlib.import_module(f"stages.{stage}").main()
+    assert (with_predictions / "data" / "embed").is_dir()
+    return with_predictions
+
+
+@pytest.mark.parametrize(
+    "groups, fragments",
+    [
+        ({"animals": ["cat", "dgo"], "vehicles": ["ship"]},
+         ["'evaluate.groups'", "group 'animals' names unknown class 'dgo' (did you mean 'dog'?)",
+          "valid classes: airplane, automobile"]),
+        ({"animals": "cat"}, ["'evaluate.groups'", "group 'animals' must be a list of class names"]),
+        ({"animals": []}, ["'evaluate.groups'", "group 'animals' is empty"]),
+        ({"a": ["cat"], "b": ["cat"]}, ["'evaluate.groups'", "class 'cat' is in both group 'a' and group 'b'"]),
+    ],
+)
+def test_groups_must_name_known_classes(groups, fragments, with_pairs_and_embed, monkeypatch,
+                                        capsys):
+    assert_refused("evaluate", with_value("evaluate", "groups", groups), fragments, monkeypatch,
+                   capsys, with_pairs_and_embed)
+
+
+@pytest.fixture
+def with_prepared(project) -> Path:
+    make_prepared(project / "data" / "prepared", num_classes=4, train=2, test=2)
+    return project
+
+
+def test_batch_size_above_the_training_pictures(with_prepared, monkeypatch, capsys):
+    assert_refused("train", with_value("train", "batch_size", 16),
+                   ["'train.batch_size' = 16 exceeds the 8 training pictures"],
+                   monkeypatch, capsys, with_prepared)
+
+
+def test_predict_split_the_data_lacks(with_prepared, monkeypatch, capsys):
+    assert_refused("predict", with_value("predict", "splits", ["train", "val"]),
+                   ["no split 'val'"], monkeypatch, capsys, with_prepared)
+
+
+# --------------------------------------------------------------------------- subprocess
+
+
+@pytest.mark.parametrize("stage, key, value", [("train", "epochs", 0), ("evaluate", "top_n", -3)])
+def test_exit_code_2_from_python_m(stage, key, value, tmp_path):
+    """The real `python -m stages.<name>` run: exit code 2, one line on stderr, nothing written."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(stage, key, value)))
+    before = snapshot(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", *ARGS[stage]], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: params.yaml: '{stage}.{key}' = {value} is out of range")
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    assert snapshot(tmp_path) == before
+
+
+def test_validate_section_raises_pipeline_error_only():
+    """The schema helpers themselves: a PipelineError, never a TypeError, for odd values."""
+    for stage in STAGES:
+        for key in schema(stage):
+            for odd in (None, [None], {"a": None}, float("nan"), 10**30, -(10**30), "", []):
+                try:
+                    importlib.import_module("stages.common").validate_section(
+                        stage, {key: odd}, schema(stage))
+                except PipelineError:
+                    pass
+
+
+# --------------------------------------------------------------------------- known gaps
+
+# train.seed is range-checked and train.stem_patch / train.widths are checked against the
+# picture size, before anything is written (numpy's default_rng refuses a negative seed,
+# jax.random.key a seed over 64 bits, the stem's space-to-depth and the blocks' 2x2 pooling
+# a side they cannot divide).
+@pytest.mark.parametrize("seed", [-1, 2**70])
+def test_train_seed_out_of_range(seed, project, monkeypatch, capsys):
+    assert_refused("train", with_value("train", "seed", seed),
+                   [f"'train.seed' = {seed} is out of range"], monkeypatch, capsys, project)
+
+
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("stem_patch", 3, "'train.stem_patch' = 3 does not divide the 16x16 pictures"),
+        ("widths", [4, 4, 4, 4], "'train.widths' = [4, 4, 4, 4] has 4 blocks"),
+    ],
+)
+def test_train_geometry_against_the_pictures(key, value, fragment, with_prepared, monkeypatch,
+                                             capsys):
+    params = with_value("train", key, value)
+    params["train"].update(batch_size=4, eval_batch_size=4)
+    assert_refused("train", params, [fragment], monkeypatch, capsys, with_prepared)
