@@ -199,6 +199,31 @@ def heal_rwlock(repo: Path) -> bool:
     return False
 
 
+def heal_lockfile(repo: Path) -> bool:
+    """Delete dvc.lock if a kill left it half-written; True if it did.
+
+    DVC rewrites dvc.lock in place, so a SIGKILL at that instant leaves a file that fails
+    DVC's own schema ("dvc.lock validation failed"). A user restores it from git or deletes
+    it (DVC then reruns the stages whose outputs it cannot vouch for); here it is deleted.
+    """
+    from dvc.schema import COMPILED_LOCKFILE_SCHEMA
+
+    path = repo / "dvc.lock"
+    if not path.exists():
+        return False
+    try:
+        COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(path.read_text()) or {})
+    except Exception:  # noqa: BLE001 - any parse or schema error means "half-written"
+        path.unlink()
+        return True
+    return False
+
+
+def heal(repo: Path) -> int:
+    """Repair what SIGKILL can leave broken inside DVC's own files; how many repairs."""
+    return int(heal_rwlock(repo)) + int(heal_lockfile(repo))
+
+
 def leftovers(repo: Path) -> list[str]:
     """Temporary siblings that atomic_dir/atomic_file leave behind when a stage is killed."""
     return sorted(str(p.relative_to(repo)) for p in repo.rglob(".*.tmp-*")
@@ -271,13 +296,13 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
     healed = 0
     plan = kill_plan(durations)
     for stage, delay in plan:
-        healed += heal_rwlock(repo)
+        healed += heal(repo)
         repro = Repro(repo)
         started = repro.wait_for_stage(stage, timeout=300)
         how = "repro"
         if started is None:  # the stage is complete already: make it run again
             repro.kill()
-            healed += heal_rwlock(repo)
+            healed += heal(repo)
             repro, how = Repro(repo, "--force", "--single-item", stage), "repro -f -s"
             started = repro.wait_for_stage(stage, timeout=300)
             assert started is not None, repro.output
@@ -297,8 +322,8 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
     print("\n".join(log))
     print("kills that landed in each stage:", landed)
     print("temporary siblings left by the kills:", leftovers(repo))
-    healed += heal_rwlock(repo)
-    print(f"times DVC's .dvc/tmp/rwlock was left unreadable and had to be deleted: {healed}")
+    healed += heal(repo)
+    print(f"times DVC's .dvc/tmp/rwlock or dvc.lock was left half-written and deleted: {healed}")
 
     final = Repro(repo).finish()
     print("last run:", sorted(s for s in STAGES if f"Running stage '{s}'" in final))
