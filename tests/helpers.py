@@ -9,6 +9,7 @@ so a small CNN can learn them in a few steps.
 from __future__ import annotations
 
 import colorsys
+import io
 import tarfile
 from pathlib import Path
 
@@ -177,3 +178,17 @@ def make_prepared(
             "image_shape": [*size, 3], "groups": None}
     (out / "meta.json").write_text(json.dumps(meta))
     return out
+
+
+def tar_with(dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, bytes]],
+             mode: str = "w") -> Path:
+    """A tar of src's contents plus hand-made (possibly hostile) members; `mode` "w:gz"
+    compresses it."""
+    with tarfile.open(dst, mode) as tar:
+        if src is not None:
+            for child in sorted(src.iterdir()):
+                tar.add(child, arcname=child.name)
+        for info, blob in extra:
+            info.size = len(blob) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(blob) if info.isreg() else None)
+    return dst

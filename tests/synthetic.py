@@ -75,3 +75,19 @@ CIFAR10_GROUPS = {
     "animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
     "vehicles": ["airplane", "automobile", "ship", "truck"],
 }
+
+
+# Six classes: c0~c1 and c2~c3 are confused a lot; c4, c5 with nothing in particular.
+PLANTED_CLASSES = ["c0", "c1", "c2", "c3", "c4", "c5"]
+PLANTED_GROUPS = {"g01": ["c0", "c1"], "g23": ["c2", "c3"]}
+
+
+def planted_pairs(folder: Path, n_per_class: int):
+    """Top-2 pairs of synthetic predictions with the planted confusions above."""
+    from stages.pairs import build_pairs
+    from stages.predictions import load_predictions
+
+    path = Path(folder) / "pred.npz"
+    write_predictions(path, make_synthetic_predictions(
+        n_per_class, PLANTED_CLASSES, PLANTED_GROUPS, confusion_strength=2.0, seed=0))
+    return build_pairs(load_predictions(path), top_k=2, block_size=4096)

@@ -10,20 +10,15 @@ from gensim.models import KeyedVectors
 
 from stages.common import PipelineError, validate_section
 from stages.embed import SCHEMA, load_embeddings, train_vectors, write_embeddings
-from stages.pairs import Pairs, build_pairs
-from stages.predictions import load_predictions
-from synthetic import make_synthetic_predictions, write_predictions
+from stages.pairs import Pairs
+from synthetic import PLANTED_CLASSES, planted_pairs
 
-CLASSES = ["c0", "c1", "c2", "c3", "c4", "c5"]
-# c0~c1 and c2~c3 are confused a lot; c4, c5 are confused with nothing in particular.
-PLANTED = {"g01": ["c0", "c1"], "g23": ["c2", "c3"]}
+CLASSES = PLANTED_CLASSES
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Pairs:
-    path = tmp_path_factory.mktemp("pred") / "pred.npz"
-    write_predictions(path, make_synthetic_predictions(1500, CLASSES, PLANTED, confusion_strength=2.0, seed=0))
-    return build_pairs(load_predictions(path), top_k=2, block_size=4096)
+    return planted_pairs(tmp_path_factory.mktemp("pred"), 1500)
 
 
 def params(**overrides) -> dict:

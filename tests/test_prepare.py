@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_cifar_tarball, make_dataset, make_image_folder, make_tar_gz
+from helpers import make_cifar_tarball, make_dataset, make_image_folder, make_tar_gz, tar_with
 from stages import prepare as prep
 from stages.common import PipelineError, load_params, run_main
 
@@ -50,18 +50,6 @@ def load_out(out: Path) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]
         for s in ("train", "test")
     }
     return meta, arrays
-
-
-def tar_with(dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
-    """An uncompressed tar of src's contents plus hand-made (possibly hostile) members."""
-    with tarfile.open(dst, "w") as tar:
-        if src is not None:
-            for child in sorted(src.iterdir()):
-                tar.add(child, arcname=child.name)
-        for info, blob in extra:
-            info.size = len(blob) if info.isreg() else 0
-            tar.addfile(info, io.BytesIO(blob) if info.isreg() else None)
-    return dst
 
 
 def png_bytes(size=(8, 8), mode="RGB") -> bytes:

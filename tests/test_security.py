@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_cifar_tarball, make_dataset, make_tar_gz
+from helpers import make_cifar_tarball, make_dataset, make_tar_gz, tar_with
 from PIL import Image
 
 from stages import pairs as pairs_stage
@@ -97,18 +97,6 @@ def png_bytes() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def tar_of(dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, bytes]],
-           mode: str = "w") -> Path:
-    with tarfile.open(dst, mode) as tar:
-        if src is not None:
-            for child in sorted(src.iterdir()):
-                tar.add(child, arcname=child.name)
-        for info, blob in extra:
-            info.size = len(blob) if info.isreg() else 0
-            tar.addfile(info, io.BytesIO(blob) if info.isreg() else None)
-    return dst
 
 
 # --------------------------------------------------------------------------- pickles
@@ -191,7 +179,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
     ],
 )
 def test_tar_path_traversal(box, folder, capsys, mode, name, fragment):
-    archive = tar_of(box.tmp / "t.tar", folder, [(_member(name), png_bytes())], mode)
+    archive = tar_with(box.tmp / "t.tar", folder, [(_member(name), png_bytes())], mode)
     box.prepare_refuses(archive, name, fragment, capsys=capsys)
     assert not (box.tmp / "x").exists() and not (box.tmp / "a" / "x.png").exists()
 
@@ -213,7 +201,7 @@ def test_zip_path_traversal(box, folder, capsys, name, fragment):
 @pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
 @pytest.mark.parametrize("name", ["train/ant/p.png", "train/evil"])
 def test_tar_links_to_etc_passwd(box, folder, capsys, kind, name):
-    archive = tar_of(box.tmp / "t.tar", folder, [(_member(name, kind, "/etc/passwd"), b"")])
+    archive = tar_with(box.tmp / "t.tar", folder, [(_member(name, kind, "/etc/passwd"), b"")])
     box.prepare_refuses(archive, name, "link", "/etc/passwd", capsys=capsys)
 
 
@@ -284,7 +272,7 @@ def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
 )
 def test_decompression_bomb_pictures(box, folder, capsys, width, height, complete, fragment):
     bomb = png_bomb(width, height, complete)
-    archive = tar_of(box.tmp / "t.tar.gz", folder, [(_member("train/ant/bomb.png"), bomb)], "w:gz")
+    archive = tar_with(box.tmp / "t.tar.gz", folder, [(_member("train/ant/bomb.png"), bomb)], "w:gz")
     assert archive.stat().st_size < 10_000
     box.prepare_refuses(archive, "train/ant/bomb.png", fragment, capsys=capsys)
 
