@@ -265,3 +265,16 @@ def test_spearman_ignores_pairs_never_confused():
         emb[i, j] = emb[j, i] = 2 + v  # the embedding ranks them in the same order
     assert spearman_upper(emb, conf) == pytest.approx(1.0)
     assert spearman_upper(emb, np.zeros((12, 12))) is None
+
+
+def test_spearman_keeps_only_the_most_confused_pairs():
+    # Two informative pairs ranked like the embedding, plus ten rarely confused pairs whose
+    # embedding order is reversed: noise that max_pairs drops.
+    emb, conf = np.zeros((8, 8)), np.zeros((8, 8))
+    pairs = [(i, j) for i in range(8) for j in range(i + 1, 8)]
+    for rank, (i, j) in enumerate(pairs):
+        strong = rank < 3
+        conf[i, j] = conf[j, i] = (10.0 - rank) if strong else 0.01 * (1 + rank)
+        emb[i, j] = emb[j, i] = (10.0 - rank) if strong else -0.01 * (1 + rank)
+    assert spearman_upper(emb, conf, max_pairs=3) == pytest.approx(1.0)
+    assert spearman_upper(emb, conf) < 0.5
