@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ["JAX_PLATFORMS"] = "cpu"
-from helpers import make_cifar_tarball, make_dataset, make_prepared, make_tar_gz  # noqa: E402
+from helpers import make_cifar_tarball, make_dataset, make_prepared, make_tar_gz, tar_with  # noqa: E402
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions  # noqa: E402
 
 from stages.common import PipelineError, run_main  # noqa: E402
@@ -286,22 +286,12 @@ def png():
     b = io.BytesIO(); from PIL import Image; Image.new("RGB", (8, 8)).save(b, format="PNG"); return b.getvalue()
 
 
-def tar_with(dst, members, mode="w"):
-    with tarfile.open(dst, mode) as tar:
-        for child in sorted(src.iterdir()):
-            tar.add(child, arcname=child.name)
-        for inf, b in members:
-            inf.size = len(b) if inf.isreg() else 0
-            tar.addfile(inf, io.BytesIO(b) if inf.isreg() else None)
-    return dst
-
-
 inf = tarfile.TarInfo("../../x")
-prep_case("tar member `../../x`", tar_with(TMP / "t1.tar", [(inf, png())]), "tests/test_security.py::test_tar_path_traversal", "Hostile input")
+prep_case("tar member `../../x`", tar_with(TMP / "t1.tar", src, [(inf, png())]), "tests/test_security.py::test_tar_path_traversal", "Hostile input")
 inf = tarfile.TarInfo("/tmp/x.png")
-prep_case("tar member `/tmp/x.png`", tar_with(TMP / "t2.tar", [(inf, png())]), "tests/test_security.py::test_tar_path_traversal", "Hostile input")
+prep_case("tar member `/tmp/x.png`", tar_with(TMP / "t2.tar", src, [(inf, png())]), "tests/test_security.py::test_tar_path_traversal", "Hostile input")
 inf = tarfile.TarInfo("train/ant/p.png"); inf.type = tarfile.SYMTYPE; inf.linkname = "/etc/passwd"
-prep_case("tar symlink member → `/etc/passwd`", tar_with(TMP / "t3.tar", [(inf, b"")]), "tests/test_security.py::test_tar_links_to_etc_passwd", "Hostile input")
+prep_case("tar symlink member → `/etc/passwd`", tar_with(TMP / "t3.tar", src, [(inf, b"")]), "tests/test_security.py::test_tar_links_to_etc_passwd", "Hostile input")
 with zipfile.ZipFile(TMP / "z.zip", "w") as zf:
     link = zipfile.ZipInfo("train/ant/passwd.png"); link.external_attr = 0o120777 << 16; zf.writestr(link, "/etc/passwd")
 prep_case("zip symlink member → `/etc/passwd`", TMP / "z.zip", "tests/test_security.py::test_zip_symlink_to_etc_passwd", "Hostile input")
@@ -311,9 +301,9 @@ prep_case("folder symlink → `/etc/passwd`", src, "tests/test_security.py::test
 sys.path.insert(0, str(ROOT / "tests"))
 from test_security import png_bomb  # noqa: E402
 inf = tarfile.TarInfo("train/ant/bomb.png")
-prep_case("5000×5000 PNG of a few KB (under PIL's limit)", tar_with(TMP / "b1.tar.gz", [(inf, png_bomb(5000, 5000))], "w:gz"), "tests/test_security.py::test_decompression_bomb_pictures", "Hostile input")
+prep_case("5000×5000 PNG of a few KB (under PIL's limit)", tar_with(TMP / "b1.tar.gz", src, [(inf, png_bomb(5000, 5000))], "w:gz"), "tests/test_security.py::test_decompression_bomb_pictures", "Hostile input")
 inf = tarfile.TarInfo("train/ant/bomb.png")
-prep_case("20000×20000 PNG of a few KB (over PIL's limit)", tar_with(TMP / "b2.tar.gz", [(inf, png_bomb(20000, 20000))], "w:gz"), "tests/test_security.py::test_decompression_bomb_pictures", "Hostile input")
+prep_case("20000×20000 PNG of a few KB (over PIL's limit)", tar_with(TMP / "b2.tar.gz", src, [(inf, png_bomb(20000, 20000))], "w:gz"), "tests/test_security.py::test_decompression_bomb_pictures", "Hostile input")
 
 # ---- dvc itself: missing raw data, missing remote
 import shutil  # noqa: E402

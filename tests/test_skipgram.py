@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -149,10 +150,7 @@ def test_seed_beyond_32_bits_is_refused(pairs):
 
 
 def test_class_in_no_pair_is_refused(pairs):
-    lonely = Pairs(
-        true=pairs.true, guess=pairs.guess, rank=pairs.rank, prob=pairs.prob, split=pairs.split,
-        classes=(*pairs.classes, "ghost"), splits=pairs.splits, groups=None, top_k=pairs.top_k,
-    )
+    lonely = dataclasses.replace(pairs, classes=(*pairs.classes, "ghost"), groups=None)
     with pytest.raises(PipelineError, match="ghost appear in no pair"):
         train_vectors(lonely, params(seeds=[0]))
 
