@@ -32,6 +32,8 @@ SCHEMA = {
         else "a non-empty list of distinct split names"),
     "batch_size": Param(int, 1000, at_least(1)),
     "tta_flip": Param(bool, True),
+    "tta_translate": Param(int, 1, at_least(0)),
+    "cpu_devices": parallel.CPU_DEVICES,
 }
 
 
@@ -57,7 +59,8 @@ def predict(prepared_dir: str | Path, model_dir: str | Path, out_file: str | Pat
     parallel.check_batch_size(p["batch_size"], "predict.batch_size")
     mesh = parallel.data_mesh()
     params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
-    infer = make_inference_fn(graphdef, norm, tta_flip=p["tta_flip"])
+    infer = make_inference_fn(graphdef, norm, tta_flip=p["tta_flip"],
+                              tta_translate=p["tta_translate"])
 
     labels, probs, split_ids, summary = [], [], [], {}
     for i, name in enumerate(p["splits"]):
@@ -91,6 +94,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     p = load_params("predict", SCHEMA, args.params)
+    parallel.use_cpu_devices(p["cpu_devices"], [p["batch_size"]])
     print(json.dumps(predict(args.prepared, args.model, args.out, p), indent=2))
 
 
