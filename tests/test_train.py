@@ -1,4 +1,5 @@
-"""The train stage: a smoke run, compile-once, multi-device agreement, resume after a kill."""
+"""The train stage: a smoke run, compile-once, multi-device agreement, resume after a kill,
+test-time augmentation, and the split of the CPU into one device per core."""
 
 from __future__ import annotations
 
@@ -18,7 +19,15 @@ from flax import nnx
 from helpers import make_prepared
 
 from stages.common import PipelineError, validate_section
-from stages.model import CNN, ModelConfig, conv_im2col, conv_matmul_grad, load_model
+from stages import parallel
+from stages.model import (
+    CNN,
+    ModelConfig,
+    conv_im2col,
+    conv_matmul_grad,
+    load_model,
+    make_inference_fn,
+)
 from stages.train import SCHEMA, augment, make_optimizer, make_train_step, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +65,48 @@ def test_augment_keeps_pixels_and_shape():
     np.testing.assert_array_equal(augment(imgs, jax.random.key(1), 0, False), imgs)
 
 
+def _tiny_model(num_classes: int = 4):
+    cfg = ModelConfig(num_classes, 8, (8, 16), stem_patch=2)
+    return nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+
+
+def test_tta_translate_averages_the_shifted_views_with_airbench_weights():
+    graphdef, params, rest = _tiny_model()
+    norm = (np.zeros(3, np.float32), np.ones(3, np.float32))
+    imgs = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3)).astype(np.uint8)
+    plain = make_inference_fn(graphdef, norm)
+    tta = make_inference_fn(graphdef, norm, tta_translate=1)(params, rest, imgs)
+    # The same views built by hand with numpy: shifted by one pixel down-right and up-left.
+    padded = np.pad(imgs, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    want = (0.5 * plain(params, rest, imgs) + 0.25 * plain(params, rest, padded[:, :16, :16])
+            + 0.25 * plain(params, rest, padded[:, 2:, 2:]))
+    np.testing.assert_allclose(tta, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(tta, plain(params, rest, imgs), atol=1e-4)  # the views differ
+    # With flips on, each of the three views is averaged with its mirror image.
+    both = make_inference_fn(graphdef, norm, tta_flip=True, tta_translate=1)
+    mirror = lambda v: 0.5 * (plain(params, rest, v) + plain(params, rest, v[:, :, ::-1]))  # noqa: E731
+    want = 0.5 * mirror(imgs) + 0.25 * mirror(padded[:, :16, :16]) + 0.25 * mirror(padded[:, 2:, 2:])
+    np.testing.assert_allclose(both(params, rest, imgs), want, rtol=1e-5, atol=1e-6)
+
+
+def test_tta_leaves_a_uniform_picture_alone():
+    graphdef, params, rest = _tiny_model()
+    norm = (np.zeros(3, np.float32), np.ones(3, np.float32))
+    imgs = np.full((2, 16, 16, 3), 77, np.uint8)  # every flip and shift gives it back
+    plain = make_inference_fn(graphdef, norm)(params, rest, imgs)
+    tta = make_inference_fn(graphdef, norm, tta_flip=True, tta_translate=2)(params, rest, imgs)
+    np.testing.assert_allclose(tta, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cores, batch_sizes, want", [
+    (2, [512, 1000], 2), (4, [512, 1000], 4), (16, [512, 1000], 8), (2, [7], 1),
+    (3, [512, 1000], 2), (1, [512], 1), (0, [512], 1), (6, [36, 24], 6), (5, [36, 24], 4),
+])
+def test_auto_cpu_devices_divides_every_batch(cores, batch_sizes, want):
+    n = parallel.auto_cpu_devices(cores, batch_sizes)
+    assert n == want and all(b % n == 0 for b in batch_sizes)
+
+
 def test_train_step_compiles_once():
     p = tiny_params()
     cfg = ModelConfig(4, p["stem_width"], tuple(p["widths"]), stem_patch=2)
@@ -79,6 +130,7 @@ def test_smoke_one_epoch(tmp_path):
               tiny_params(epochs=1), resume_dir=tmp_path / "resume", progress=False)
     assert json.loads((tmp_path / "train.json").read_text()) == m
     assert m["epochs"] == 1 and 0.0 <= m["test_accuracy"] <= 1.0
+    assert 0.0 <= m["test_accuracy_no_tta"] <= 1.0 and m["tta_translate"] == 1
     assert m["backend"] == jax.default_backend() and m["device_count"] == jax.device_count()
     graphdef, params, rest, cfg, norm = load_model(tmp_path / "model")
     assert cfg.num_classes == 4 and cfg.widths == (8, 16)
@@ -136,11 +188,30 @@ def test_two_fake_devices_agree_with_one(tmp_path):
         subprocess.run(_cmd(tmp_path, params, f"d{n}"), cwd=tmp_path, env=_env(n, tmp_path),
                        check=True, capture_output=True)
     one, two = _metrics(tmp_path, "d1"), _metrics(tmp_path, "d2")
-    m2 = json.loads((tmp_path / "train-d2.json").read_text())
-    assert m2["device_count"] == 2
+    m1, m2 = (json.loads((tmp_path / f"train-d{n}.json").read_text()) for n in (1, 2))
+    assert m1["device_count"] == 1 and m2["device_count"] == 2  # XLA_FLAGS is obeyed
     # The sharded batch sums in a different order: equal up to float rounding.
     assert one["test_accuracy"] == pytest.approx(two["test_accuracy"], abs=1 / 32)
     assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting, batches, want", [
+    ("auto", (16, 16), None), (1, (16, 16), 1), (3, (18, 18), 3), ("auto", (15, 5), None),
+])
+def test_cli_splits_the_cpu_into_devices(tmp_path, setting, batches, want):
+    """Without XLA_FLAGS the CLI makes `cpu_devices` JAX devices (auto: one per core that
+    divides the batch sizes), and trains with them."""
+    make_prepared(tmp_path / "prepared", train=36, test=8)
+    params = _write_params(tmp_path / "params.yaml", cpu_devices=setting, epochs=1,
+                           batch_size=batches[0], eval_batch_size=batches[1])
+    env = {k: v for k, v in _env(1, tmp_path).items() if k != "XLA_FLAGS"}
+    subprocess.run(_cmd(tmp_path, params, "cli"), cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    m = json.loads((tmp_path / "train-cli.json").read_text())
+    if want is None:
+        want = parallel.auto_cpu_devices(parallel.cpu_cores(), batches)
+    assert m["device_count"] == want
 
 
 @pytest.mark.slow
