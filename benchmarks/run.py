@@ -8,7 +8,9 @@ after a warm-up, with the spread (min-max) printed:
 
 - peak_gflops: float32 2048x2048 matrix multiply in JAX (the practical peak of this machine).
 - train_images_per_s: the default network of params.yaml (`train:`), one jitted train step
-  (forward, backward, SGD+Nesterov update) without augmentation, JAX vs the same network in
+  (forward, backward, SGD+Nesterov update) without augmentation, JAX on the devices the
+  pipeline uses (`train.cpu_devices`: on CPU one JAX device per core; the figure on a single
+  device is reported beside it) vs the same network in
   PyTorch (benchmarks/torch_reference.py) in its faster memory layout (channels_last or
   contiguous, whichever measures faster here); train_ratio_vs_torch = JAX / PyTorch. The
   JAX step with its fused augmentation is reported too.
@@ -44,6 +46,9 @@ import numpy as np
 import yaml
 from flax import nnx
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from stages import parallel
 from stages.common import validate_section
 from stages.model import CNN, ModelConfig, count_flops, make_inference_fn
 from stages.train import SCHEMA as TRAIN_SCHEMA
@@ -80,15 +85,22 @@ def peak_gflops(reps: int) -> dict:
 # --------------------------------------------------------------------------- train step
 
 
+def mesh_of(n: int) -> Mesh:
+    """A data-parallel mesh over the first n devices (the pipeline's is over all of them)."""
+    return Mesh(np.array(jax.devices()[:n]), ("data",),
+                axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
-              augment: bool) -> dict:
+              augment: bool, mesh: Mesh) -> dict:
     p = {**p, "translate": p["translate"] if augment else 0, "flip": p["flip"] and augment}
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     tx = make_optimizer(p, 1000)
     state = {"params": params, "rest": rest, "opt": tx.init(params),
              "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
+    state = jax.device_put(state, NamedSharding(mesh, P()))
     step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), p)
-    x, y = jnp.asarray(batch), jnp.asarray(labels)
+    x, y = jax.device_put((batch, labels), NamedSharding(mesh, P("data")))
     box = [state]
 
     def one():
@@ -129,11 +141,12 @@ def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray
 # --------------------------------------------------------------------------- predict
 
 
-def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, k: int = 3) -> dict:
+def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, mesh: Mesh, k: int = 3) -> dict:
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)), tta_flip=False)
+    params, rest = jax.device_put((params, rest), NamedSharding(mesh, P()))
+    infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)))
     topk = jax.jit(lambda pr, r, x: jax.lax.top_k(jax.nn.softmax(infer(pr, r, x)), k))
-    x = jnp.asarray(batch)
+    x = jax.device_put(batch, NamedSharding(mesh, P("data")))
     return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
 
 
@@ -216,11 +229,15 @@ def main() -> None:
     args = ap.parse_args()
     reps = 3 if args.quick else 7
 
+    p = validate_section("train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"],
+                         TRAIN_SCHEMA)
+    # As the train stage does, before JAX starts: on CPU, one JAX device per core.
+    parallel.use_cpu_devices(p["cpu_devices"], [p["batch_size"], 1000])
+    mesh = parallel.data_mesh()
+
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    p = validate_section("train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"],
-                         TRAIN_SCHEMA)
     cfg = ModelConfig(num_classes=10, stem_patch=p["stem_patch"], stem_width=p["stem_width"],
                       widths=tuple(p["widths"]), conv_impl=p["conv_impl"])
     rng = np.random.default_rng(0)
@@ -237,9 +254,11 @@ def main() -> None:
     print("measuring peak matmul ...", flush=True)
     res["peak_gflops"] = peak_gflops(reps)
     print("measuring train steps ...", flush=True)
-    res["train_images_per_s_jax"] = jax_train(p, cfg, batch, labels, reps, augment=False)
+    res["train_images_per_s_jax"] = jax_train(p, cfg, batch, labels, reps, False, mesh)
     res["train_images_per_s_jax_with_augmentation"] = jax_train(p, cfg, batch, labels, reps,
-                                                                augment=True)
+                                                                True, mesh)
+    res["train_images_per_s_jax_one_device"] = jax_train(p, cfg, batch, labels, reps, False,
+                                                         mesh_of(1))
     t_cl = torch_train(p, cfg, batch, labels, reps, channels_last=True)
     t_nc = torch_train(p, cfg, batch, labels, reps, channels_last=False)
     res["train_images_per_s_torch_channels_last"] = t_cl
@@ -252,7 +271,8 @@ def main() -> None:
 
     print("measuring inference + top-k ...", flush=True)
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
-    res["predict_images_per_s_jax"] = jax_predict(cfg, pbatch, reps)
+    res["predict_images_per_s_jax"] = jax_predict(cfg, pbatch, reps, mesh)
+    res["predict_images_per_s_jax_one_device"] = jax_predict(cfg, pbatch, reps, mesh_of(1))
     p_cl = torch_predict(cfg, pbatch, reps, channels_last=True)
     p_nc = torch_predict(cfg, pbatch, reps, channels_last=False)
     res["predict_images_per_s_torch_channels_last"] = p_cl
