@@ -45,7 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from flax import nnx
-
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from stages import parallel

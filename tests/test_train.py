@@ -18,8 +18,8 @@ import pytest
 from flax import nnx
 from helpers import make_prepared
 
-from stages.common import PipelineError, validate_section
 from stages import parallel
+from stages.common import PipelineError, validate_section
 from stages.model import (
     CNN,
     ModelConfig,
@@ -84,8 +84,12 @@ def test_tta_translate_averages_the_shifted_views_with_airbench_weights():
     assert not np.allclose(tta, plain(params, rest, imgs), atol=1e-4)  # the views differ
     # With flips on, each of the three views is averaged with its mirror image.
     both = make_inference_fn(graphdef, norm, tta_flip=True, tta_translate=1)
-    mirror = lambda v: 0.5 * (plain(params, rest, v) + plain(params, rest, v[:, :, ::-1]))  # noqa: E731
-    want = 0.5 * mirror(imgs) + 0.25 * mirror(padded[:, :16, :16]) + 0.25 * mirror(padded[:, 2:, 2:])
+
+    def mirror(v):
+        return 0.5 * (plain(params, rest, v) + plain(params, rest, v[:, :, ::-1]))
+
+    want = (0.5 * mirror(imgs) + 0.25 * mirror(padded[:, :16, :16])
+            + 0.25 * mirror(padded[:, 2:, 2:]))
     np.testing.assert_allclose(both(params, rest, imgs), want, rtol=1e-5, atol=1e-6)
 
 
