@@ -5,7 +5,7 @@ predictions file of 1,281,167 pictures x 1000 classes (by default the full ranki
 int16: 2.6 GB) with a planted structure (100 groups of 10 classes; a picture's true class is
 boosted, and so are the other classes of its group), then runs each stage's real CLI
 (`python -m stages.<name>`) one after the other and prints, per stage, the wall time and the
-peak resident memory of that stage's process (os.wait4's ru_maxrss).
+peak resident memory of that stage's process (os.wait4's ru_maxrss, see run_stage).
 
     .venv/bin/python benchmarks/pairs_many_classes.py            # the full run (~10 min)
     .venv/bin/python benchmarks/pairs_many_classes.py --n 100000 --k 5 --seeds 2   # quick
@@ -70,16 +70,31 @@ def write_synthetic_topk(path: Path, n: int, c: int, k: int, seed: int) -> None:
                 fh.write(ranked.astype(np.int16).tobytes())
 
 
+# Runs the stage and reports on it. On Linux a child's ru_maxrss includes what its parent
+# had resident when it forked (exec keeps the high-water mark), so measured straight from a
+# benchmark process holding PyTorch and JAX it reads as that process's size, not the stage's.
+# This launcher is a fresh, small interpreter: the stage it forks starts from ~10 MiB.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as fh:
+    json.dump({"seconds": time.perf_counter() - start, "rss_kib": usage.ru_maxrss,
+               "code": os.waitstatus_to_exitcode(status)}, fh)
+"""
+
+
 def run_stage(name: str, args: list[str]) -> tuple[float, float]:
     """Run `python -m stages.<name> args`; return (wall seconds, peak RSS in MiB)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}", *args], cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"stage {name} failed with exit code {proc.returncode}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "usage.json"
+        subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), sys.executable, "-m",
+                        f"stages.{name}", *args], cwd=ROOT, check=True)
+        usage = json.loads(report.read_text())
+    if usage["code"] != 0:
+        raise SystemExit(f"stage {name} failed with exit code {usage['code']}")
+    return usage["seconds"], usage["rss_kib"] / 1024  # Linux reports KiB
 
 
 def main() -> None:
