@@ -7,11 +7,13 @@ Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv
 -> global max-pool -> linear. Each block halves the resolution, so three blocks take a
 32x32 picture to 4x4.
 
-Why a custom convolution: on XLA:CPU the weight gradient of `lax.conv_general_dilated`
+Why custom convolutions: on XLA:CPU the weight gradient of `lax.conv_general_dilated`
 runs at a fraction of the matrix-multiply speed (see benchmarks/). `conv_impl: matmul`
 keeps XLA's forward and input-gradient convolutions but computes the weight gradient as
-one matrix multiply per kernel row; `conv_impl: xla` is plain autodiff. Both give the same
-numbers up to float rounding, so the choice is only about speed on the device at hand.
+one matrix multiply per kernel row, and computes images smaller than the kernel's window
+(2x2 for 3x3) as one dense matmul (`conv_dense`); `conv_impl: xla` is plain autodiff. Both
+give the same numbers up to float rounding, so the choice is only about speed on the
+device at hand.
 """
 
 from __future__ import annotations
@@ -94,22 +96,27 @@ def _conv_bwd(res, g):
 conv_matmul_grad.defvjp(_conv_fwd, _conv_bwd)
 
 
-# At 4x4 pixels and below XLA:CPU's convolution is pathologically slow (a 2x2x256 -> 256
-# layer ran 15x slower than the same layer as one matmul); there the unfolded copy is tiny.
-_IM2COL_MAX_PIXELS = 16
+def conv_dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """'SAME' conv of a tiny image as one matmul with its dense [h*w*cin, h*w*cout] matrix.
 
-
-def conv_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
-    """'SAME' conv as one matmul over the unfolded input; autodiff gives matmul gradients."""
+    On an image with fewer pixels than the kernel has taps (2x2 under 3x3) most of each
+    window is padding: an unfolded (im2col) matmul multiplies kh*kw taps per pixel where at
+    most h*w touch the image. The dense matrix holds only those, h*w/(kh*kw) of the work
+    (4/9 at 2x2), and XLA:CPU's own convolution is pathologically slow at this size (a
+    2x2x256 -> 256 layer ran 15x slower than as a matmul). Its gradients are matmuls too,
+    plus a small scatter-add of the matrix's gradient back onto the taps.
+    """
     kh, kw, cin, cout = w.shape
     n, h, wd, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    cols = jnp.concatenate(
-        [xp[:, i : i + h, j : j + wd, :] for i in range(kh) for j in range(kw)], axis=-1
-    )
-    return (cols.reshape(-1, kh * kw * cin) @ w.reshape(kh * kw * cin, cout)).reshape(
-        n, h, wd, cout
-    )
+    # Tap of the kernel that links input pixel (yi, xi) to output pixel (yo, xo); pairs
+    # farther apart than the kernel reaches point at an extra all-zero tap.
+    yi, xi, yo, xo = np.meshgrid(range(h), range(wd), range(h), range(wd), indexing="ij")
+    ti, tj = yi - yo + kh // 2, xi - xo + kw // 2
+    inside = (ti >= 0) & (ti < kh) & (tj >= 0) & (tj < kw)
+    tap = np.where(inside, ti * kw + tj, kh * kw)  # [yi, xi, yo, xo]
+    taps = jnp.concatenate([w.reshape(kh * kw, cin, cout), jnp.zeros((1, cin, cout), w.dtype)])
+    dense = taps[tap].transpose(0, 1, 4, 2, 3, 5).reshape(h * wd * cin, h * wd * cout)
+    return (x.reshape(n, h * wd * cin) @ dense).reshape(n, h, wd, cout)
 
 
 class Conv(nnx.Module):
@@ -124,8 +131,8 @@ class Conv(nnx.Module):
         w = self.kernel.get_value()
         if self.impl == "xla":
             return _conv_same(x, w)
-        if x.shape[1] * x.shape[2] <= _IM2COL_MAX_PIXELS:
-            return conv_im2col(x, w)
+        if x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]:
+            return conv_dense(x, w)
         return conv_matmul_grad(x, w)
 
 

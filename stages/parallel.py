@@ -7,8 +7,9 @@ CPU: XLA runs one program per device, so by default all cores cooperate inside e
 and the many small ops of a CNN step (batch norm, activations, the narrow convolutions)
 keep them waiting on each other. `use_cpu_devices` splits the host into one JAX device per
 core instead: each core then runs its own share of the batch, and the step is plain data
-parallelism. On this project's 2-core machine that trains ~20% faster (measured side by
-side in one process, `python -m benchmarks.run`). GPUs and TPUs are untouched by it.
+parallelism. On this project's 2-core machine the train step ran 15-29% faster than on one
+device in three runs of `python -m benchmarks.run` (measured side by side in one process).
+GPUs and TPUs are untouched by it.
 
 Multi-host: when `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` are
 set (see README), `init_distributed()` calls `jax.distributed.initialize()` before any

@@ -156,6 +156,19 @@ def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], p: dict[str
 # --------------------------------------------------------------------------- checkpoints
 
 
+def _open_live(live_dir: Path):
+    """dvclive's logger for the per-epoch curves, with a clear error where it cannot start."""
+    from dvclive import Live  # imported here: it is slow to import and only needed here
+    from scmrepo.exceptions import SCMError
+
+    try:
+        return Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as e:  # dvclive asks git for the current commit, even with no commit
+        raise PipelineError(
+            f"dvclive could not read the git repository ({e}); commit once "
+            "(`git add -A && git commit -m init`) and rerun `dvc repro`") from e
+
+
 def _fingerprint(p: dict[str, Any], prepared_dir: Path) -> str:
     """Names the resume checkpoint: params, data, device count and the training code, so a
     checkpoint is only resumed by the run that would have written it."""
@@ -226,8 +239,6 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train the CNN; write model, metrics and curves; return the metrics."""
-    from dvclive import Live  # imported here: it is slow to import and only needed here
-
     t_stage = time.perf_counter()
     parallel.init_distributed()
     parallel.enable_compilation_cache()
@@ -295,7 +306,7 @@ def train(
                                       test.images, p["eval_batch_size"], mesh)
         return float((logits.argmax(-1) == test.labels).mean())
 
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+    live = _open_live(live_dir)
     for h in history:  # replay finished epochs: DVC removed the old curves before rerunning
         for k, v in h.items():
             if k != "epoch":

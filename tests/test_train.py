@@ -23,7 +23,7 @@ from stages.common import PipelineError, validate_section
 from stages.model import (
     CNN,
     ModelConfig,
-    conv_im2col,
+    conv_dense,
     conv_matmul_grad,
     load_model,
     make_inference_fn,
@@ -39,18 +39,57 @@ def tiny_params(**over) -> dict:
     return validate_section("train", {**TINY, **over}, SCHEMA)
 
 
-def test_custom_convolutions_match_xla_autodiff():
+def _xla_conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize(
+    "conv, hw, kernel",
+    [(conv_matmul_grad, (8, 8), 3), (conv_matmul_grad, (5, 7), 3),
+     (conv_dense, (2, 2), 3), (conv_dense, (1, 1), 3), (conv_dense, (2, 3), 3),
+     (conv_dense, (3, 4), 5)],
+)
+def test_custom_convolutions_match_xla_autodiff(conv, hw, kernel):
     kx, kw = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (2, 8, 8, 5))
-    w = jax.random.normal(kw, (3, 3, 5, 7))
-    ref = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    for conv in (conv_matmul_grad, conv_im2col):
-        np.testing.assert_allclose(conv(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
-        g = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
-        g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(ref(x, w))), argnums=(0, 1))(x, w)
-        for a, b in zip(g, g_ref):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    x = jax.random.normal(kx, (2, *hw, 5))
+    w = jax.random.normal(kw, (kernel, kernel, 5, 7))
+    np.testing.assert_allclose(conv(x, w), _xla_conv(x, w), rtol=1e-4, atol=1e-4)
+    g = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(_xla_conv(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_network_matches_xla_network(monkeypatch):
+    """The whole CNN, conv_impl matmul (its 2x2 layer dense) vs plain XLA autodiff."""
+    from stages import model as model_module
+
+    dense_shapes = []
+
+    def spy(x, w):
+        dense_shapes.append(x.shape[1:3])
+        return conv_dense(x, w)
+
+    monkeypatch.setattr(model_module, "conv_dense", spy)
+    x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    out = {}
+    for impl in ("matmul", "xla"):
+        cfg = ModelConfig(5, 8, (8, 16, 16), conv_impl=impl, stem_patch=2)  # blocks at 8, 4, 2 px
+        graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+
+        def loss(variables, graphdef=graphdef):
+            # Batch statistics are differentiated too, as in the train step: NNX refuses to
+            # update variables created outside the trace.
+            logits = nnx.merge(graphdef, *variables)(x)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        (grads, _), logits = jax.grad(loss, has_aux=True)((params, rest))
+        out[impl] = (grads, logits)
+    # Each block's first conv runs before its pool: 8x8 -> 4x4 | 4x4 -> 2x2 | 2x2 -> 1x1.
+    assert dense_shapes == [(2, 2), (2, 2), (1, 1)]
+    for a, b in zip(jax.tree.leaves(out["matmul"]), jax.tree.leaves(out["xla"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_augment_keeps_pixels_and_shape():
@@ -154,6 +193,17 @@ def test_bad_batch_size_is_refused_before_any_output(tmp_path):
     with pytest.raises(PipelineError, match="train.batch_size"):
         train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
               tiny_params(batch_size=64), resume_dir=tmp_path / "resume", progress=False)
+    assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
+
+
+def test_git_repo_without_commits_gives_a_clear_error(tmp_path, monkeypatch):
+    prepared = make_prepared(tmp_path / "prepared", train=2, test=2)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    monkeypatch.chdir(tmp_path / "repo")
+    with pytest.raises(PipelineError, match="commit once"):
+        train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
+              tiny_params(epochs=1, batch_size=2), resume_dir=tmp_path / "resume",
+              progress=False)
     assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
 
 
