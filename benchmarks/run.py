@@ -4,7 +4,9 @@
 
 Measures, in one process on one machine (these machines are noisy: ratios measured side
 by side hold better than absolute figures), each figure the median of several repetitions
-after a warm-up, with the spread (min-max) printed:
+after a warm-up, with the spread (min-max) printed. JAX and PyTorch take turns over three
+rounds (two with --quick): a figure is the median of its round medians (each round's
+median is kept under "rounds"), a ratio the median of the ratios measured within a round.
 
 - peak_gflops: float32 2048x2048 matrix multiply in JAX (the practical peak of this machine).
 - train_images_per_s: the default network of params.yaml (`train:`), one jitted train step
@@ -15,7 +17,8 @@ after a warm-up, with the spread (min-max) printed:
   contiguous, whichever measures faster here); train_ratio_vs_torch = JAX / PyTorch. The
   JAX step with its fused augmentation is reported too.
 - train_fraction_of_peak: the JAX step's achieved GFLOP/s (3x the forward FLOPs of
-  stages/model.py:count_flops) over peak_gflops.
+  stages/model.py:count_flops: every tap of every 3x3 window, padding included, whatever
+  an implementation skips) over peak_gflops.
 - predict_images_per_s: batched inference + top-3, JAX (jitted, `jax.lax.top_k`) vs PyTorch
   (`torch.topk` under `torch.inference_mode`); predict_ratio_vs_torch.
 - noop_repro_s: `dvc repro` when nothing changed; embed_only_repro_s: `dvc repro` after
@@ -173,14 +176,24 @@ def torch_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last:
 # --------------------------------------------------------------------------- dvc
 
 
+def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`dvc ARGS` in the project, with this interpreter's environment first on PATH: the
+    stages run as `python -m stages.<name>` and need the same packages as this process,
+    also when the benchmark was started as `.venv/bin/python -m benchmarks.run`."""
+    env = {**os.environ,
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    return subprocess.run(["dvc", *args], cwd=ROOT, env=env, check=check, capture_output=True,
+                          text=True)
+
+
 def _repro_seconds(*flags: str) -> float:
     t = time.perf_counter()
-    subprocess.run(["dvc", "repro", *flags], cwd=ROOT, check=True, capture_output=True)
+    _dvc("repro", *flags)
     return time.perf_counter() - t
 
 
 def repro_times(reps: int) -> dict:
-    status = subprocess.run(["dvc", "status"], cwd=ROOT, capture_output=True, text=True)
+    status = _dvc("status", check=False)
     if status.returncode or "up to date" not in status.stdout:
         print("  (skipped: the pipeline is not up to date; run `dvc repro` first)")
         return {}
@@ -196,7 +209,7 @@ def repro_times(reps: int) -> dict:
         embed_only = _repro_seconds("--no-run-cache")
     finally:
         params_file.write_text(original)
-        subprocess.run(["dvc", "repro"], cwd=ROOT, check=True, capture_output=True)
+        _dvc("repro")
     return {"noop_repro_s": {"median": noop[0], "min": noop[1], "max": noop[2]},
             "embed_only_repro_s": {"median": embed_only, "min": embed_only,
                                    "max": embed_only}}
@@ -218,6 +231,34 @@ def pairs_many_classes(n: int) -> dict:
                 "pairs_peak_rss_mib": rss_mib, "pairs_pictures": n, "pairs_classes": 1000}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def side_by_side(rounds: int, measures: dict) -> dict[str, list[dict]]:
+    """Run every measurement once per round, in turn; {name: [rate dict per round]}."""
+    out: dict[str, list[dict]] = {k: [] for k in measures}
+    for _ in range(rounds):
+        for k, measure in measures.items():
+            out[k].append(measure())
+    return out
+
+
+def pooled(per_round: list[dict]) -> dict:
+    """One figure over rounds: the median of the round medians, the spread of all reps."""
+    return {"median": float(np.median([r["median"] for r in per_round])),
+            "min": min(r["min"] for r in per_round), "max": max(r["max"] for r in per_round),
+            "rounds": [r["median"] for r in per_round]}
+
+
+def ratio_over_rounds(per_round: dict[str, list[dict]], jax_key: str,
+                      torch_keys: tuple[str, ...]) -> dict:
+    """JAX / (PyTorch's faster layout), within each round; the median over rounds."""
+    ratios = [j["median"] / max(per_round[k][i]["median"] for k in torch_keys)
+              for i, j in enumerate(per_round[jax_key])]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios),
+            "rounds": ratios}
 
 
 # --------------------------------------------------------------------------- main
@@ -255,32 +296,42 @@ def main() -> None:
                              "gflops_train_per_image": flops_train / 1e9}}
     print("measuring peak matmul ...", flush=True)
     res["peak_gflops"] = peak_gflops(reps)
-    print("measuring train steps ...", flush=True)
-    res["train_images_per_s_jax"] = jax_train(p, cfg, batch, labels, reps, False, mesh)
-    res["train_images_per_s_jax_with_augmentation"] = jax_train(p, cfg, batch, labels, reps,
-                                                                True, mesh)
-    res["train_images_per_s_jax_one_device"] = jax_train(p, cfg, batch, labels, reps, False,
-                                                         mesh_of(1))
-    t_cl = torch_train(p, cfg, batch, labels, reps, channels_last=True)
-    t_nc = torch_train(p, cfg, batch, labels, reps, channels_last=False)
-    res["train_images_per_s_torch_channels_last"] = t_cl
-    res["train_images_per_s_torch_contiguous"] = t_nc
-    torch_best = max(t_cl["median"], t_nc["median"])
-    res["train_ratio_vs_torch"] = res["train_images_per_s_jax"]["median"] / torch_best
+    # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
+    # machine then lowers one round of every figure instead of all of one engine's. Each
+    # ratio is the median over rounds of the ratio measured within the round.
+    rounds = 2 if args.quick else 3
+    print(f"measuring train steps ({rounds} rounds) ...", flush=True)
+    train = side_by_side(rounds, {
+        "train_images_per_s_jax": lambda: jax_train(p, cfg, batch, labels, reps, False, mesh),
+        "train_images_per_s_jax_with_augmentation":
+            lambda: jax_train(p, cfg, batch, labels, reps, True, mesh),
+        "train_images_per_s_jax_one_device":
+            lambda: jax_train(p, cfg, batch, labels, reps, False, mesh_of(1)),
+        "train_images_per_s_torch_channels_last":
+            lambda: torch_train(p, cfg, batch, labels, reps, channels_last=True),
+        "train_images_per_s_torch_contiguous":
+            lambda: torch_train(p, cfg, batch, labels, reps, channels_last=False),
+    })
+    res.update({k: pooled(v) for k, v in train.items()})
+    res["train_ratio_vs_torch"] = ratio_over_rounds(train, "train_images_per_s_jax", (
+        "train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"))
     achieved = res["train_images_per_s_jax"]["median"] * flops_train / 1e9
     res["train_gflops_jax"] = achieved
     res["train_fraction_of_peak"] = achieved / res["peak_gflops"]["median"]
 
-    print("measuring inference + top-k ...", flush=True)
+    print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
-    res["predict_images_per_s_jax"] = jax_predict(cfg, pbatch, reps, mesh)
-    res["predict_images_per_s_jax_one_device"] = jax_predict(cfg, pbatch, reps, mesh_of(1))
-    p_cl = torch_predict(cfg, pbatch, reps, channels_last=True)
-    p_nc = torch_predict(cfg, pbatch, reps, channels_last=False)
-    res["predict_images_per_s_torch_channels_last"] = p_cl
-    res["predict_images_per_s_torch_contiguous"] = p_nc
-    res["predict_ratio_vs_torch"] = (res["predict_images_per_s_jax"]["median"]
-                                     / max(p_cl["median"], p_nc["median"]))
+    predict = side_by_side(rounds, {
+        "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps, mesh),
+        "predict_images_per_s_jax_one_device": lambda: jax_predict(cfg, pbatch, reps, mesh_of(1)),
+        "predict_images_per_s_torch_channels_last":
+            lambda: torch_predict(cfg, pbatch, reps, channels_last=True),
+        "predict_images_per_s_torch_contiguous":
+            lambda: torch_predict(cfg, pbatch, reps, channels_last=False),
+    })
+    res.update({k: pooled(v) for k, v in predict.items()})
+    res["predict_ratio_vs_torch"] = ratio_over_rounds(predict, "predict_images_per_s_jax", (
+        "predict_images_per_s_torch_channels_last", "predict_images_per_s_torch_contiguous"))
 
     if not args.skip_repro:
         print("measuring dvc repro ...", flush=True)
@@ -295,7 +346,8 @@ def main() -> None:
 def print_table(res: dict) -> None:
     def fmt(v):
         if isinstance(v, dict):
-            return f"{v['median']:10.1f}  ({v['min']:.1f} - {v['max']:.1f})"
+            d = 3 if v["median"] < 10 else 1
+            return f"{v['median']:10.{d}f}  ({v['min']:.{d}f} - {v['max']:.{d}f})"
         return f"{v:10.3f}" if isinstance(v, float) else str(v)
 
     print(f"\n{'figure':45s} {'median':>10s}  (spread)")

@@ -20,3 +20,30 @@ def test_stage_peak_memory_is_the_stage_not_the_process_that_started_it():
     assert ballast.sum() > 0
     assert seconds > 0
     assert 20 < rss_mib < 512, rss_mib
+
+
+def test_dvc_runs_with_this_interpreters_environment_without_an_activated_venv(monkeypatch):
+    # `.venv/bin/python -m benchmarks.run` with the venv not on PATH once failed at the
+    # dvc step ("No such file or directory: 'dvc'"); the stages need this python too.
+    from benchmarks.run import _dvc
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    out = _dvc("--version").stdout.strip()
+    assert out.split(".")[0].isdigit(), out
+
+
+def test_ratio_is_taken_within_each_round_and_against_the_faster_layout():
+    from benchmarks.run import pooled, ratio_over_rounds
+
+    def r(x):
+        return {"median": x, "min": x * 0.9, "max": x * 1.1}
+
+    # A slow phase of the machine that hits PyTorch in round 3 only (as once happened to a
+    # benchmark that measured each engine in one go) moves one ratio of three, not the
+    # median; the faster of PyTorch's two layouts counts in each round.
+    per_round = {"jax": [r(600), r(610), r(590)],
+                 "torch_a": [r(1200), r(900), r(590)], "torch_b": [r(1000), r(1220), r(500)]}
+    ratio = ratio_over_rounds(per_round, "jax", ("torch_a", "torch_b"))
+    assert ratio["rounds"] == [0.5, 0.5, 1.0] and ratio["median"] == 0.5
+    fig = pooled(per_round["jax"])
+    assert fig["median"] == 600 and fig["min"] == 590 * 0.9 and fig["max"] == 610 * 1.1
