@@ -252,13 +252,17 @@ def pooled(per_round: list[dict]) -> dict:
             "rounds": [r["median"] for r in per_round]}
 
 
+def over_rounds(values: list[float]) -> dict:
+    """A quantity computed within each round (a ratio): the median over rounds, its range."""
+    return {"median": float(np.median(values)), "min": min(values), "max": max(values),
+            "rounds": values}
+
+
 def ratio_over_rounds(per_round: dict[str, list[dict]], jax_key: str,
                       torch_keys: tuple[str, ...]) -> dict:
     """JAX / (PyTorch's faster layout), within each round; the median over rounds."""
-    ratios = [j["median"] / max(per_round[k][i]["median"] for k in torch_keys)
-              for i, j in enumerate(per_round[jax_key])]
-    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios),
-            "rounds": ratios}
+    return over_rounds([j["median"] / max(per_round[k][i]["median"] for k in torch_keys)
+                        for i, j in enumerate(per_round[jax_key])])
 
 
 # --------------------------------------------------------------------------- main
@@ -316,11 +320,9 @@ def main() -> None:
         "train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"))
     res["train_gflops_jax"] = res["train_images_per_s_jax"]["median"] * flops_train / 1e9
     # Within each round too: the matmul peak moves with the machine's phases like the rest.
-    fractions = [j["median"] * flops_train / 1e9 / pk["median"]
-                 for j, pk in zip(train["train_images_per_s_jax"], train["peak_gflops"])]
-    res["train_fraction_of_peak"] = {"median": float(np.median(fractions)),
-                                     "min": min(fractions), "max": max(fractions),
-                                     "rounds": fractions}
+    res["train_fraction_of_peak"] = over_rounds(
+        [j["median"] * flops_train / 1e9 / pk["median"]
+         for j, pk in zip(train["train_images_per_s_jax"], train["peak_gflops"])])
 
     print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
