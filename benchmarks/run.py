@@ -7,6 +7,8 @@ by side hold better than absolute figures), each figure the median of several re
 after a warm-up, with the spread (min-max) printed. JAX and PyTorch take turns over three
 rounds (two with --quick): a figure is the median of its round medians (each round's
 median is kept under "rounds"), a ratio the median of the ratios measured within a round.
+Like the stages, the process first calls stages/parallel.py:reuse_host_memory (glibc keeps
+freed memory for reuse), which applies to PyTorch as much as to JAX.
 
 - peak_gflops: float32 2048x2048 matrix multiply in JAX (the practical peak of this machine).
 - train_images_per_s: the default network of params.yaml (`train:`), one jitted train step
@@ -86,12 +88,6 @@ def peak_gflops(reps: int) -> dict:
 
 
 # --------------------------------------------------------------------------- train step
-
-
-def mesh_of(n: int) -> Mesh:
-    """A data-parallel mesh over the first n devices (the pipeline's is over all of them)."""
-    return Mesh(np.array(jax.devices()[:n]), ("data",),
-                axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
@@ -278,7 +274,9 @@ def main() -> None:
 
     p = validate_section("train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"],
                          TRAIN_SCHEMA)
-    # As the train stage does, before JAX starts: on CPU, one JAX device per core.
+    # As the train and predict stages do, before JAX starts: freed host memory reused (for
+    # PyTorch too, which runs in this process), and on CPU one JAX device per core.
+    host_memory_reused = parallel.reuse_host_memory()
     parallel.use_cpu_devices(p["cpu_devices"], [p["batch_size"], 1000])
     mesh = parallel.data_mesh()
 
@@ -295,7 +293,8 @@ def main() -> None:
 
     res: dict = {"machine": {"python": platform.python_version(), "jax": jax.__version__,
                              "torch": torch.__version__, "backend": jax.default_backend(),
-                             "devices": jax.device_count(), "cpus": os.cpu_count()},
+                             "devices": jax.device_count(), "cpus": os.cpu_count(),
+                             "host_memory_reused": host_memory_reused},
                  "network": {"batch_size": bs, **cfg.to_dict(),
                              "gflops_train_per_image": flops_train / 1e9}}
     # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
@@ -309,7 +308,7 @@ def main() -> None:
         "train_images_per_s_jax_with_augmentation":
             lambda: jax_train(p, cfg, batch, labels, reps, True, mesh),
         "train_images_per_s_jax_one_device":
-            lambda: jax_train(p, cfg, batch, labels, reps, False, mesh_of(1)),
+            lambda: jax_train(p, cfg, batch, labels, reps, False, parallel.data_mesh(1)),
         "train_images_per_s_torch_channels_last":
             lambda: torch_train(p, cfg, batch, labels, reps, channels_last=True),
         "train_images_per_s_torch_contiguous":
@@ -328,7 +327,7 @@ def main() -> None:
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
     predict = side_by_side(rounds, {
         "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps, mesh),
-        "predict_images_per_s_jax_one_device": lambda: jax_predict(cfg, pbatch, reps, mesh_of(1)),
+        "predict_images_per_s_jax_one_device": lambda: jax_predict(cfg, pbatch, reps, parallel.data_mesh(1)),
         "predict_images_per_s_torch_channels_last":
             lambda: torch_predict(cfg, pbatch, reps, channels_last=True),
         "predict_images_per_s_torch_contiguous":

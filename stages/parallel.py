@@ -11,6 +11,13 @@ parallelism. On this project's 2-core machine the train step ran 15-29% faster t
 device in three runs of `python -m benchmarks.run` (measured side by side in one process).
 GPUs and TPUs are untouched by it.
 
+Host memory: XLA:CPU allocates each program's temporary buffers afresh on every run, from
+its worker threads (342 MB per device for one train step at batch 512). glibc serves a
+request that large from a worker thread's arena with a fresh mmap and unmaps it on free,
+so every step page-faulted its whole working set again: 176,000 minor faults and ~0.35 s
+of kernel time per step on the 2-core machine. `reuse_host_memory` lets freed buffers be
+reused by the next step instead (train step +20-35% images/s, see the function).
+
 Multi-host: when `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` are
 set (see README), `init_distributed()` calls `jax.distributed.initialize()` before any
 device is touched; each host then feeds its own slice of every global batch.
@@ -18,8 +25,10 @@ device is touched; each host then feeds its own slice of every global batch.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -84,12 +93,48 @@ def use_cpu_devices(setting: int | str, batch_sizes: Sequence[int]) -> int | Non
     return n
 
 
-def data_mesh() -> Mesh:
+# glibc's mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def reuse_host_memory() -> bool:
+    """Make glibc keep freed memory for reuse; call before JAX starts. True if applied.
+
+    Every thread allocates from the main heap (M_ARENA_MAX=1: a worker thread's own
+    arena falls back to mmap for anything over its 64 MB heap, whatever M_MMAP_MAX says),
+    never through mmap (M_MMAP_MAX=0), and freed memory is not given back to the kernel
+    (M_TRIM_THRESHOLD): a step's buffers land on pages the previous step already touched.
+    The price is that the process keeps its peak memory until it exits, which suits a
+    stage process. Measured on the 2-core machine, one process per setting, alternating:
+    train step 700-733 -> 842-944 images/s, minor faults per step 176,000 -> ~1,000;
+    inference unchanged. A no-op (False) outside glibc, and in a process whose JAX is
+    already running (its XLA threads have their arenas already).
+    """
+    if sys.platform != "linux" or _backends_running():
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (not musl)
+    except (OSError, AttributeError):
+        return False
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def _backends_running() -> bool:
+    from jax._src import xla_bridge  # no public API tells whether the backends are up
+
+    return xla_bridge.backends_are_initialized()
+
+
+def data_mesh(n_devices: int | None = None) -> Mesh:
+    """A data-parallel mesh over every device, or over the first `n_devices` of them."""
     # Auto axes: XLA propagates the batch sharding through the step by itself, so the
     # model code stays free of sharding annotations.
-    return jax.make_mesh(
-        (jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-    )
+    auto = (jax.sharding.AxisType.Auto,)
+    if n_devices is not None:
+        return Mesh(np.array(jax.devices()[:n_devices]), ("data",), axis_types=auto)
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=auto)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

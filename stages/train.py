@@ -153,7 +153,7 @@ def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], p: dict[str
     return jax.jit(step, donate_argnums=(0,))
 
 
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- logging
 
 
 def _open_live(live_dir: Path):
@@ -167,6 +167,9 @@ def _open_live(live_dir: Path):
         raise PipelineError(
             f"dvclive could not read the git repository ({e}); commit once "
             "(`git add -A && git commit -m init`) and rerun `dvc repro`") from e
+
+
+# --------------------------------------------------------------------------- checkpoints
 
 
 def _fingerprint(p: dict[str, Any], prepared_dir: Path) -> str:
@@ -384,6 +387,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     p = load_params("train", SCHEMA, args.params)
+    parallel.reuse_host_memory()
     parallel.use_cpu_devices(p["cpu_devices"], [p["batch_size"], p["eval_batch_size"]])
     m = train(args.prepared, args.model, args.metrics, args.live, p)
     print(json.dumps(m, indent=2))
