@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from stages import parallel
 from stages.common import validate_section
@@ -97,9 +97,9 @@ def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, 
     tx = make_optimizer(p, 1000)
     state = {"params": params, "rest": rest, "opt": tx.init(params),
              "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    state = jax.device_put(state, parallel.replicated(mesh))
     step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), p)
-    x, y = jax.device_put((batch, labels), NamedSharding(mesh, P("data")))
+    x, y = jax.device_put((batch, labels), parallel.batch_sharded(mesh))
     box = [state]
 
     def one():
@@ -142,10 +142,10 @@ def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray
 
 def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, mesh: Mesh, k: int = 3) -> dict:
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    params, rest = jax.device_put((params, rest), NamedSharding(mesh, P()))
+    params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
     infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)))
     topk = jax.jit(lambda pr, r, x: jax.lax.top_k(jax.nn.softmax(infer(pr, r, x)), k))
-    x = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    x = jax.device_put(batch, parallel.batch_sharded(mesh))
     return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
 
 
