@@ -7,8 +7,9 @@ by side hold better than absolute figures), each figure the median of several re
 after a warm-up, with the spread (min-max) printed. JAX and PyTorch take turns over three
 rounds (two with --quick): a figure is the median of its round medians (each round's
 median is kept under "rounds"), a ratio the median of the ratios measured within a round.
-Like the stages, the process first calls stages/parallel.py:reuse_host_memory (glibc keeps
-freed memory for reuse), which applies to PyTorch as much as to JAX.
+Like the stages, the process first calls stages/parallel.py:prepare_host (glibc keeps
+freed memory for reuse, which applies to PyTorch as much as to JAX). Every timed figure
+also carries the process's minor page faults and kernel CPU seconds per repetition.
 
 - peak_gflops: float32 2048x2048 matrix multiply in JAX (the practical peak of this machine).
 - train_images_per_s: the default network of params.yaml (`train:`), one jitted train step
@@ -39,12 +40,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,21 +65,39 @@ from stages.train import make_optimizer, make_train_step
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, reps: int, warmup: int = 2) -> tuple[float, float, float]:
-    """(median, min, max) seconds of fn() over reps runs after warmup runs."""
+class Timing(NamedTuple):
+    """Seconds per repetition (median, min, max), and what the kernel did per repetition."""
+
+    median: float
+    min: float
+    max: float
+    # Minor page faults and kernel CPU seconds of the whole process, per repetition: a
+    # step that page-faults its working set afresh (see stages/parallel.py:
+    # reuse_host_memory) shows up here long before anyone profiles it.
+    minor_faults: float
+    kernel_s: float
+
+
+def timed(fn, reps: int, warmup: int = 2) -> Timing:
+    """Time fn() over reps runs after warmup runs."""
     for _ in range(warmup):
         fn()
     ts = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(reps):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts)), float(min(ts)), float(max(ts))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return Timing(float(np.median(ts)), float(min(ts)), float(max(ts)),
+                  (after.ru_minflt - before.ru_minflt) / reps,
+                  (after.ru_stime - before.ru_stime) / reps)
 
 
-def rate(items: int, t: tuple[float, float, float]) -> dict:
+def rate(items: int, t: Timing) -> dict:
     """Items per second: the median and the spread (from the slowest and fastest rep)."""
-    return {"median": items / t[0], "min": items / t[2], "max": items / t[1]}
+    return {"median": items / t.median, "min": items / t.max, "max": items / t.min,
+            "minor_faults_per_rep": t.minor_faults, "kernel_s_per_rep": t.kernel_s}
 
 
 def peak_gflops(reps: int) -> dict:
@@ -84,7 +105,8 @@ def peak_gflops(reps: int) -> dict:
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
     f = jax.jit(lambda x: x @ x)
     gflop = 2 * n**3 / 1e9
-    return {k: v * gflop for k, v in rate(1, timed(lambda: f(a).block_until_ready(), reps)).items()}
+    r = rate(1, timed(lambda: f(a).block_until_ready(), reps))
+    return {k: r[k] * gflop for k in ("median", "min", "max")}
 
 
 # --------------------------------------------------------------------------- train step
@@ -206,7 +228,7 @@ def repro_times(reps: int) -> dict:
     finally:
         params_file.write_text(original)
         _dvc("repro")
-    return {"noop_repro_s": {"median": noop[0], "min": noop[1], "max": noop[2]},
+    return {"noop_repro_s": {"median": noop.median, "min": noop.min, "max": noop.max},
             "embed_only_repro_s": {"median": embed_only, "min": embed_only,
                                    "max": embed_only}}
 
@@ -243,9 +265,13 @@ def side_by_side(rounds: int, measures: dict) -> dict[str, list[dict]]:
 
 def pooled(per_round: list[dict]) -> dict:
     """One figure over rounds: the median of the round medians, the spread of all reps."""
-    return {"median": float(np.median([r["median"] for r in per_round])),
-            "min": min(r["min"] for r in per_round), "max": max(r["max"] for r in per_round),
-            "rounds": [r["median"] for r in per_round]}
+    out = {"median": float(np.median([r["median"] for r in per_round])),
+           "min": min(r["min"] for r in per_round), "max": max(r["max"] for r in per_round),
+           "rounds": [r["median"] for r in per_round]}
+    for k in ("minor_faults_per_rep", "kernel_s_per_rep"):  # medians over rounds
+        if all(k in r for r in per_round):
+            out[k] = float(np.median([r[k] for r in per_round]))
+    return out
 
 
 def over_rounds(values: list[float]) -> dict:
@@ -276,8 +302,7 @@ def main() -> None:
                          TRAIN_SCHEMA)
     # As the train and predict stages do, before JAX starts: freed host memory reused (for
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
-    host_memory_reused = parallel.reuse_host_memory()
-    parallel.use_cpu_devices(p["cpu_devices"], [p["batch_size"], 1000])
+    host = parallel.prepare_host(p["cpu_devices"], [p["batch_size"], 1000])
     mesh = parallel.data_mesh()
 
     import torch
@@ -294,7 +319,7 @@ def main() -> None:
     res: dict = {"machine": {"python": platform.python_version(), "jax": jax.__version__,
                              "torch": torch.__version__, "backend": jax.default_backend(),
                              "devices": jax.device_count(), "cpus": os.cpu_count(),
-                             "host_memory_reused": host_memory_reused},
+                             "host_memory_reused": host.memory_reused},
                  "network": {"batch_size": bs, **cfg.to_dict(),
                              "gflops_train_per_image": flops_train / 1e9}}
     # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
@@ -351,7 +376,11 @@ def print_table(res: dict) -> None:
     def fmt(v):
         if isinstance(v, dict):
             d = 3 if v["median"] < 10 else 1
-            return f"{v['median']:10.{d}f}  ({v['min']:.{d}f} - {v['max']:.{d}f})"
+            text = f"{v['median']:10.{d}f}  ({v['min']:.{d}f} - {v['max']:.{d}f})"
+            if "minor_faults_per_rep" in v:
+                text += (f"  [{v['minor_faults_per_rep']:,.0f} faults,"
+                         f" {v['kernel_s_per_rep']:.3f} s kernel per rep]")
+            return text
         return f"{v:10.3f}" if isinstance(v, float) else str(v)
 
     print(f"\n{'figure':45s} {'median':>10s}  (spread)")

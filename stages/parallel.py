@@ -30,6 +30,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import jax
 import numpy as np
@@ -124,7 +125,28 @@ def reuse_host_memory() -> bool:
 def _backends_running() -> bool:
     from jax._src import xla_bridge  # no public API tells whether the backends are up
 
-    return xla_bridge.backends_are_initialized()
+    # Private, so guard against its disappearance in a later JAX: assume "not yet" (the
+    # settings then apply as in a fresh process); tests/test_train.py checks the no-op.
+    check = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(check()) if check is not None else False
+
+
+@dataclass(frozen=True)
+class HostSetup:
+    """What `prepare_host` changed: see `reuse_host_memory` and `use_cpu_devices`."""
+
+    memory_reused: bool
+    cpu_devices: int | None
+
+
+def prepare_host(cpu_devices: int | str, batch_sizes: Sequence[int]) -> HostSetup:
+    """Set up this process's CPU for XLA; the first thing a stage that runs the network does.
+
+    Both settings only take effect before JAX starts its backends (and are left alone in a
+    process whose JAX is already running, such as a test calling a stage in-process).
+    """
+    memory_reused = reuse_host_memory()
+    return HostSetup(memory_reused, use_cpu_devices(cpu_devices, batch_sizes))
 
 
 def data_mesh(n_devices: int | None = None) -> Mesh:

@@ -94,8 +94,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     p = load_params("predict", SCHEMA, args.params)
-    parallel.reuse_host_memory()
-    parallel.use_cpu_devices(p["cpu_devices"], [p["batch_size"]])
+    parallel.prepare_host(p["cpu_devices"], [p["batch_size"]])
     print(json.dumps(predict(args.prepared, args.model, args.out, p), indent=2))
 
 

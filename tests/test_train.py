@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -186,6 +187,25 @@ def test_reuse_host_memory_stops_page_faulting_every_call():
 def test_reuse_host_memory_leaves_a_running_jax_alone():
     jax.devices()  # the backends are up, as in any test process
     assert parallel.reuse_host_memory() is False
+
+
+_PREPARE_HOST = """
+import os, sys
+os.environ.pop("XLA_FLAGS", None)  # a forced device count would win over the setting
+from stages import parallel
+host = parallel.prepare_host(2, [8, 4])
+import jax
+print(host.memory_reused, host.cpu_devices, len(jax.devices("cpu")))
+"""
+
+
+def test_prepare_host_before_jax_starts_and_after():
+    out = subprocess.run([sys.executable, "-c", _PREPARE_HOST], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout.split()
+    glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+    assert out == [str(glibc), "2", "2"]
+    # In this process JAX is already running: both settings are left alone.
+    assert parallel.prepare_host(2, [8]) == parallel.HostSetup(False, None)
 
 
 def test_data_mesh_over_the_first_devices():
