@@ -190,7 +190,7 @@ def test_reuse_host_memory_leaves_a_running_jax_alone():
 
 
 _PREPARE_HOST = """
-import os, sys
+import os
 os.environ.pop("XLA_FLAGS", None)  # a forced device count would win over the setting
 from stages import parallel
 host = parallel.prepare_host(2, [8, 4])
