@@ -352,7 +352,8 @@ def main() -> None:
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
     predict = side_by_side(rounds, {
         "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps, mesh),
-        "predict_images_per_s_jax_one_device": lambda: jax_predict(cfg, pbatch, reps, parallel.data_mesh(1)),
+        "predict_images_per_s_jax_one_device":
+            lambda: jax_predict(cfg, pbatch, reps, parallel.data_mesh(1)),
         "predict_images_per_s_torch_channels_last":
             lambda: torch_predict(cfg, pbatch, reps, channels_last=True),
         "predict_images_per_s_torch_contiguous":

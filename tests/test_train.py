@@ -151,6 +151,12 @@ def test_auto_cpu_devices_divides_every_batch(cores, batch_sizes, want):
     assert n == want and all(b % n == 0 for b in batch_sizes)
 
 
+def _run_python(script: str, *args: str) -> list[str]:
+    """Run `script` in a fresh interpreter (JAX not started yet); its stdout's words."""
+    return subprocess.run([sys.executable, "-c", script, *args], check=True,
+                          capture_output=True, text=True, cwd=ROOT).stdout.split()
+
+
 # Runs a jitted function whose 64 MB output is allocated afresh on every call, with or
 # without reuse_host_memory, and prints the minor page faults per call.
 _FAULTS_PER_CALL = """
@@ -172,8 +178,7 @@ print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 1
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc settings: Linux only")
 def test_reuse_host_memory_stops_page_faulting_every_call():
     def faults(mode: str) -> tuple[str, float]:
-        out = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL, mode], check=True,
-                             capture_output=True, text=True, cwd=ROOT).stdout.split()
+        out = _run_python(_FAULTS_PER_CALL, mode)
         return out[0], float(out[1])
 
     (applied_default, default), (applied, reused) = faults("default"), faults("reuse")
@@ -200,8 +205,7 @@ print(host.memory_reused, host.cpu_devices, len(jax.devices("cpu")))
 
 
 def test_prepare_host_before_jax_starts_and_after():
-    out = subprocess.run([sys.executable, "-c", _PREPARE_HOST], check=True,
-                         capture_output=True, text=True, cwd=ROOT).stdout.split()
+    out = _run_python(_PREPARE_HOST)
     glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
     assert out == [str(glibc), "2", "2"]
     # In this process JAX is already running: both settings are left alone.
