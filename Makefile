@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/python -m stages.onednn  # compile the CPU convolution kernel now, and check it
 	touch $(STAMP)
 
 setup: $(STAMP)

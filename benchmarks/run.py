@@ -128,7 +128,8 @@ def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, 
         box[0], loss, _ = step(box[0], x, y)
         loss.block_until_ready()
 
-    return rate(len(batch), timed(one, reps))
+    with jax.set_mesh(mesh):  # traced under the mesh, as in the train stage
+        return rate(len(batch), timed(one, reps))
 
 
 def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
@@ -168,7 +169,8 @@ def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, mesh: Mesh, k: i
     infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)))
     topk = jax.jit(lambda pr, r, x: jax.lax.top_k(jax.nn.softmax(infer(pr, r, x)), k))
     x = jax.device_put(batch, parallel.batch_sharded(mesh))
-    return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
+    with jax.set_mesh(mesh):  # traced under the mesh, as in the predict stage
+        return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
 
 
 def torch_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last: bool,

@@ -7,13 +7,17 @@ Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv
 -> global max-pool -> linear. Each block halves the resolution, so three blocks take a
 32x32 picture to 4x4.
 
-Why custom convolutions: on XLA:CPU the weight gradient of `lax.conv_general_dilated`
-runs at a fraction of the matrix-multiply speed (see benchmarks/). `conv_impl: matmul`
-keeps XLA's forward and input-gradient convolutions but computes the weight gradient as
-one matrix multiply per kernel row, and computes images smaller than the kernel's window
-(2x2 for 3x3) as one dense matmul (`conv_dense`); `conv_impl: xla` is plain autodiff. Both
-give the same numbers up to float rounding, so the choice is only about speed on the
-device at hand.
+Convolutions (`conv_impl`; all three give the same numbers up to float rounding, so the
+choice is only about speed on the device at hand):
+- `onednn` (default): on CPU, oneDNN's convolutions called from the jitted step
+  (stages/onednn.py), forward, input gradient and weight gradient alike. XLA:CPU's own
+  ran this network's train step at 0.7x PyTorch's speed; with oneDNN's it is level (see
+  README, "Speed"). On other backends it means XLA's convolution.
+- `matmul`: XLA's forward and input-gradient convolutions, the weight gradient as one
+  matrix multiply per kernel row (XLA:CPU's own weight gradient is slower still).
+- `xla`: plain autodiff of `lax.conv_general_dilated`.
+With `onednn` and `matmul`, images smaller than the kernel's window (2x2 under 3x3) are
+convolved as one dense matmul (`conv_dense`), which beats both libraries there.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 from flax import nnx, serialization
 from jax import lax
 
+from stages import onednn
 from stages.common import PipelineError, atomic_dir
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -38,7 +43,7 @@ class ModelConfig:
     num_classes: int
     stem_width: int = 24
     widths: tuple[int, ...] = (32, 128, 128)
-    conv_impl: str = "matmul"  # "matmul" or "xla", see the module docstring
+    conv_impl: str = "onednn"  # "onednn", "matmul" or "xla", see the module docstring
     # Space-to-depth factor before the stem: 2 turns 32x32x3 into 16x16x12. On CPU the
     # full-resolution layers are memory-bound and cost far more than their FLOPs suggest.
     stem_patch: int = 1
@@ -133,6 +138,8 @@ class Conv(nnx.Module):
             return _conv_same(x, w)
         if x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]:
             return conv_dense(x, w)
+        if self.impl == "onednn":
+            return onednn.conv(x, w) if onednn.available() else _conv_same(x, w)
         return conv_matmul_grad(x, w)
 
 

@@ -29,7 +29,8 @@ import ctypes
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import jax
@@ -147,6 +148,18 @@ def prepare_host(cpu_devices: int | str, batch_sizes: Sequence[int]) -> HostSetu
     """
     memory_reused = reuse_host_memory()
     return HostSetup(memory_reused, use_cpu_devices(cpu_devices, batch_sizes))
+
+
+@contextmanager
+def data_parallel(n_devices: int | None = None) -> Iterator[Mesh]:
+    """`data_mesh()`, also set as the mesh that jitted functions traced inside see.
+
+    Custom calls such as stages/onednn.py's convolutions read it to run per device on the
+    device's slice of the batch; XLA alone would gather the whole batch onto each device.
+    """
+    mesh = data_mesh(n_devices)
+    with jax.set_mesh(mesh):
+        yield mesh
 
 
 def data_mesh(n_devices: int | None = None) -> Mesh:

@@ -57,21 +57,21 @@ def predict(prepared_dir: str | Path, model_dir: str | Path, out_file: str | Pat
             f"{len(data.classes)}; rerun `dvc repro train`"
         )
     parallel.check_batch_size(p["batch_size"], "predict.batch_size")
-    mesh = parallel.data_mesh()
-    params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
-    infer = make_inference_fn(graphdef, norm, tta_flip=p["tta_flip"],
-                              tta_translate=p["tta_translate"])
+    with parallel.data_parallel() as mesh:  # the mesh the network's convolutions see
+        params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
+        infer = make_inference_fn(graphdef, norm, tta_flip=p["tta_flip"],
+                                  tta_translate=p["tta_translate"])
 
-    labels, probs, split_ids, summary = [], [], [], {}
-    for i, name in enumerate(p["splits"]):
-        split = data.splits[name]
-        logits = parallel.map_batches(lambda x: infer(params, rest, x), split.images,
-                                      p["batch_size"], mesh, progress, desc=f"predict {name}")
-        probs.append(softmax(logits))
-        labels.append(split.labels)
-        split_ids.append(np.full(len(split.labels), i, np.int8))
-        summary[name] = {"pictures": len(split.labels),
-                         "accuracy": round(float((logits.argmax(1) == split.labels).mean()), 6)}
+        labels, probs, split_ids, summary = [], [], [], {}
+        for i, name in enumerate(p["splits"]):
+            split = data.splits[name]
+            logits = parallel.map_batches(lambda x: infer(params, rest, x), split.images,
+                                          p["batch_size"], mesh, progress, desc=f"predict {name}")
+            probs.append(softmax(logits))
+            labels.append(split.labels)
+            split_ids.append(np.full(len(split.labels), i, np.int8))
+            summary[name] = {"pictures": len(split.labels),
+                             "accuracy": round(float((logits.argmax(1) == split.labels).mean()), 6)}
     with atomic_file(out_file) as tmp, open(tmp, "wb") as fh:
         np.savez(
             fh,

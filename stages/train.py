@@ -72,7 +72,7 @@ SCHEMA = {
     "widths": Param(list, [64, 128, 256], lambda v: None if v and all(
         isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v
     ) else "a non-empty list of positive ints"),
-    "conv_impl": Param(str, "matmul", one_of("matmul", "xla")),
+    "conv_impl": Param(str, "onednn", one_of("onednn", "matmul", "xla")),
     "bn_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
     "cpu_devices": parallel.CPU_DEVICES,
 }
@@ -274,108 +274,108 @@ def train(
     sample = np.asarray(train_x[:: max(1, len(train_x) // 5000)], np.float32)
     norm = (sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2)) + 1e-3)
 
-    mesh = parallel.data_mesh()
-    repl = parallel.replicated(mesh)
-    key = jax.random.key(p["seed"])
-    model = CNN(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(p, total_steps)
-    state = {
-        "params": params,
-        "rest": rest,
-        "opt": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "key": jax.random.key_data(jax.random.fold_in(key, 1)),
-    }
-
-    fingerprint = _fingerprint(p, prepared_dir)
-    ckpt = resume_dir / f"{fingerprint}.msgpack"
-    history: list[dict[str, float]] = []
-    train_seconds = 0.0
-    if ckpt.exists():
-        state, history, train_seconds = _load_checkpoint(ckpt, state)
-        print(f"resuming from {ckpt} after epoch {len(history)}")
-    state = jax.device_put(state, repl)
-    step = make_train_step(graphdef, tx, (jnp.asarray(norm[0]), jnp.asarray(norm[1])), p)
-
-    # The per-epoch curve uses the plain network (one view, cheap); the final score uses the
-    # test-time augmentation that `predict` applies too (see make_inference_fn).
-    infer_plain = make_inference_fn(graphdef, norm)
-    infer_tta = make_inference_fn(graphdef, norm, tta_flip=p["tta_flip"],
-                                  tta_translate=p["tta_translate"])
-
-    def test_accuracy(infer) -> float:
-        logits = parallel.map_batches(lambda x: infer(state["params"], state["rest"], x),
-                                      test.images, p["eval_batch_size"], mesh)
-        return float((logits.argmax(-1) == test.labels).mean())
-
-    live = _open_live(live_dir)
-    for h in history:  # replay finished epochs: DVC removed the old curves before rerunning
-        for k, v in h.items():
-            if k != "epoch":
-                live.log_metric(k, v)
-        live.next_step()
-
-    host_rows = parallel.local_slice(bs)
-    for epoch in range(len(history), p["epochs"]):
-        order = np.random.default_rng([p["seed"], epoch]).permutation(len(train_x))
-        loss_acc = jnp.zeros(()); correct_acc = jnp.zeros((), jnp.int32)  # noqa: E702
-        t0 = time.perf_counter()
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{p['epochs']}",
-                   disable=not progress, unit="step", leave=False)
-        for i in bar:
-            idx = np.sort(order[i * bs : (i + 1) * bs][host_rows])  # sorted: faster mmap reads
-            xb, yb = parallel.shard_batch(mesh, np.asarray(train_x[idx]), train_y[idx])
-            state, loss_sum, correct = step(state, xb, yb)
-            loss_acc, correct_acc = loss_acc + loss_sum, correct_acc + correct
-            if i % 10 == 9:
-                seen = (i + 1) * bs
-                bar.set_postfix(loss=f"{float(loss_acc) / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        jax.block_until_ready(state)
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        seen = steps_per_epoch * bs
-        test_acc = test_accuracy(infer_plain)
-        rec = {
-            "epoch": epoch + 1,
-            "train/loss": round(float(loss_acc) / seen, 6),
-            "train/accuracy": round(int(correct_acc) / seen, 6),
-            "test/accuracy": round(test_acc, 6),
+    with parallel.data_parallel() as mesh:  # the mesh the step's convolutions see
+        repl = parallel.replicated(mesh)
+        key = jax.random.key(p["seed"])
+        model = CNN(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        tx = make_optimizer(p, total_steps)
+        state = {
+            "params": params,
+            "rest": rest,
+            "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "key": jax.random.key_data(jax.random.fold_in(key, 1)),
         }
-        history.append(rec)
-        for k, v in rec.items():
-            if k != "epoch":
-                live.log_metric(k, v)
-        live.next_step()
-        print(f"epoch {epoch + 1}/{p['epochs']}: loss {rec['train/loss']:.4f} "
-              f"train acc {rec['train/accuracy']:.4f} test acc {test_acc:.4f} "
-              f"({seen / epoch_seconds:.0f} img/s, {epoch_seconds:.0f} s)", flush=True)
-        if epoch + 1 < p["epochs"]:
-            _save_checkpoint(ckpt, state, history, train_seconds)
-    live.end()
-    final_acc = test_accuracy(infer_tta)
-    print(f"test accuracy with test-time augmentation: {final_acc:.4f}", flush=True)
 
-    save_model(Path(model_dir), cfg, norm, state["params"], state["rest"])
-    metrics = {
-        "test_accuracy": round(final_acc, 6),
-        "test_accuracy_no_tta": history[-1]["test/accuracy"],
-        "train_accuracy": history[-1]["train/accuracy"],
-        "train_loss": history[-1]["train/loss"],
-        "epochs": p["epochs"],
-        "tta_flip": p["tta_flip"],
-        "tta_translate": p["tta_translate"],
-        "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(time.perf_counter() - t_stage, 1),
-        "images_per_second": round(steps_per_epoch * bs * p["epochs"] / train_seconds, 1),
-        "gflops_per_image_train": round(3 * count_flops(cfg, data.image_hw) / 1e9, 4),
-        "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
-    }
-    write_json(metrics_file, metrics)
-    ckpt.unlink(missing_ok=True)
-    return metrics
+        fingerprint = _fingerprint(p, prepared_dir)
+        ckpt = resume_dir / f"{fingerprint}.msgpack"
+        history: list[dict[str, float]] = []
+        train_seconds = 0.0
+        if ckpt.exists():
+            state, history, train_seconds = _load_checkpoint(ckpt, state)
+            print(f"resuming from {ckpt} after epoch {len(history)}")
+        state = jax.device_put(state, repl)
+        step = make_train_step(graphdef, tx, (jnp.asarray(norm[0]), jnp.asarray(norm[1])), p)
+
+        # The per-epoch curve uses the plain network (one view, cheap); the final score uses the
+        # test-time augmentation that `predict` applies too (see make_inference_fn).
+        infer_plain = make_inference_fn(graphdef, norm)
+        infer_tta = make_inference_fn(graphdef, norm, tta_flip=p["tta_flip"],
+                                      tta_translate=p["tta_translate"])
+
+        def test_accuracy(infer) -> float:
+            logits = parallel.map_batches(lambda x: infer(state["params"], state["rest"], x),
+                                          test.images, p["eval_batch_size"], mesh)
+            return float((logits.argmax(-1) == test.labels).mean())
+
+        live = _open_live(live_dir)
+        for h in history:  # replay finished epochs: DVC removed the old curves before rerunning
+            for k, v in h.items():
+                if k != "epoch":
+                    live.log_metric(k, v)
+            live.next_step()
+
+        host_rows = parallel.local_slice(bs)
+        for epoch in range(len(history), p["epochs"]):
+            order = np.random.default_rng([p["seed"], epoch]).permutation(len(train_x))
+            loss_acc = jnp.zeros(()); correct_acc = jnp.zeros((), jnp.int32)  # noqa: E702
+            t0 = time.perf_counter()
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{p['epochs']}",
+                       disable=not progress, unit="step", leave=False)
+            for i in bar:
+                idx = np.sort(order[i * bs : (i + 1) * bs][host_rows])  # sorted: faster mmap reads
+                xb, yb = parallel.shard_batch(mesh, np.asarray(train_x[idx]), train_y[idx])
+                state, loss_sum, correct = step(state, xb, yb)
+                loss_acc, correct_acc = loss_acc + loss_sum, correct_acc + correct
+                if i % 10 == 9:
+                    seen = (i + 1) * bs
+                    bar.set_postfix(loss=f"{float(loss_acc) / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            jax.block_until_ready(state)
+            epoch_seconds = time.perf_counter() - t0
+            train_seconds += epoch_seconds
+            seen = steps_per_epoch * bs
+            test_acc = test_accuracy(infer_plain)
+            rec = {
+                "epoch": epoch + 1,
+                "train/loss": round(float(loss_acc) / seen, 6),
+                "train/accuracy": round(int(correct_acc) / seen, 6),
+                "test/accuracy": round(test_acc, 6),
+            }
+            history.append(rec)
+            for k, v in rec.items():
+                if k != "epoch":
+                    live.log_metric(k, v)
+            live.next_step()
+            print(f"epoch {epoch + 1}/{p['epochs']}: loss {rec['train/loss']:.4f} "
+                  f"train acc {rec['train/accuracy']:.4f} test acc {test_acc:.4f} "
+                  f"({seen / epoch_seconds:.0f} img/s, {epoch_seconds:.0f} s)", flush=True)
+            if epoch + 1 < p["epochs"]:
+                _save_checkpoint(ckpt, state, history, train_seconds)
+        live.end()
+        final_acc = test_accuracy(infer_tta)
+        print(f"test accuracy with test-time augmentation: {final_acc:.4f}", flush=True)
+
+        save_model(Path(model_dir), cfg, norm, state["params"], state["rest"])
+        metrics = {
+            "test_accuracy": round(final_acc, 6),
+            "test_accuracy_no_tta": history[-1]["test/accuracy"],
+            "train_accuracy": history[-1]["train/accuracy"],
+            "train_loss": history[-1]["train/loss"],
+            "epochs": p["epochs"],
+            "tta_flip": p["tta_flip"],
+            "tta_translate": p["tta_translate"],
+            "train_seconds": round(train_seconds, 1),
+            "wall_seconds": round(time.perf_counter() - t_stage, 1),
+            "images_per_second": round(steps_per_epoch * bs * p["epochs"] / train_seconds, 1),
+            "gflops_per_image_train": round(3 * count_flops(cfg, data.image_hw) / 1e9, 4),
+            "backend": jax.default_backend(),
+            "device_count": jax.device_count(),
+        }
+        write_json(metrics_file, metrics)
+        ckpt.unlink(missing_ok=True)
+        return metrics
 
 
 def main() -> None:

@@ -167,7 +167,7 @@ def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monk
         # The values the issue names, with the exact text a user sees.
         ("train", "epochs", 0, ["'train.epochs' = 0 is out of range; expected a number >= 1"]),
         ("train", "epochs", True, ["'train.epochs' = True has the wrong type; expected int"]),
-        ("train", "conv_impl", "cuda", ["'train.conv_impl' = 'cuda'", "one of ['matmul', 'xla']"]),
+        ("train", "conv_impl", "cuda", ["'train.conv_impl' = 'cuda'", "one of ['onednn', 'matmul', 'xla']"]),
         ("train", "widths", [64, 0], ["'train.widths' = [64, 0]", "a non-empty list of positive ints"]),
         ("embed", "dim", 0, ["'embed.dim' = 0 is out of range; expected a number >= 1"]),
         ("embed", "seeds", [], ["'embed.seeds' = [] is out of range", "non-empty list"]),

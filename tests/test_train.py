@@ -62,8 +62,8 @@ def test_custom_convolutions_match_xla_autodiff(conv, hw, kernel):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_matmul_network_matches_xla_network(monkeypatch):
-    """The whole CNN, conv_impl matmul (its 2x2 layer dense) vs plain XLA autodiff."""
+def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
+    """The whole CNN, conv_impl onednn and matmul (2x2 layers dense) vs plain XLA autodiff."""
     from stages import model as model_module
 
     dense_shapes = []
@@ -75,7 +75,7 @@ def test_matmul_network_matches_xla_network(monkeypatch):
     monkeypatch.setattr(model_module, "conv_dense", spy)
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     out = {}
-    for impl in ("matmul", "xla"):
+    for impl in ("onednn", "matmul", "xla"):
         cfg = ModelConfig(5, 8, (8, 16, 16), conv_impl=impl, stem_patch=2)  # blocks at 8, 4, 2 px
         graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
@@ -88,9 +88,10 @@ def test_matmul_network_matches_xla_network(monkeypatch):
         (grads, _), logits = jax.grad(loss, has_aux=True)((params, rest))
         out[impl] = (grads, logits)
     # Each block's first conv runs before its pool: 8x8 -> 4x4 | 4x4 -> 2x2 | 2x2 -> 1x1.
-    assert dense_shapes == [(2, 2), (2, 2), (1, 1)]
-    for a, b in zip(jax.tree.leaves(out["matmul"]), jax.tree.leaves(out["xla"])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert dense_shapes == [(2, 2), (2, 2), (1, 1)] * 2
+    for impl in ("onednn", "matmul"):
+        for a, b in zip(jax.tree.leaves(out[impl]), jax.tree.leaves(out["xla"])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_augment_keeps_pixels_and_shape():

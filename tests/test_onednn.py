@@ -1,0 +1,130 @@
+"""stages/onednn.py: oneDNN's convolutions against XLA's, per device in a mesh, and the
+errors a missing compiler or library gives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from stages import onednn
+from stages.common import PipelineError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not onednn.available(),
+                                reason="oneDNN convolutions run on x86-64 Linux CPUs only")
+
+
+def _xla_conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _random(shape, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+@pytest.mark.parametrize("n, h, w, cin, cout, k", [
+    (4, 8, 8, 16, 32, 3),     # the network's case
+    (3, 5, 7, 3, 5, 3),       # odd, non-square image; channels that fit no vector width
+    (2, 4, 4, 128, 256, 3),   # wide and small, as the network's last blocks
+    (2, 6, 6, 4, 8, 5),       # a 5x5 kernel
+    (1, 3, 3, 1, 1, 1),       # 1x1 kernel, one channel
+])
+def test_forward_and_both_gradients_match_xla(n, h, w, cin, cout, k):
+    x, kern = _random((n, h, w, cin), 0), _random((k, k, cin, cout), 1)
+    g = _random((n, h, w, cout), 2)
+    y, vjp = jax.vjp(jax.jit(onednn.conv), x, kern)
+    y_ref, vjp_ref = jax.vjp(_xla_conv, x, kern)
+    for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g))):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_rejects_what_it_cannot_convolve():
+    x = jnp.zeros((1, 4, 4, 3))
+    with pytest.raises(ValueError, match="odd-sized"):
+        onednn.conv(x, jnp.zeros((2, 2, 3, 4)))
+    with pytest.raises(ValueError, match="odd-sized"):
+        onednn.conv(x, jnp.zeros((3, 3, 5, 4)))  # channels disagree
+    with pytest.raises(ValueError, match="float32"):
+        onednn.conv(x.astype(jnp.bfloat16), jnp.zeros((3, 3, 3, 4), jnp.bfloat16))
+
+
+# In a fresh interpreter with two CPU devices: the gradient of a conv-based loss on a
+# batch sharded over both, against the same on one device and against XLA's convolution;
+# then whether the compiled program gathers the batch anywhere (it must not: each device
+# convolves its own half).
+_TWO_DEVICES = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from stages import onednn, parallel
+assert jax.device_count() == 2
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((8, 6, 6, 4)), jnp.float32)
+w = jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)
+xla = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def grads(conv):
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1)))
+out = {}
+for n in (1, 2):
+    with parallel.data_parallel(n) as mesh:
+        xs = jax.device_put(x, parallel.batch_sharded(mesh))
+        ws = jax.device_put(w, parallel.replicated(mesh))
+        f = grads(onednn.conv)
+        out[n] = f(xs, ws)
+        if n == 2:
+            hlo = f.lower(xs, ws).compile().as_text()
+            seen = {"gathered": "all-gather" in hlo, "dx_spec": str(out[n][0].sharding.spec)}
+ref = grads(xla)(x, w)
+for n in (1, 2):
+    for a, b in zip(out[n], ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.slow
+def test_two_devices_convolve_their_own_halves():
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+           "HOME": str(Path.home())}
+    done = subprocess.run([sys.executable, "-c", _TWO_DEVICES], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]  # includes: both meshes match XLA
+    seen = json.loads(done.stdout)
+    assert not seen["gathered"], "the sharded convolution gathered the batch onto each device"
+    assert "data" in seen["dx_spec"]  # the input gradient stays split along the batch
+
+
+@pytest.mark.parametrize("cxx", ["false", "no-such-compiler"])  # fails; is missing
+def test_build_failure_names_the_compiler_and_leaves_nothing(tmp_path, monkeypatch, cxx):
+    monkeypatch.setenv("ONEDNN_CONV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", cxx)
+    with pytest.raises(PipelineError, match=rf"(?s)C\+\+17 compiler.*{cxx} .*conv_impl: matmul"):
+        onednn.library_path()
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_missing_onednn_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_CONV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(onednn, "_prefix_dirs", lambda: (tmp_path / "include", tmp_path / "lib"))
+    with pytest.raises(PipelineError, match=r"oneDNN is not installed.*make setup"):
+        onednn.library_path()
+
+
+def test_library_is_built_once_per_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEDNN_CONV_CACHE", str(tmp_path / "cache"))
+    first = onednn.library_path()
+    mtime = first.stat().st_mtime_ns
+    assert onednn.library_path() == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in first.parent.iterdir()] == ["libonednn_conv.so"]  # no temp left
