@@ -36,6 +36,8 @@ MAXLEN = 160
 
 def abbreviate(msg: str) -> str:
     msg = msg.strip().replace(str(TMP) + "/", "").replace(str(TMP), "")
+    msg = msg.replace(str(ROOT) + "/", "")
+    msg = " / ".join(line for line in msg.splitlines() if line.strip())  # one table row
     msg = msg.replace("|", "\\|")
     if len(msg) > MAXLEN:
         msg = msg[: MAXLEN - 40] + " … " + msg[-35:]
@@ -332,6 +334,21 @@ row("DVC", "`dvc repro` with `data/raw/cifar10-jpeg.tar.gz` absent", dvc_error("
 row("DVC", "`dvc pull` with no remote configured", dvc_error("pull"), T)
 run(repo, "dvc", "remote", "add", "-d", "storage", str(TMP / "no-such-storage"))
 row("DVC", "`dvc pull` with the remote's folder missing", dvc_error("pull"), T)
+
+# ---- the CPU convolution kernel (stages/onednn.py), built on first use
+from stages import onednn  # noqa: E402
+
+os.environ["ONEDNN_CONV_CACHE"] = str(TMP / "onednn")
+T = "tests/test_onednn.py::"
+os.environ["CXX"] = "no-such-compiler"
+row("CPU convolution kernel (train, predict)", "no C++ compiler (`CXX=no-such-compiler`)",
+    raises(onednn.library_path), T + "test_build_failure_names_the_compiler_and_leaves_nothing")
+del os.environ["CXX"]
+real_dirs = onednn._prefix_dirs
+onednn._prefix_dirs = lambda: (TMP / "include", TMP / "lib")
+row("CPU convolution kernel (train, predict)", "oneDNN's wheels missing from the environment",
+    raises(onednn.library_path), T + "test_missing_onednn_says_how_to_get_it")
+onednn._prefix_dirs = real_dirs
 
 # ---- print
 section = None
