@@ -304,7 +304,7 @@ def main() -> None:
                          TRAIN_SCHEMA)
     # As the train and predict stages do, before JAX starts: freed host memory reused (for
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
-    host = parallel.prepare_host(p["cpu_devices"], [p["batch_size"], 1000])
+    host = parallel.prepare_host(p["cpu_devices"], [p["batch_size"], 1000], p["conv_impl"])
     mesh = parallel.data_mesh()
 
     import torch

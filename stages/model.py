@@ -259,6 +259,15 @@ def save_model(out_dir: Path, cfg: ModelConfig, norm, params, rest) -> None:
         )
 
 
+def saved_conv_impl(model_dir: str | Path) -> str:
+    """The `conv_impl` a saved model runs with, read before JAX starts (the default if the
+    config cannot be read: `load_model` then says what is wrong with it)."""
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text())["model"]["conv_impl"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ModelConfig.conv_impl
+
+
 def load_model(model_dir: str | Path):
     """Return (graphdef, params, rest, cfg, (mean, std)) from models/cnn/."""
     model_dir = Path(model_dir)

@@ -4,11 +4,17 @@ Reads and writes nothing. One mesh axis, "data": batches are split along it, par
 are replicated. The same code runs on 1 CPU, 8 GPUs or a TPU slice.
 
 CPU: XLA runs one program per device, so by default all cores cooperate inside every op,
-and the many small ops of a CNN step (batch norm, activations, the narrow convolutions)
-keep them waiting on each other. `use_cpu_devices` splits the host into one JAX device per
-core instead: each core then runs its own share of the batch, and the step is plain data
-parallelism. On this project's 2-core machine the train step ran 15-29% faster than on one
-device in three runs of `python -m benchmarks.run` (measured side by side in one process).
+and with XLA's own convolutions the many small ops of a CNN step (batch norm, activations,
+the narrow convolutions) keep them waiting on each other. `use_cpu_devices` can split the
+host into one JAX device per core instead: each core then runs its own share of the batch,
+and the step is plain data parallelism. On this project's 2-core machine that made the
+train step 15-29% faster with XLA's convolutions (three runs of `python -m benchmarks.run`).
+With oneDNN's convolutions (the default, stages/onednn.py), which spread each convolution
+over every core themselves, one device is faster: in quick runs of the benchmark
+alternating the two settings, the train step's ratio to PyTorch (measured side by side)
+was 1.07 and 1.08 with one device against 0.99 and 0.97 with two, inference 1.18 and 1.13
+against 1.06 and 1.09, and the two-device train steps page-faulted 10,000-20,000 times per
+step where one device did not. So `auto` depends on the convolutions (`prepare_host`).
 GPUs and TPUs are untouched by it.
 
 Host memory: XLA:CPU allocates each program's temporary buffers afresh on every run, from
@@ -73,11 +79,13 @@ def auto_cpu_devices(cores: int, batch_sizes: Sequence[int]) -> int:
     return max(d for d in range(1, max(1, cores) + 1) if all(b % d == 0 for b in batch_sizes))
 
 
-def use_cpu_devices(setting: int | str, batch_sizes: Sequence[int]) -> int | None:
+def use_cpu_devices(setting: int | str, batch_sizes: Sequence[int],
+                    one_per_core: bool = True) -> int | None:
     """Split the host CPU into several JAX devices; return the count set, or None.
 
     `setting` "auto" picks the largest count <= the number of cores that divides every
-    batch size (so sharding never fails); an int is used as given. It only takes effect
+    batch size (so sharding never fails), or 1 when `one_per_core` is False; an int is
+    used as given. It only takes effect
     before JAX starts its backends, so stages call it first thing in `main()`. Left alone:
     a device count already forced through XLA_FLAGS, and a process whose JAX is already
     running (a test calling a stage in-process keeps the devices it has).
@@ -85,7 +93,7 @@ def use_cpu_devices(setting: int | str, batch_sizes: Sequence[int]) -> int | Non
     if re.search(r"xla_force_host_platform_device_count", os.environ.get("XLA_FLAGS", "")):
         return None
     if setting == "auto":
-        n = auto_cpu_devices(cpu_cores(), batch_sizes)
+        n = auto_cpu_devices(cpu_cores(), batch_sizes) if one_per_core else 1
     else:
         n = int(setting)
     try:
@@ -140,14 +148,19 @@ class HostSetup:
     cpu_devices: int | None
 
 
-def prepare_host(cpu_devices: int | str, batch_sizes: Sequence[int]) -> HostSetup:
+def prepare_host(cpu_devices: int | str, batch_sizes: Sequence[int],
+                 conv_impl: str = "onednn") -> HostSetup:
     """Set up this process's CPU for XLA; the first thing a stage that runs the network does.
 
-    Both settings only take effect before JAX starts its backends (and are left alone in a
-    process whose JAX is already running, such as a test calling a stage in-process).
+    `cpu_devices: auto` means one device per core unless the network's convolutions are
+    oneDNN's (`conv_impl`, see stages/model.py): those spread each convolution over every
+    core themselves, and one device was faster (module docstring). Both settings only take
+    effect before JAX starts its backends (and are left alone in a process whose JAX is
+    already running, such as a test calling a stage in-process).
     """
     memory_reused = reuse_host_memory()
-    return HostSetup(memory_reused, use_cpu_devices(cpu_devices, batch_sizes))
+    return HostSetup(memory_reused, use_cpu_devices(cpu_devices, batch_sizes,
+                                                    one_per_core=conv_impl != "onednn"))
 
 
 @contextmanager

@@ -24,7 +24,7 @@ import numpy as np
 from stages import parallel
 from stages.common import Param, PipelineError, at_least, atomic_file, load_params, run_main
 from stages.dataset import load_prepared
-from stages.model import load_model, make_inference_fn
+from stages.model import load_model, make_inference_fn, saved_conv_impl
 
 SCHEMA = {
     "splits": Param(list, ["train", "test"], lambda v: None if v and all(
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     p = load_params("predict", SCHEMA, args.params)
-    parallel.prepare_host(p["cpu_devices"], [p["batch_size"]])
+    parallel.prepare_host(p["cpu_devices"], [p["batch_size"]], saved_conv_impl(args.model))
     print(json.dumps(predict(args.prepared, args.model, args.out, p), indent=2))
 
 

@@ -387,7 +387,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     p = load_params("train", SCHEMA, args.params)
-    parallel.prepare_host(p["cpu_devices"], [p["batch_size"], p["eval_batch_size"]])
+    parallel.prepare_host(p["cpu_devices"], [p["batch_size"], p["eval_batch_size"]],
+                          p["conv_impl"])
     m = train(args.prepared, args.model, args.metrics, args.live, p)
     print(json.dumps(m, indent=2))
 

@@ -28,6 +28,7 @@ from stages.model import (
     conv_matmul_grad,
     load_model,
     make_inference_fn,
+    saved_conv_impl,
 )
 from stages.train import SCHEMA, augment, make_optimizer, make_train_step, train
 
@@ -318,15 +319,19 @@ def test_two_fake_devices_agree_with_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting, batches, want", [
-    ("auto", (16, 16), None), (1, (16, 16), 1), (3, (18, 18), 3), ("auto", (15, 5), None),
+@pytest.mark.parametrize("setting, conv_impl, batches, want", [
+    ("auto", "onednn", (16, 16), 1),  # oneDNN spreads each convolution over every core
+    ("auto", "matmul", (16, 16), None), ("auto", "matmul", (15, 5), None),
+    (1, "matmul", (16, 16), 1), (3, "onednn", (18, 18), 3),
 ])
-def test_cli_splits_the_cpu_into_devices(tmp_path, setting, batches, want):
-    """Without XLA_FLAGS the CLI makes `cpu_devices` JAX devices (auto: one per core that
-    divides the batch sizes), and trains with them."""
+def test_cli_splits_the_cpu_into_devices(tmp_path, setting, conv_impl, batches, want):
+    """Without XLA_FLAGS the CLI makes `cpu_devices` JAX devices (auto: one device with
+    oneDNN's convolutions, else one per core that divides the batch sizes), and trains
+    with them."""
     make_prepared(tmp_path / "prepared", train=36, test=8)
     params = _write_params(tmp_path / "params.yaml", cpu_devices=setting, epochs=1,
-                           batch_size=batches[0], eval_batch_size=batches[1])
+                           batch_size=batches[0], eval_batch_size=batches[1],
+                           conv_impl=conv_impl)
     env = {k: v for k, v in _env(1, tmp_path).items() if k != "XLA_FLAGS"}
     subprocess.run(_cmd(tmp_path, params, "cli"), cwd=tmp_path, env=env, check=True,
                    capture_output=True)
@@ -334,6 +339,16 @@ def test_cli_splits_the_cpu_into_devices(tmp_path, setting, batches, want):
     if want is None:
         want = parallel.auto_cpu_devices(parallel.cpu_cores(), batches)
     assert m["device_count"] == want
+
+
+def test_saved_conv_impl_is_read_without_jax(tmp_path):
+    """predict learns the model's convolutions (for `cpu_devices: auto`) before JAX starts;
+    a missing or broken config gives the default and load_model reports it."""
+    assert saved_conv_impl(tmp_path / "none") == ModelConfig.conv_impl
+    (tmp_path / "config.json").write_text("{not json")
+    assert saved_conv_impl(tmp_path) == ModelConfig.conv_impl
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"conv_impl": "matmul"}}))
+    assert saved_conv_impl(tmp_path) == "matmul"
 
 
 @pytest.mark.slow
