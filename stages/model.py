@@ -10,9 +10,9 @@ Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv
 Convolutions (`conv_impl`; all three give the same numbers up to float rounding, so the
 choice is only about speed on the device at hand):
 - `onednn` (default): on CPU, oneDNN's convolutions called from the jitted step
-  (stages/onednn.py), forward, input gradient and weight gradient alike. XLA:CPU's own
-  ran this network's train step at 0.7x PyTorch's speed; with oneDNN's it is level (see
-  README, "Speed"). On other backends it means XLA's convolution.
+  (stages/onednn.py), forward, input gradient and weight gradient alike. With XLA:CPU's
+  own this network's train step ran at 0.7x PyTorch's speed, with oneDNN's at 1.0-1.2x
+  (README, "Speed"). On other backends it means XLA's convolution.
 - `matmul`: XLA's forward and input-gradient convolutions, the weight gradient as one
   matrix multiply per kernel row (XLA:CPU's own weight gradient is slower still).
 - `xla`: plain autodiff of `lax.conv_general_dilated`.

@@ -3,7 +3,7 @@
 Reads:  stages/onednn_conv.cc, oneDNN's headers and library (the `onednn-cpu-gomp` and
         `onednn-devel-cpu-gomp` wheels, installed with the project) and jaxlib's XLA FFI
         headers.
-Writes: the compiled kernel library, once per source/jaxlib version, under
+Writes: the compiled kernel library, once per source, jaxlib and compiler command, under
         $ONEDNN_CONV_CACHE or ~/.cache/confusion-embeddings/onednn/ (`python -m
         stages.onednn` builds it ahead of time and checks it against XLA's convolution).
 
@@ -14,10 +14,11 @@ convolution whose forward pass, input gradient and weight gradient are each one 
 primitive, called from the jitted step as an XLA FFI custom call; everything around it
 (batch norm, activations, pooling, the optimizer) stays in XLA and is fused there.
 
-Devices: with several CPU devices in the mesh (one per core, see stages/parallel.py) each
-device convolves its own slice of the batch (`jax.shard_map` over the mesh set with
-`jax.set_mesh`) and the weight gradient is summed over devices; a custom call outside such
-a mesh sees the whole batch. oneDNN gets cores / local CPU devices OpenMP threads per call.
+Devices: one CPU device by default (stages/parallel.py). With several in the mesh
+(`cpu_devices` above 1, or several hosts) each device convolves its own slice of the batch
+(`jax.shard_map` over the mesh set with `jax.set_mesh`, see `parallel.data_parallel`) and
+the weight gradient is summed over devices; a custom call traced outside such a mesh sees
+the whole batch. oneDNN gets cores / local CPU devices OpenMP threads per call.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def library_path() -> Path:
     include, lib = _prefix_dirs()
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
-    key.update(f"{jax.__version__} {jax.ffi.include_dir()} {include} {lib}".encode())
+    # The command names the compiler, its flags and every include and library folder.
+    key.update(f"{jax.__version__} {' '.join(_compile_command(Path('out')))}".encode())
     path = cache_dir() / key.hexdigest()[:16] / "libonednn_conv.so"
     if path.exists():
         return path

@@ -85,10 +85,10 @@ def use_cpu_devices(setting: int | str, batch_sizes: Sequence[int],
 
     `setting` "auto" picks the largest count <= the number of cores that divides every
     batch size (so sharding never fails), or 1 when `one_per_core` is False; an int is
-    used as given. It only takes effect
-    before JAX starts its backends, so stages call it first thing in `main()`. Left alone:
-    a device count already forced through XLA_FLAGS, and a process whose JAX is already
-    running (a test calling a stage in-process keeps the devices it has).
+    used as given. It only takes effect before JAX starts its backends, so stages call it
+    first thing in `main()`. Left alone: a device count already forced through XLA_FLAGS,
+    and a process whose JAX is already running (a test calling a stage in-process keeps
+    the devices it has).
     """
     if re.search(r"xla_force_host_platform_device_count", os.environ.get("XLA_FLAGS", "")):
         return None

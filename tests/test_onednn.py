@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(not onednn.available(),
 
 
 def _xla_conv(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _random(shape, seed):
