@@ -54,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 from flax import nnx
-from jax.sharding import Mesh
 
 from stages import parallel
 from stages.common import validate_section
@@ -113,22 +112,21 @@ def peak_gflops(reps: int) -> dict:
 
 
 def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
-              augment: bool, mesh: Mesh) -> dict:
+              augment: bool, n_devices: int | None = None) -> dict:
     p = {**p, "translate": p["translate"] if augment else 0, "flip": p["flip"] and augment}
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     tx = make_optimizer(p, 1000)
     state = {"params": params, "rest": rest, "opt": tx.init(params),
              "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
-    state = jax.device_put(state, parallel.replicated(mesh))
     step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), p)
-    x, y = jax.device_put((batch, labels), parallel.batch_sharded(mesh))
-    box = [state]
+    with parallel.data_parallel(n_devices) as mesh:  # as in the train stage
+        box = [jax.device_put(state, parallel.replicated(mesh))]
+        x, y = jax.device_put((batch, labels), parallel.batch_sharded(mesh))
 
-    def one():
-        box[0], loss, _ = step(box[0], x, y)
-        loss.block_until_ready()
+        def one():
+            box[0], loss, _ = step(box[0], x, y)
+            loss.block_until_ready()
 
-    with jax.set_mesh(mesh):  # traced under the mesh, as in the train stage
         return rate(len(batch), timed(one, reps))
 
 
@@ -163,13 +161,14 @@ def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray
 # --------------------------------------------------------------------------- predict
 
 
-def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, mesh: Mesh, k: int = 3) -> dict:
+def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, n_devices: int | None = None,
+                k: int = 3) -> dict:
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
     infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)))
     topk = jax.jit(lambda pr, r, x: jax.lax.top_k(jax.nn.softmax(infer(pr, r, x)), k))
-    x = jax.device_put(batch, parallel.batch_sharded(mesh))
-    with jax.set_mesh(mesh):  # traced under the mesh, as in the predict stage
+    with parallel.data_parallel(n_devices) as mesh:  # as in the predict stage
+        params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
+        x = jax.device_put(batch, parallel.batch_sharded(mesh))
         return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
 
 
@@ -305,8 +304,6 @@ def main() -> None:
     # As the train and predict stages do, before JAX starts: freed host memory reused (for
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
     host = parallel.prepare_host(p["cpu_devices"], [p["batch_size"], 1000], p["conv_impl"])
-    mesh = parallel.data_mesh()
-
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -331,11 +328,11 @@ def main() -> None:
     print(f"measuring peak matmul and train steps ({rounds} rounds) ...", flush=True)
     train = side_by_side(rounds, {
         "peak_gflops": lambda: peak_gflops(reps),
-        "train_images_per_s_jax": lambda: jax_train(p, cfg, batch, labels, reps, False, mesh),
+        "train_images_per_s_jax": lambda: jax_train(p, cfg, batch, labels, reps, False),
         "train_images_per_s_jax_with_augmentation":
-            lambda: jax_train(p, cfg, batch, labels, reps, True, mesh),
+            lambda: jax_train(p, cfg, batch, labels, reps, True),
         "train_images_per_s_jax_one_device":
-            lambda: jax_train(p, cfg, batch, labels, reps, False, parallel.data_mesh(1)),
+            lambda: jax_train(p, cfg, batch, labels, reps, False, n_devices=1),
         "train_images_per_s_torch_channels_last":
             lambda: torch_train(p, cfg, batch, labels, reps, channels_last=True),
         "train_images_per_s_torch_contiguous":
@@ -353,9 +350,9 @@ def main() -> None:
     print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
     predict = side_by_side(rounds, {
-        "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps, mesh),
+        "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps),
         "predict_images_per_s_jax_one_device":
-            lambda: jax_predict(cfg, pbatch, reps, parallel.data_mesh(1)),
+            lambda: jax_predict(cfg, pbatch, reps, n_devices=1),
         "predict_images_per_s_torch_channels_last":
             lambda: torch_predict(cfg, pbatch, reps, channels_last=True),
         "predict_images_per_s_torch_contiguous":

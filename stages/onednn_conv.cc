@@ -132,45 +132,39 @@ Pool& pool() {
   return p;
 }
 
-ffi::Error run(int kind, float* act_in, float* wts, float* act_out, int64_t n, int64_t h,
+// x_nhwc: the [n,h,w,c] side of the convolution (x, or dx for kBwdData); w_hwio: the kernel
+// (dw for kBwdWeights); y_nhwk: the [n,h,w,k] side (y, or dy for both backward kinds).
+ffi::Error run(int kind, float* x_nhwc, float* w_hwio, float* y_nhwk, int64_t n, int64_t h,
                int64_t w, int64_t c, int64_t k, int64_t kh, int64_t kw, int64_t threads) {
   try {
-    // Per calling thread: with one JAX device per core each call gets one thread.
+    // OpenMP's thread count belongs to the calling thread: set it for this call.
     omp_set_num_threads(static_cast<int>(threads));
     auto& eng = engine();
     Key key{kind, n, h, w, c, k, kh, kw, threads};
     std::unique_ptr<Entry> entry = pool().take(key);
     Entry& e = *entry;
     dnnl::stream& strm = e.strm;
-    memory::dims src_d{n, c, h, w}, dst_d{n, k, h, w};
-    memory src(memory::desc(src_d, dt::f32, tag::nhwc), eng, nullptr);
-    memory dst(memory::desc(dst_d, dt::f32, tag::nhwc), eng, nullptr);
-    memory wu(e.w_user, eng, wts);
+    memory x(memory::desc({n, c, h, w}, dt::f32, tag::nhwc), eng, x_nhwc);
+    memory y(memory::desc({n, k, h, w}, dt::f32, tag::nhwc), eng, y_nhwk);
+    memory wu(e.w_user, eng, w_hwio);
     memory wp = e.reorder_w ? e.w_buf : wu;
     if (kind == kFwd) {
-      src.set_data_handle(act_in); dst.set_data_handle(act_out);
       if (e.reorder_w) e.w_reorder.execute(strm, wu, wp);
-      e.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, dst},
+      e.prim.execute(strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, y},
                             {DNNL_ARG_SCRATCHPAD, e.scratch}});
     } else if (kind == kBwdData) {
-      // act_in = dy [n,h,w,k], act_out = dx [n,h,w,c]
-      dst.set_data_handle(act_in); src.set_data_handle(act_out);
       if (e.reorder_w) e.w_reorder.execute(strm, wu, wp);
-      e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, dst}, {DNNL_ARG_WEIGHTS, wp},
-                            {DNNL_ARG_DIFF_SRC, src}, {DNNL_ARG_SCRATCHPAD, e.scratch}});
+      e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, y}, {DNNL_ARG_WEIGHTS, wp},
+                            {DNNL_ARG_DIFF_SRC, x}, {DNNL_ARG_SCRATCHPAD, e.scratch}});
     } else {
-      // act_in = x [n,h,w,c], act_out = dy [n,h,w,k], wts = dw (output)
-      src.set_data_handle(act_in); dst.set_data_handle(act_out);
-      e.prim.execute(strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dst},
+      e.prim.execute(strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, y},
                             {DNNL_ARG_DIFF_WEIGHTS, wp}, {DNNL_ARG_SCRATCHPAD, e.scratch}});
       if (e.reorder_w) e.w_reorder.execute(strm, wp, wu);
     }
     strm.wait();
     pool().give_back(key, std::move(entry));
     return ffi::Error::Success();
-  } catch (const dnnl::error& err) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + err.what());
-  } catch (const std::exception& err) {
+  } catch (const std::exception& err) {  // dnnl::error is one
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + err.what());
   }
 }
@@ -184,7 +178,7 @@ ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi::ResultBuf
 ffi::Error BwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> wt,
                    ffi::ResultBuffer<ffi::F32> dx, int64_t threads) {
   auto gd = g.dimensions(); auto wd = wt.dimensions();
-  return run(kBwdData, g.typed_data(), wt.typed_data(), dx->typed_data(), gd[0], gd[1], gd[2],
+  return run(kBwdData, dx->typed_data(), wt.typed_data(), g.typed_data(), gd[0], gd[1], gd[2],
              wd[2], wd[3], wd[0], wd[1], threads);
 }
 ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,

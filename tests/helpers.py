@@ -192,3 +192,13 @@ def tar_with(dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, byt
             info.size = len(blob) if info.isreg() else 0
             tar.addfile(info, io.BytesIO(blob) if info.isreg() else None)
     return dst
+
+
+def xla_conv(x, w):
+    """'SAME' stride-1 convolution (NHWC input, HWIO kernel) written straight against XLA:
+    the reference the project's own convolutions (stages/model.py, stages/onednn.py) are
+    tested against."""
+    from jax import lax
+
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))

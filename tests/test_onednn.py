@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
+
+from helpers import xla_conv
 
 from stages import onednn
 from stages.common import PipelineError
@@ -21,11 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not onednn.available(),
                                 reason="oneDNN convolutions run on x86-64 Linux CPUs only")
-
-
-def _xla_conv(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _random(shape, seed):
@@ -43,7 +39,7 @@ def test_forward_and_both_gradients_match_xla(n, h, w, cin, cout, k):
     x, kern = _random((n, h, w, cin), 0), _random((k, k, cin, cout), 1)
     g = _random((n, h, w, cout), 2)
     y, vjp = jax.vjp(jax.jit(onednn.conv), x, kern)
-    y_ref, vjp_ref = jax.vjp(_xla_conv, x, kern)
+    y_ref, vjp_ref = jax.vjp(xla_conv, x, kern)
     for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g))):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
@@ -66,14 +62,12 @@ def test_rejects_what_it_cannot_convolve():
 _TWO_DEVICES = """
 import json
 import jax, jax.numpy as jnp, numpy as np
-from jax import lax
+from helpers import xla_conv as xla
 from stages import onednn, parallel
 assert jax.device_count() == 2
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((8, 6, 6, 4)), jnp.float32)
 w = jnp.asarray(rng.standard_normal((3, 3, 4, 8)), jnp.float32)
-xla = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
 def grads(conv):
     return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1)))
 out = {}
@@ -97,7 +91,7 @@ print(json.dumps(seen))
 @pytest.mark.slow
 def test_two_devices_convolve_their_own_halves():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin",
            "HOME": str(Path.home())}
     done = subprocess.run([sys.executable, "-c", _TWO_DEVICES], capture_output=True,
                           text=True, cwd=ROOT, env=env)

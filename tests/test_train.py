@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import make_prepared
+from helpers import make_prepared, xla_conv
 
 from stages import parallel
 from stages.common import PipelineError, validate_section
@@ -41,11 +41,6 @@ def tiny_params(**over) -> dict:
     return validate_section("train", {**TINY, **over}, SCHEMA)
 
 
-def _xla_conv(x, w):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @pytest.mark.parametrize(
     "conv, hw, kernel",
     [(conv_matmul_grad, (8, 8), 3), (conv_matmul_grad, (5, 7), 3),
@@ -56,9 +51,9 @@ def test_custom_convolutions_match_xla_autodiff(conv, hw, kernel):
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (2, *hw, 5))
     w = jax.random.normal(kw, (kernel, kernel, 5, 7))
-    np.testing.assert_allclose(conv(x, w), _xla_conv(x, w), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv(x, w), xla_conv(x, w), rtol=1e-4, atol=1e-4)
     g = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
-    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(_xla_conv(x, w))), argnums=(0, 1))(x, w)
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(xla_conv(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
