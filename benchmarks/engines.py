@@ -40,22 +40,22 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+import jax
+import numpy as np
+import yaml
+from scipy.stats import spearmanr
 
-from stages.common import validate_section  # noqa: E402
-from stages.embed import SCHEMA, train_vectors  # noqa: E402
-from stages.evaluate import (  # noqa: E402
+from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.engines import SCHEMA, train_vectors
+from confusion_embeddings.evaluation.scores import (
     confusion_similarity,
     cosine_matrices,
     mean_offdiag,
     seed_mean_std,
     spearman_upper,
 )
-from stages.pairs import PAIRS_FILE, Pairs, build_pairs, load_pairs  # noqa: E402
-from stages.predictions import load_predictions  # noqa: E402
+from confusion_embeddings.pairs import PAIRS_FILE, Pairs, build_pairs, load_pairs
+from confusion_embeddings.predictions import load_predictions
 
 ENGINES = ("gensim", "jax")
 BUDGET_KEY = {"gensim": "epochs", "jax": "jax_steps"}
@@ -67,7 +67,9 @@ def synthetic_pairs(n_per_class: int, strength: float, seed: int) -> Pairs:
     with tempfile.TemporaryDirectory(prefix="engines-bench-") as tmp:
         path = write_predictions(
             Path(tmp) / "pred.npz",
-            make_synthetic_predictions(n_per_class, CIFAR10, CIFAR10_GROUPS, confusion_strength=strength, seed=seed),
+            make_synthetic_predictions(
+                n_per_class, CIFAR10, CIFAR10_GROUPS, confusion_strength=strength, seed=seed
+            ),
         )
         return build_pairs(load_predictions(path), top_k=3, block_size=65536)
 
@@ -121,43 +123,69 @@ def run(pairs: Pairs, base: dict) -> dict:
         # Budget dependence: twice the training (gensim: epochs, jax: steps), same seeds.
         budget_key = BUDGET_KEY[engine]
         doubled = train_vectors(pairs, {**params, budget_key: 2 * params[budget_key]})
-        results[engine]["budget_x2_max_change"] = _r(np.abs(seed_mean_std(cosine_matrices(doubled))[0] - mean).max())
+        results[engine]["budget_x2_max_change"] = _r(
+            np.abs(seed_mean_std(cosine_matrices(doubled))[0] - mean).max()
+        )
     rho = spearmanr(upper(means["gensim"]), upper(means["jax"])).statistic
     return {"engines": results, "spearman_gensim_vs_jax": _r(rho)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", default=str(ROOT / "data" / "pairs"), help="pairs directory (pairs stage output)")
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"), help="its `embed` section is used, if any")
+    ap.add_argument(
+        "--pairs", default=str(ROOT / "data" / "pairs"), help="pairs directory (pairs stage output)"
+    )
+    ap.add_argument(
+        "--params", default=str(ROOT / "params.yaml"), help="its `embed` section is used, if any"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="override embed.seeds")
-    ap.add_argument("--synthetic", action="store_true", help="synthetic CIFAR-like pairs even if --pairs exists")
+    ap.add_argument(
+        "--synthetic", action="store_true", help="synthetic CIFAR-like pairs even if --pairs exists"
+    )
     ap.add_argument("--n-per-class", type=int, default=6000, help="synthetic pictures per class")
-    ap.add_argument("--confusion-strength", type=float, default=1.5, help="synthetic within-group confusion")
+    ap.add_argument(
+        "--confusion-strength", type=float, default=1.5, help="synthetic within-group confusion"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "engines.json"))
     args = ap.parse_args()
 
     base = embed_params(Path(args.params), args.seeds)
     pairs_path = Path(args.pairs) / PAIRS_FILE
     if args.synthetic or not pairs_path.exists():
-        source = f"synthetic CIFAR-like ({args.n_per_class}/class, confusion_strength {args.confusion_strength}, top-3)"
+        source = (
+            f"synthetic CIFAR-like ({args.n_per_class}/class, confusion_strength "
+            f"{args.confusion_strength}, top-3)"
+        )
         pairs = synthetic_pairs(args.n_per_class, args.confusion_strength, seed=0)
     else:
         source = str(pairs_path)
         pairs = load_pairs(args.pairs)
 
-    print(f"pairs: {source}: {pairs.n_pictures} pictures, {pairs.n_classes} classes, {pairs.true.size} pairs")
-    print(f"seeds: {list(base['seeds'])}, dim {base['dim']}; jax: steps {base['jax_steps']}, lr {base['jax_lr']}, "
-          f"l2 {base['jax_l2']}, {base['jax_objective']}; device {jax.devices()[0].platform}")
+    print(
+        f"pairs: {source}: {pairs.n_pictures} pictures, {pairs.n_classes} classes, "
+        f"{pairs.true.size} pairs"
+    )
+    print(
+        f"seeds: {list(base['seeds'])}, dim {base['dim']}; jax: steps {base['jax_steps']}, "
+        f"lr {base['jax_lr']}, "
+        f"l2 {base['jax_l2']}, {base['jax_objective']}; device {jax.devices()[0].platform}"
+    )
     out = run(pairs, base)
 
-    rows = [("wall_s", "wall time (s)"), ("spearman_vs_confusion", "Spearman vs confusion"),
-            ("mean_offdiag_cosine", "mean off-diag cosine"), ("mean_seed_std", "mean seed std"),
-            ("budget_x2_max_change", "max change, budget x2")]
+    rows = [
+        ("wall_s", "wall time (s)"),
+        ("spearman_vs_confusion", "Spearman vs confusion"),
+        ("mean_offdiag_cosine", "mean off-diag cosine"),
+        ("mean_seed_std", "mean seed std"),
+        ("budget_x2_max_change", "max change, budget x2"),
+    ]
     print(f"\n{'':24s}{'gensim':>10s}{'jax':>10s}")
     for key, label in rows:
         cells = [out["engines"][e][key] for e in ENGINES]
-        print(f"{label:24s}" + "".join(f"{'-' if c is None else format(c, '.4g'):>10s}" for c in cells))
+        print(
+            f"{label:24s}"
+            + "".join(f"{'-' if c is None else format(c, '.4g'):>10s}" for c in cells)
+        )
     print(f"{'jax again (compiled)':24s}{'':10s}{out['engines']['jax']['warm_wall_s']:>10.4g}")
     print(f"\nSpearman, gensim vs jax seed-mean cosine tables: {out['spearman_gensim_vs_jax']}")
     print("nearest neighbour (gensim / jax):")
@@ -170,7 +198,9 @@ def main() -> None:
         "pictures": pairs.n_pictures,
         "classes": pairs.n_classes,
         "n_pairs": int(pairs.true.size),
-        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items() if k != "engine"},
+        "params": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in base.items() if k != "engine"
+        },
         "machine": {"platform": platform.platform(), "jax_device": str(jax.devices()[0])},
         **out,
     }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,10 @@ def write_synthetic_topk(path: Path, n: int, c: int, k: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, c, size=n).astype(np.int32)
     classes = np.array([f"n{i:08d}" for i in range(c)])
-    groups = {f"g{g:03d}": classes[g * GROUP_SIZE : (g + 1) * GROUP_SIZE].tolist() for g in range(c // GROUP_SIZE)}
+    groups = {
+        f"g{g:03d}": classes[g * GROUP_SIZE : (g + 1) * GROUP_SIZE].tolist()
+        for g in range(c // GROUP_SIZE)
+    }
     group_of = np.arange(c) // GROUP_SIZE
     small = {
         "labels": labels,
@@ -54,7 +56,11 @@ def write_synthetic_topk(path: Path, n: int, c: int, k: int, seed: int) -> None:
             with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
                 npy_format.write_array(fh, arr, allow_pickle=False)
         with zf.open("topk.npy", "w", force_zip64=True) as fh:
-            header = {"descr": npy_format.dtype_to_descr(np.dtype(np.int16)), "fortran_order": False, "shape": (n, k)}
+            header = {
+                "descr": npy_format.dtype_to_descr(np.dtype(np.int16)),
+                "fortran_order": False,
+                "shape": (n, k),
+            }
             npy_format.write_array_header_2_0(fh, header)
             for start in range(0, n, GEN_BLOCK):
                 lab = labels[start : start + GEN_BLOCK]
@@ -89,8 +95,20 @@ def run_stage(name: str, args: list[str]) -> tuple[float, float]:
     """Run `python -m stages.<name> args`; return (wall seconds, peak RSS in MiB)."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "usage.json"
-        subprocess.run([sys.executable, "-c", _LAUNCHER, str(report), sys.executable, "-m",
-                        f"stages.{name}", *args], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _LAUNCHER,
+                str(report),
+                sys.executable,
+                "-m",
+                f"stages.{name}",
+                *args,
+            ],
+            cwd=ROOT,
+            check=True,
+        )
         usage = json.loads(report.read_text())
     if usage["code"] != 0:
         raise SystemExit(f"stage {name} failed with exit code {usage['code']}")
@@ -114,7 +132,10 @@ def main() -> None:
         t = time.perf_counter()
         write_synthetic_topk(pred, args.n, args.c, args.k, seed=0)
         gen_s = time.perf_counter() - t
-        print(f"generated {pred.stat().st_size / 2**30:.2f} GiB ({args.n} x {args.k} topk int16, C={args.c}) in {gen_s:.1f} s")
+        print(
+            f"generated {pred.stat().st_size / 2**30:.2f} GiB ({args.n} x {args.k} topk int16, "
+            f"C={args.c}) in {gen_s:.1f} s"
+        )
 
         params = tmp / "params.yaml"
         params.write_text(
@@ -128,12 +149,38 @@ def main() -> None:
         )
         p = ["--params", str(params)]
         stages = [
-            ("pairs", ["--predictions", str(pred), "--out", f"{tmp}/pairs", "--metrics", f"{tmp}/pairs.json", *p]),
+            (
+                "pairs",
+                [
+                    "--predictions",
+                    str(pred),
+                    "--out",
+                    f"{tmp}/pairs",
+                    "--metrics",
+                    f"{tmp}/pairs.json",
+                    *p,
+                ],
+            ),
             ("embed", ["--pairs", f"{tmp}/pairs", "--out", f"{tmp}/embed", *p]),
             (
                 "evaluate",
-                ["--pairs", f"{tmp}/pairs", "--embed", f"{tmp}/embed", "--metrics", f"{tmp}/similarity.json",
-                 "--report", f"{tmp}/similarity.md", "--plots", f"{tmp}/plots", "--matrices", f"{tmp}/m.npz", *p],
+                [
+                    "--pairs",
+                    f"{tmp}/pairs",
+                    "--embed",
+                    f"{tmp}/embed",
+                    "--metrics",
+                    f"{tmp}/similarity.json",
+                    "--table",
+                    f"{tmp}/similarity.csv",
+                    "--report",
+                    f"{tmp}/similarity.md",
+                    "--plots",
+                    f"{tmp}/plots",
+                    "--matrices",
+                    f"{tmp}/m.npz",
+                    *p,
+                ],
             ),
         ]
         results = [(name, *run_stage(name, stage_args)) for name, stage_args in stages]
@@ -144,8 +191,17 @@ def main() -> None:
         sim = json.loads((tmp / "similarity.json").read_text())
         print(
             "\nevaluate: "
-            + ", ".join(f"{key} {sim[key]}" for key in ("spearman_vs_confusion", "mean_offdiag_cosine", "collapsed",
-                                                        "group_separation", "group_nn_agreement", "group_ari"))
+            + ", ".join(
+                f"{key} {sim[key]}"
+                for key in (
+                    "spearman_vs_confusion",
+                    "mean_offdiag_cosine",
+                    "collapsed",
+                    "group_separation",
+                    "group_nn_agreement",
+                    "group_ari",
+                )
+            )
         )
         print("pairs:", (tmp / "pairs.json").read_text().replace("\n", " "))
     finally:

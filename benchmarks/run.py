@@ -7,20 +7,22 @@ by side hold better than absolute figures), each figure the median of several re
 after a warm-up, with the spread (min-max) printed. JAX and PyTorch take turns over three
 rounds (two with --quick): a figure is the median of its round medians (each round's
 median is kept under "rounds"), a ratio the median of the ratios measured within a round.
-Like the stages, the process first calls stages/parallel.py:prepare_host (glibc keeps
-freed memory for reuse, which applies to PyTorch as much as to JAX). Every timed figure
-also carries the process's minor page faults and kernel CPU seconds per repetition.
+Like the stages, the process first resolves the convolution (cnn/conv.py) and calls
+devices.prepare_host (glibc keeps freed memory for reuse, which applies to PyTorch as much
+as to JAX); the network is built and initialised by the train stage's own functions.
+Every timed figure also carries the process's minor page faults and kernel CPU seconds per
+repetition.
 
 - peak_gflops: float32 2048x2048 matrix multiply in JAX (the practical peak of this machine).
 - train_images_per_s: the default network of params.yaml (`train:`), one jitted train step
   (forward, backward, SGD+Nesterov update) without augmentation, JAX on the devices the
-  pipeline uses (`train.cpu_devices`: on CPU one JAX device per core; the figure on a single
-  device is reported beside it) vs the same network in
+  pipeline uses (`train.cpu_devices`; the figure on a single device is reported beside it)
+  vs the same network in
   PyTorch (benchmarks/torch_reference.py) in its faster memory layout (channels_last or
   contiguous, whichever measures faster here); train_ratio_vs_torch = JAX / PyTorch. The
   JAX step with its fused augmentation is reported too.
 - train_fraction_of_peak: the JAX step's achieved GFLOP/s (3x the forward FLOPs of
-  stages/model.py:count_flops: every tap of every 3x3 window, padding included, whatever
+  cnn/network.py:count_flops: every tap of every 3x3 window, padding included, whatever
   an implementation skips) over peak_gflops.
 - predict_images_per_s: batched inference + top-3, JAX (jitted, `jax.lax.top_k`) vs PyTorch
   (`torch.topk` under `torch.inference_mode`); predict_ratio_vs_torch.
@@ -55,11 +57,13 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from stages import parallel
-from stages.common import validate_section
-from stages.model import CNN, ModelConfig, count_flops, make_inference_fn
-from stages.train import SCHEMA as TRAIN_SCHEMA
-from stages.train import make_optimizer, make_train_step
+from confusion_embeddings import devices
+from confusion_embeddings.cnn import conv
+from confusion_embeddings.cnn.inference import make_inference_fn
+from confusion_embeddings.cnn.network import CNN, ModelConfig, count_flops
+from confusion_embeddings.cnn.training import SCHEMA as TRAIN_SCHEMA
+from confusion_embeddings.cnn.training import create_train_state, make_train_step
+from confusion_embeddings.core.params import validate_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +75,7 @@ class Timing(NamedTuple):
     min: float
     max: float
     # Minor page faults and kernel CPU seconds of the whole process, per repetition: a
-    # step that page-faults its working set afresh (see stages/parallel.py:
+    # step that page-faults its working set afresh (see stages/devices.py:
     # reuse_host_memory) shows up here long before anyone profiles it.
     minor_faults: float
     kernel_s: float
@@ -88,15 +92,24 @@ def timed(fn, reps: int, warmup: int = 2) -> Timing:
         fn()
         ts.append(time.perf_counter() - t)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    return Timing(float(np.median(ts)), float(min(ts)), float(max(ts)),
-                  (after.ru_minflt - before.ru_minflt) / reps,
-                  (after.ru_stime - before.ru_stime) / reps)
+    return Timing(
+        float(np.median(ts)),
+        float(min(ts)),
+        float(max(ts)),
+        (after.ru_minflt - before.ru_minflt) / reps,
+        (after.ru_stime - before.ru_stime) / reps,
+    )
 
 
 def rate(items: int, t: Timing) -> dict:
     """Items per second: the median and the spread (from the slowest and fastest rep)."""
-    return {"median": items / t.median, "min": items / t.max, "max": items / t.min,
-            "minor_faults_per_rep": t.minor_faults, "kernel_s_per_rep": t.kernel_s}
+    return {
+        "median": items / t.median,
+        "min": items / t.max,
+        "max": items / t.min,
+        "minor_faults_per_rep": t.minor_faults,
+        "kernel_s_per_rep": t.kernel_s,
+    }
 
 
 def peak_gflops(reps: int) -> dict:
@@ -111,17 +124,21 @@ def peak_gflops(reps: int) -> dict:
 # --------------------------------------------------------------------------- train step
 
 
-def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
-              augment: bool, n_devices: int | None = None) -> dict:
+def jax_train(
+    p: dict,
+    cfg: ModelConfig,
+    batch: np.ndarray,
+    labels: np.ndarray,
+    reps: int,
+    augment: bool,
+    n_devices: int | None = None,
+) -> dict:
     p = {**p, "translate": p["translate"] if augment else 0, "flip": p["flip"] and augment}
-    graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    tx = make_optimizer(p, 1000)
-    state = {"params": params, "rest": rest, "opt": tx.init(params),
-             "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
+    graphdef, state, tx = create_train_state(cfg, p, seed=0, total_steps=1000)  # as train does
     step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), p)
-    with parallel.data_parallel(n_devices) as mesh:  # as in the train stage
-        box = [jax.device_put(state, parallel.replicated(mesh))]
-        x, y = jax.device_put((batch, labels), parallel.batch_sharded(mesh))
+    with devices.data_parallel(n_devices) as mesh:  # as in the train stage
+        box = [jax.device_put(state, devices.replicated(mesh))]
+        x, y = jax.device_put((batch, labels), devices.batch_sharded(mesh))
 
         def one():
             box[0], loss, _ = step(box[0], x, y)
@@ -130,24 +147,29 @@ def jax_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, 
         return rate(len(batch), timed(one, reps))
 
 
-def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int,
-                channels_last: bool) -> dict:
+def torch_train(
+    p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int, channels_last: bool
+) -> dict:
     import torch
 
     from benchmarks.torch_reference import TorchCNN
 
     torch.manual_seed(0)
-    model = TorchCNN(cfg.num_classes, cfg.stem_width, cfg.widths, cfg.logit_scale,
-                     cfg.stem_patch)
+    model = TorchCNN(cfg)
     x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 120.0) / 60.0
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else
-                     torch.contiguous_format)
+    x = x.contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     y = torch.from_numpy(labels).long()
-    opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=0.01,
-                          momentum=p["momentum"], nesterov=p["nesterov"],
-                          weight_decay=p["weight_decay"])
+    opt = torch.optim.SGD(
+        [q for q in model.parameters() if q.requires_grad],
+        lr=0.01,
+        momentum=p["momentum"],
+        nesterov=p["nesterov"],
+        weight_decay=p["weight_decay"],
+    )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
 
     def one():
@@ -161,25 +183,26 @@ def torch_train(p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray
 # --------------------------------------------------------------------------- predict
 
 
-def jax_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, n_devices: int | None = None,
-                k: int = 3) -> dict:
+def jax_predict(
+    cfg: ModelConfig, batch: np.ndarray, reps: int, n_devices: int | None = None, k: int = 3
+) -> dict:
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     infer = make_inference_fn(graphdef, (np.full(3, 120.0), np.full(3, 60.0)))
     topk = jax.jit(lambda pr, r, x: jax.lax.top_k(jax.nn.softmax(infer(pr, r, x)), k))
-    with parallel.data_parallel(n_devices) as mesh:  # as in the predict stage
-        params, rest = jax.device_put((params, rest), parallel.replicated(mesh))
-        x = jax.device_put(batch, parallel.batch_sharded(mesh))
+    with devices.data_parallel(n_devices) as mesh:  # as in the predict stage
+        params, rest = jax.device_put((params, rest), devices.replicated(mesh))
+        x = jax.device_put(batch, devices.batch_sharded(mesh))
         return rate(len(batch), timed(lambda: jax.block_until_ready(topk(params, rest, x)), reps))
 
 
-def torch_predict(cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last: bool,
-                  k: int = 3) -> dict:
+def torch_predict(
+    cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last: bool, k: int = 3
+) -> dict:
     import torch
 
     from benchmarks.torch_reference import TorchCNN
 
-    model = TorchCNN(cfg.num_classes, cfg.stem_width, cfg.widths, cfg.logit_scale,
-                     cfg.stem_patch).eval()
+    model = TorchCNN(cfg).eval()
     x = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() - 120.0) / 60.0
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -199,10 +222,13 @@ def _dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """`dvc ARGS` in the project, with this interpreter's environment first on PATH: the
     stages run as `python -m stages.<name>` and need the same packages as this process,
     also when the benchmark was started as `.venv/bin/python -m benchmarks.run`."""
-    env = {**os.environ,
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    return subprocess.run(["dvc", *args], cwd=ROOT, env=env, check=check, capture_output=True,
-                          text=True)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    return subprocess.run(
+        ["dvc", *args], cwd=ROOT, env=env, check=check, capture_output=True, text=True
+    )
 
 
 def _repro_seconds(*flags: str) -> float:
@@ -229,9 +255,10 @@ def repro_times(reps: int) -> dict:
     finally:
         params_file.write_text(original)
         _dvc("repro")
-    return {"noop_repro_s": {"median": noop.median, "min": noop.min, "max": noop.max},
-            "embed_only_repro_s": {"median": embed_only, "min": embed_only,
-                                   "max": embed_only}}
+    return {
+        "noop_repro_s": {"median": noop.median, "min": noop.min, "max": noop.max},
+        "embed_only_repro_s": {"median": embed_only, "min": embed_only, "max": embed_only},
+    }
 
 
 def pairs_many_classes(n: int) -> dict:
@@ -241,13 +268,29 @@ def pairs_many_classes(n: int) -> dict:
     try:
         pred = tmp / "predictions.npz"
         write_synthetic_topk(pred, n=n, c=1000, k=10, seed=0)
-        (tmp / "params.yaml").write_text(yaml.safe_dump(
-            {"pairs": {"predictions": str(pred), "top_k": 3}}))
-        seconds, rss_mib = run_stage("pairs", [
-            "--predictions", str(pred), "--out", str(tmp / "pairs"),
-            "--metrics", str(tmp / "pairs.json"), "--params", str(tmp / "params.yaml")])
-        return {"pairs_images_per_s": n / seconds, "pairs_seconds": seconds,
-                "pairs_peak_rss_mib": rss_mib, "pairs_pictures": n, "pairs_classes": 1000}
+        (tmp / "params.yaml").write_text(
+            yaml.safe_dump({"pairs": {"predictions": str(pred), "top_k": 3}})
+        )
+        seconds, rss_mib = run_stage(
+            "pairs",
+            [
+                "--predictions",
+                str(pred),
+                "--out",
+                str(tmp / "pairs"),
+                "--metrics",
+                str(tmp / "pairs.json"),
+                "--params",
+                str(tmp / "params.yaml"),
+            ],
+        )
+        return {
+            "pairs_images_per_s": n / seconds,
+            "pairs_seconds": seconds,
+            "pairs_peak_rss_mib": rss_mib,
+            "pairs_pictures": n,
+            "pairs_classes": 1000,
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -266,9 +309,12 @@ def side_by_side(rounds: int, measures: dict) -> dict[str, list[dict]]:
 
 def pooled(per_round: list[dict]) -> dict:
     """One figure over rounds: the median of the round medians, the spread of all reps."""
-    out = {"median": float(np.median([r["median"] for r in per_round])),
-           "min": min(r["min"] for r in per_round), "max": max(r["max"] for r in per_round),
-           "rounds": [r["median"] for r in per_round]}
+    out = {
+        "median": float(np.median([r["median"] for r in per_round])),
+        "min": min(r["min"] for r in per_round),
+        "max": max(r["max"] for r in per_round),
+        "rounds": [r["median"] for r in per_round],
+    }
     for k in ("minor_faults_per_rep", "kernel_s_per_rep"):  # medians over rounds
         if all(k in r for r in per_round):
             out[k] = float(np.median([r[k] for r in per_round]))
@@ -277,15 +323,24 @@ def pooled(per_round: list[dict]) -> dict:
 
 def over_rounds(values: list[float]) -> dict:
     """A quantity computed within each round (a ratio): the median over rounds, its range."""
-    return {"median": float(np.median(values)), "min": min(values), "max": max(values),
-            "rounds": values}
+    return {
+        "median": float(np.median(values)),
+        "min": min(values),
+        "max": max(values),
+        "rounds": values,
+    }
 
 
-def ratio_over_rounds(per_round: dict[str, list[dict]], jax_key: str,
-                      torch_keys: tuple[str, ...]) -> dict:
+def ratio_over_rounds(
+    per_round: dict[str, list[dict]], jax_key: str, torch_keys: tuple[str, ...]
+) -> dict:
     """JAX / (PyTorch's faster layout), within each round; the median over rounds."""
-    return over_rounds([j["median"] / max(per_round[k][i]["median"] for k in torch_keys)
-                        for i, j in enumerate(per_round[jax_key])])
+    return over_rounds(
+        [
+            j["median"] / max(per_round[k][i]["median"] for k in torch_keys)
+            for i, j in enumerate(per_round[jax_key])
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -299,68 +354,97 @@ def main() -> None:
     args = ap.parse_args()
     reps = 3 if args.quick else 7
 
-    p = validate_section("train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"],
-                         TRAIN_SCHEMA)
+    p = validate_section(
+        "train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"], TRAIN_SCHEMA
+    )
     # As the train and predict stages do, before JAX starts: freed host memory reused (for
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
-    host = parallel.prepare_host(p["cpu_devices"], [p["batch_size"], 1000], p["conv_impl"])
+    choice = conv.resolve(p["conv_impl"])
+    host = devices.prepare_host(p["cpu_devices"], [p["batch_size"], 1000], choice.impl)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = ModelConfig(num_classes=10, stem_patch=p["stem_patch"], stem_width=p["stem_width"],
-                      widths=tuple(p["widths"]), conv_impl=p["conv_impl"])
+    cfg = ModelConfig.from_params(p, num_classes=10, conv_impl=choice.impl)
     rng = np.random.default_rng(0)
     bs = p["batch_size"]
     batch = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, bs).astype(np.int32)
     flops_train = 3 * count_flops(cfg, (32, 32))
 
-    res: dict = {"machine": {"python": platform.python_version(), "jax": jax.__version__,
-                             "torch": torch.__version__, "backend": jax.default_backend(),
-                             "devices": jax.device_count(), "cpus": os.cpu_count(),
-                             "host_memory_reused": host.memory_reused},
-                 "network": {"batch_size": bs, **cfg.to_dict(),
-                             "gflops_train_per_image": flops_train / 1e9}}
+    res: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "backend": jax.default_backend(),
+            "devices": jax.device_count(),
+            "cpus": os.cpu_count(),
+            "host_memory_reused": host.memory_reused,
+        },
+        "network": {"batch_size": bs, **cfg.to_dict(), "gflops_train_per_image": flops_train / 1e9},
+    }
     # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
     # machine then lowers one round of every figure instead of all of one engine's. Each
     # ratio is the median over rounds of the ratio measured within the round.
     rounds = 2 if args.quick else 3
     print(f"measuring peak matmul and train steps ({rounds} rounds) ...", flush=True)
-    train = side_by_side(rounds, {
-        "peak_gflops": lambda: peak_gflops(reps),
-        "train_images_per_s_jax": lambda: jax_train(p, cfg, batch, labels, reps, False),
-        "train_images_per_s_jax_with_augmentation":
-            lambda: jax_train(p, cfg, batch, labels, reps, True),
-        "train_images_per_s_jax_one_device":
-            lambda: jax_train(p, cfg, batch, labels, reps, False, n_devices=1),
-        "train_images_per_s_torch_channels_last":
-            lambda: torch_train(p, cfg, batch, labels, reps, channels_last=True),
-        "train_images_per_s_torch_contiguous":
-            lambda: torch_train(p, cfg, batch, labels, reps, channels_last=False),
-    })
+    train = side_by_side(
+        rounds,
+        {
+            "peak_gflops": lambda: peak_gflops(reps),
+            "train_images_per_s_jax": lambda: jax_train(p, cfg, batch, labels, reps, False),
+            "train_images_per_s_jax_with_augmentation": lambda: jax_train(
+                p, cfg, batch, labels, reps, True
+            ),
+            "train_images_per_s_jax_one_device": lambda: jax_train(
+                p, cfg, batch, labels, reps, False, n_devices=1
+            ),
+            "train_images_per_s_torch_channels_last": lambda: torch_train(
+                p, cfg, batch, labels, reps, channels_last=True
+            ),
+            "train_images_per_s_torch_contiguous": lambda: torch_train(
+                p, cfg, batch, labels, reps, channels_last=False
+            ),
+        },
+    )
     res.update({k: pooled(v) for k, v in train.items()})
-    res["train_ratio_vs_torch"] = ratio_over_rounds(train, "train_images_per_s_jax", (
-        "train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"))
+    res["train_ratio_vs_torch"] = ratio_over_rounds(
+        train,
+        "train_images_per_s_jax",
+        ("train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"),
+    )
     res["train_gflops_jax"] = res["train_images_per_s_jax"]["median"] * flops_train / 1e9
     # Within each round too: the matmul peak moves with the machine's phases like the rest.
     res["train_fraction_of_peak"] = over_rounds(
-        [j["median"] * flops_train / 1e9 / pk["median"]
-         for j, pk in zip(train["train_images_per_s_jax"], train["peak_gflops"])])
+        [
+            j["median"] * flops_train / 1e9 / pk["median"]
+            for j, pk in zip(train["train_images_per_s_jax"], train["peak_gflops"], strict=True)
+        ]
+    )
 
     print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
-    predict = side_by_side(rounds, {
-        "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps),
-        "predict_images_per_s_jax_one_device":
-            lambda: jax_predict(cfg, pbatch, reps, n_devices=1),
-        "predict_images_per_s_torch_channels_last":
-            lambda: torch_predict(cfg, pbatch, reps, channels_last=True),
-        "predict_images_per_s_torch_contiguous":
-            lambda: torch_predict(cfg, pbatch, reps, channels_last=False),
-    })
+    predict = side_by_side(
+        rounds,
+        {
+            "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps),
+            "predict_images_per_s_jax_one_device": lambda: jax_predict(
+                cfg, pbatch, reps, n_devices=1
+            ),
+            "predict_images_per_s_torch_channels_last": lambda: torch_predict(
+                cfg, pbatch, reps, channels_last=True
+            ),
+            "predict_images_per_s_torch_contiguous": lambda: torch_predict(
+                cfg, pbatch, reps, channels_last=False
+            ),
+        },
+    )
     res.update({k: pooled(v) for k, v in predict.items()})
-    res["predict_ratio_vs_torch"] = ratio_over_rounds(predict, "predict_images_per_s_jax", (
-        "predict_images_per_s_torch_channels_last", "predict_images_per_s_torch_contiguous"))
+    res["predict_ratio_vs_torch"] = ratio_over_rounds(
+        predict,
+        "predict_images_per_s_jax",
+        ("predict_images_per_s_torch_channels_last", "predict_images_per_s_torch_contiguous"),
+    )
 
     if not args.skip_repro:
         print("measuring dvc repro ...", flush=True)
@@ -378,8 +462,10 @@ def print_table(res: dict) -> None:
             d = 3 if v["median"] < 10 else 1
             text = f"{v['median']:10.{d}f}  ({v['min']:.{d}f} - {v['max']:.{d}f})"
             if "minor_faults_per_rep" in v:
-                text += (f"  [{v['minor_faults_per_rep']:,.0f} faults,"
-                         f" {v['kernel_s_per_rep']:.3f} s kernel per rep]")
+                text += (
+                    f"  [{v['minor_faults_per_rep']:,.0f} faults,"
+                    f" {v['kernel_s_per_rep']:.3f} s kernel per rep]"
+                )
             return text
         return f"{v:10.3f}" if isinstance(v, float) else str(v)
 

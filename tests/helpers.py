@@ -1,20 +1,36 @@
-"""Tiny synthetic datasets for tests: image-folder trees and their archives.
+"""Tiny synthetic datasets for tests, and the stages' command lines as dvc.yaml gives them.
 
 Plain functions (not fixtures) so that any test module can import them:
-`from helpers import make_image_folder, make_dataset, make_tar_gz`.
+`from helpers import make_image_folder, make_dataset, make_tar_gz, stage_argv`.
 The pictures are class-dependent (own colour and stripe direction per class, plus noise),
 so a small CNN can learn them in a few steps.
+
+Tests that run a stage take its command line from dvc.yaml (`stage_argv`), so that a path
+renamed or an argument added there reaches every test; a scratch project for a stage run
+in-process or as `python -m stages.<name>` is `scratch_project` (dvc.yaml + params.yaml).
 """
 
 from __future__ import annotations
 
 import colorsys
+import contextlib
+import importlib
 import io
+import re
+import shlex
+import shutil
+import sys
 import tarfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
 
 
 def class_picture(
@@ -109,17 +125,20 @@ def make_cifar_tarball(
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for split, per in (("train", train_per_class), ("test", test_per_class)):
         labels = rng.permutation(np.repeat(np.arange(len(classes)), per))
-        data = np.stack([
-            class_picture(int(y), len(classes), (32, 32), rng).transpose(2, 0, 1).reshape(-1)
-            for y in labels
-        ])
+        data = np.stack(
+            [
+                class_picture(int(y), len(classes), (32, 32), rng).transpose(2, 0, 1).reshape(-1)
+                for y in labels
+            ]
+        )
         out[split] = (data, labels)
 
     members: dict[str, object] = {}
     if kind == "cifar-10":
         base = "cifar-10-batches-py/"
         members[base + "batches.meta"] = {
-            b"label_names": [c.encode() for c in classes], b"num_vis": 3072,
+            b"label_names": [c.encode() for c in classes],
+            b"num_vis": 3072,
         }
         data, labels = out["train"]
         for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
@@ -131,7 +150,9 @@ def make_cifar_tarball(
             }
         data, labels = out["test"]
         members[base + "test_batch"] = {
-            b"batch_label": b"testing batch 1 of 1", b"labels": labels.tolist(), b"data": data,
+            b"batch_label": b"testing batch 1 of 1",
+            b"labels": labels.tolist(),
+            b"data": data,
         }
     else:
         base = "cifar-100-python/"
@@ -158,8 +179,12 @@ def make_cifar_tarball(
 
 
 def make_prepared(
-    out: Path, num_classes: int = 4, train: int = 32, test: int = 8,
-    size: tuple[int, int] = (16, 16), seed: int = 0,
+    out: Path,
+    num_classes: int = 4,
+    train: int = 32,
+    test: int = 8,
+    size: tuple[int, int] = (16, 16),
+    seed: int = 0,
 ) -> Path:
     """Write a tiny `data/prepared/` directly (what the prepare stage would write)."""
     import json
@@ -173,15 +198,24 @@ def make_prepared(
         images = np.stack([class_picture(int(c), num_classes, size, rng) for c in labels])
         np.save(out / f"{split}_images.npy", images)
         np.save(out / f"{split}_labels.npy", labels)
-    meta = {"source_format": "image-folder", "classes": classes,
-            "splits": {"train": train * num_classes, "test": test * num_classes},
-            "image_shape": [*size, 3], "groups": None}
+    meta = {
+        "source_format": "image-folder",
+        "classes": classes,
+        "splits": {"train": train * num_classes, "test": test * num_classes},
+        "image_shape": [*size, 3],
+        "groups": None,
+        "per_class": {
+            split: dict.fromkeys(classes, per_class)
+            for split, per_class in (("train", train), ("test", test))
+        },
+    }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
 
 
-def tar_with(dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, bytes]],
-             mode: str = "w") -> Path:
+def tar_with(
+    dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, bytes]], mode: str = "w"
+) -> Path:
     """A tar of src's contents plus hand-made (possibly hostile) members; `mode` "w:gz"
     compresses it."""
     with tarfile.open(dst, mode) as tar:
@@ -194,11 +228,153 @@ def tar_with(dst: Path, src: Path | None, extra: list[tuple[tarfile.TarInfo, byt
     return dst
 
 
-def xla_conv(x, w):
-    """'SAME' stride-1 convolution (NHWC input, HWIO kernel) written straight against XLA:
-    the reference the project's own convolutions (stages/model.py, stages/onednn.py) are
-    tested against."""
-    from jax import lax
+# --------------------------------------------------------------------------- dvc.yaml
 
-    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+def default_params() -> dict[str, Any]:
+    """params.yaml of the project, as a fresh dict of sections."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def dvc_stages() -> dict[str, dict[str, Any]]:
+    """dvc.yaml's `stages:` mapping, as written (placeholders not filled in)."""
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+_PLACEHOLDER = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
+
+
+def fill_placeholders(text: str, params: Mapping[str, Any] | None = None) -> str:
+    """`${section.key}` replaced by its value in `params` (default: the project's params.yaml)."""
+    values = default_params() if params is None else params
+
+    def lookup(match: re.Match) -> str:
+        node: Any = values
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return _PLACEHOLDER.sub(lookup, text)
+
+
+def stage_argv(stage: str, params: Mapping[str, Any] | None = None, **paths: str) -> list[str]:
+    """The arguments dvc.yaml's `cmd` passes to `python -m stages.<stage>`.
+
+    `${section.key}` placeholders are filled from `params` (a whole params doc; default: the
+    project's params.yaml). Keyword arguments replace the value of an option the command
+    already has (`model="m2"` replaces `--model`'s value); an option it lacks is an error,
+    so a test cannot silently pass an argument dvc.yaml does not.
+    """
+    cmd = shlex.split(fill_placeholders(dvc_stages()[stage]["cmd"], params))
+    head = ["python", "-m", f"stages.{stage}"]
+    assert cmd[:3] == head, f"dvc.yaml: stage {stage} does not run {' '.join(head)}: {cmd}"
+    args = cmd[3:]
+    for name, value in paths.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in args, f"dvc.yaml: stage {stage} passes no {flag} ({args})"
+        args[args.index(flag) + 1] = str(value)
+    return args
+
+
+def stage_options(stage: str, params: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """{option: value} of the stage's dvc.yaml command (every option takes one value)."""
+    args = stage_argv(stage, params)
+    flags, values = args[0::2], args[1::2]
+    assert len(flags) == len(values) and all(f.startswith("--") for f in flags), args
+    return dict(zip(flags, values, strict=True))
+
+
+def scratch_project(folder: Path, params: Mapping[str, Any] | str | None = None) -> Path:
+    """`folder` made a project the stages can run in: dvc.yaml (the train stage reads its
+    dependencies from it) and params.yaml (the project's, or `params`: a dict or text)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
+    if params is None:
+        params = default_params()
+    text = params if isinstance(params, str) else yaml.safe_dump(dict(params), sort_keys=False)
+    (folder / "params.yaml").write_text(text)
+    return folder
+
+
+def copy_code(dst: Path) -> None:
+    """The stages and the library they import, as a DVC project needs them (no caches)."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    for package in ("stages", "confusion_embeddings"):
+        shutil.copytree(ROOT / package, Path(dst) / package, ignore=ignore)
+
+
+@contextlib.contextmanager
+def argv(stage: str, args: list[str]) -> Iterator[None]:
+    """sys.argv as `python -m stages.<stage> args` sees it, for the duration of the block."""
+    old = sys.argv
+    sys.argv = [f"stages.{stage}", *args]
+    try:
+        yield
+    finally:
+        sys.argv = old
+
+
+def run_in_project(folder: Path, stage: str, **paths: str) -> None:
+    """Run the stage's main() in this process as dvc would in the project `folder`: from
+    that folder, with dvc.yaml's command line (placeholders from the folder's params.yaml,
+    `paths` replacing option values as in `stage_argv`)."""
+    params = yaml.safe_load((Path(folder) / "params.yaml").read_text())
+    with contextlib.chdir(folder):
+        run_stage_main(stage, stage_argv(stage, params, **paths))
+
+
+def run_stage_main(stage: str, args: list[str]) -> None:
+    """Run the stage's main() in this process with `args`; errors propagate (PipelineError,
+    SystemExit from argparse) instead of becoming an exit code."""
+    module = importlib.import_module(f"stages.{stage}")
+    with argv(stage, args):
+        module.main()
+
+
+def save_tiny_model(
+    model_dir: Path,
+    num_classes: int,
+    conv_impl: str = "xla",
+    stem_width: int = 4,
+    widths: tuple[int, ...] = (4,),
+    stem_patch: int = 2,
+    tta_flip: bool = False,
+    tta_translate: int = 0,
+    cpu_devices: int | str = "auto",
+) -> Path:
+    """An untrained model folder as the train stage writes it (config.json, model.msgpack),
+    for tests of the stages that read one."""
+    from flax import nnx
+
+    from confusion_embeddings.cnn.checkpoint import save_model
+    from confusion_embeddings.cnn.network import CNN, ModelConfig
+
+    cfg = ModelConfig(
+        num_classes=num_classes,
+        stem_width=stem_width,
+        widths=tuple(widths),
+        stem_patch=stem_patch,
+        bn_momentum=0.6,
+        logit_scale=1 / 9,
+        conv_impl=conv_impl,
+    )
+    _, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    inference = {"tta_flip": tta_flip, "tta_translate": tta_translate, "cpu_devices": cpu_devices}
+    save_model(model_dir, cfg, inference, (np.zeros(3), np.ones(3)), params, rest)
+    return Path(model_dir)
+
+
+def run_embed_stage(folder: Path, pairs, **section: Any) -> Path:
+    """The embed stage as dvc runs it, in a scratch project at `folder` holding `pairs` at
+    its --pairs, with params.yaml's embed section updated by `section`; returns its --out."""
+    from confusion_embeddings.pairs import write_pairs
+
+    params = default_params()
+    params["embed"].update(section)
+    scratch_project(folder, params)
+    options = stage_options("embed")
+    (folder / options["--pairs"]).mkdir(parents=True)
+    write_pairs(pairs, folder / options["--pairs"])
+    run_in_project(folder, "embed")
+    return folder / options["--out"]

@@ -2,7 +2,7 @@
 
 A picture of class c gets logits = N(0, 1) noise + `true_bonus` on c + `confusion_strength`
 on every other class of c's group, so a model "confuses" classes only within their group.
-The result follows the predictions-file contract of stages/predictions.py.
+The result follows the predictions-file contract of confusion_embeddings/predictions.py.
 """
 
 from __future__ import annotations
@@ -68,8 +68,16 @@ def write_predictions(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Pat
 
 
 CIFAR10 = [
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 CIFAR10_GROUPS = {
     "animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
@@ -84,10 +92,14 @@ PLANTED_GROUPS = {"g01": ["c0", "c1"], "g23": ["c2", "c3"]}
 
 def planted_pairs(folder: Path, n_per_class: int):
     """Top-2 pairs of synthetic predictions with the planted confusions above."""
-    from stages.pairs import build_pairs
-    from stages.predictions import load_predictions
+    from confusion_embeddings.pairs import build_pairs
+    from confusion_embeddings.predictions import load_predictions
 
     path = Path(folder) / "pred.npz"
-    write_predictions(path, make_synthetic_predictions(
-        n_per_class, PLANTED_CLASSES, PLANTED_GROUPS, confusion_strength=2.0, seed=0))
+    write_predictions(
+        path,
+        make_synthetic_predictions(
+            n_per_class, PLANTED_CLASSES, PLANTED_GROUPS, confusion_strength=2.0, seed=0
+        ),
+    )
     return build_pairs(load_predictions(path), top_k=2, block_size=4096)

@@ -1,40 +1,79 @@
-"""Not only CIFAR-10: a generated 4-class dataset of 16x16 pictures, prepare -> evaluate."""
+"""Not only CIFAR-10: a generated 4-class dataset of 16x16 pictures, prepare -> evaluate.
+
+Every stage runs through its entry point with dvc.yaml's command line, in a scratch project
+(the stages in this process, as `dvc repro` would run them one after the other).
+"""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
-from helpers import make_dataset, make_tar_gz
 
-from stages import embed, evaluate, pairs, predict, prepare, train
-from stages.common import validate_section
-from stages.predictions import load_predictions
+from confusion_embeddings.embedding.store import load_vectors
+from confusion_embeddings.pairs import load_pairs
+from confusion_embeddings.predictions import load_predictions
+
+from helpers import (
+    STAGES,
+    default_params,
+    make_dataset,
+    make_tar_gz,
+    run_in_project,
+    scratch_project,
+    stage_options,
+)
 
 
-def test_four_classes_of_16x16_end_to_end(tmp_path):
+def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
     classes = ["circle", "square", "star", "wave"]
     src = make_dataset(tmp_path / "images", classes, train=48, test=12, size=(16, 16))
     archive = make_tar_gz(src, tmp_path / "mine.tar.gz")
 
-    meta = prepare.prepare(archive, tmp_path / "prepared",
-                           validate_section("prepare", {}, prepare.SCHEMA))
-    assert meta["num_classes"] == 4 and meta["image_shape"] == [16, 16, 3]
+    params = default_params()
+    params["train"].update(
+        {
+            "epochs": 3,
+            "batch_size": 16,
+            "eval_batch_size": 16,
+            "stem_width": 8,
+            "widths": [8, 16],
+            "lr": 0.01,
+        }
+    )
+    params["predict"].update({"batch_size": 16})
+    params["pairs"].update({"top_k": 2, "block_size": 64})
+    params["embed"].update({"seeds": [0, 1], "dim": 3})
+    params["evaluate"].update({"groups": None})  # params.yaml's are CIFAR-10's
+    project = scratch_project(tmp_path / "project", params)
+    o = {stage: stage_options(stage, params) for stage in STAGES}
+    monkeypatch.chdir(project)  # the stages keep compiled programs under .cache/jax here
 
-    tp = validate_section("train", {"epochs": 3, "batch_size": 16, "eval_batch_size": 16,
-                                    "stem_width": 8, "widths": [8, 16], "lr": 0.01}, train.SCHEMA)
-    m = train.train(tmp_path / "prepared", tmp_path / "model", tmp_path / "train.json",
-                    tmp_path / "live", tp, resume_dir=tmp_path / "resume", progress=False)
+    run_in_project(project, "prepare", source=archive)
+    meta = json.loads((project / o["prepare"]["--metrics"]).read_text())
+    assert meta["classes"] == 4 and meta["image_shape"] == [16, 16, 3]
+    assert meta["pictures"] == {"train": 4 * 48, "test": 4 * 12}
+
+    run_in_project(project, "train")
+    m = json.loads((project / o["train"]["--metrics"]).read_text())
     assert m["test_accuracy"] >= 0.75, m
 
-    pp = validate_section("predict", {"batch_size": 16}, predict.SCHEMA)
-    predict.predict(tmp_path / "prepared", tmp_path / "model", tmp_path / "pred.npz", pp,
-                    progress=False)
-    pred = load_predictions(tmp_path / "pred.npz")
+    run_in_project(project, "predict")
+    pred = load_predictions(project / o["predict"]["--out"])
     assert list(pred.classes) == classes and pred.n == 4 * 60
 
-    pr = pairs.build_pairs(pred, top_k=2, block_size=64)
+    run_in_project(project, "pairs")
+    pr = load_pairs(project / o["pairs"]["--out"])
     assert len(pr.true) == 2 * 4 * 60 and set(np.unique(pr.rank)) == {1, 2}
-    ep = validate_section("embed", {"seeds": [0, 1], "dim": 3}, embed.SCHEMA)
-    vectors = embed.train_vectors(pr, ep)
-    assert vectors.shape == (2, 4, 3)
-    ev = evaluate.evaluate(pr, vectors, validate_section("evaluate", {}, evaluate.SCHEMA))
-    assert ev.mean.shape == (4, 4) and np.allclose(np.diag(ev.mean), 1.0, atol=1e-5)
+
+    run_in_project(project, "embed")
+    vectors, manifest = load_vectors(project / o["embed"]["--out"])
+    assert vectors.shape == (2, 4, 3) and manifest["classes"] == classes
+
+    run_in_project(project, "evaluate")
+    with np.load(project / o["evaluate"]["--matrices"], allow_pickle=False) as mat:
+        mean = mat["similarity_mean"]
+        assert mat["classes"].tolist() == classes
+    assert mean.shape == (4, 4) and np.allclose(np.diag(mean), 1.0, atol=1e-5)
+    sim = json.loads((project / o["evaluate"]["--metrics"]).read_text())
+    assert sim["classes"] == 4 and sim["seeds"] == 2

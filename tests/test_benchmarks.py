@@ -9,7 +9,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ package
 
-from benchmarks.pairs_many_classes import run_stage  # noqa: E402
+from benchmarks.pairs_many_classes import run_stage
 
 
 def test_stage_peak_memory_is_the_stage_not_the_process_that_started_it():
@@ -41,8 +41,11 @@ def test_ratio_is_taken_within_each_round_and_against_the_faster_layout():
     # A slow phase of the machine that hits PyTorch in round 3 only (as once happened to a
     # benchmark that measured each engine in one go) moves one ratio of three, not the
     # median; the faster of PyTorch's two layouts counts in each round.
-    per_round = {"jax": [r(600), r(610), r(590)],
-                 "torch_a": [r(1200), r(900), r(590)], "torch_b": [r(1000), r(1220), r(500)]}
+    per_round = {
+        "jax": [r(600), r(610), r(590)],
+        "torch_a": [r(1200), r(900), r(590)],
+        "torch_b": [r(1000), r(1220), r(500)],
+    }
     ratio = ratio_over_rounds(per_round, "jax", ("torch_a", "torch_b"))
     assert ratio["rounds"] == [0.5, 0.5, 1.0] and ratio["median"] == 0.5
     fig = pooled(per_round["jax"])

@@ -6,21 +6,21 @@ with two training epochs so that the train stage's per-epoch checkpoint is exerc
 * reference: one uninterrupted `dvc repro` with a cold XLA compilation cache.
 * second: another uninterrupted run, in another repository, with that cache warm; it
   measures how long each stage runs once nothing needs compiling.
-* determinism: the two give byte-identical metrics/*.json (wall-time keys removed) and
-  byte-identical outputs (the md5s dvc.lock records).
+* determinism: the two give byte-identical metrics/*.json (they hold no wall times: those
+  are in reports/timings/) and byte-identical outputs (the md5s dvc.lock records).
 * crash: in a third repository (cache warm too), `dvc repro` is SIGKILLed (its whole
   process group, so the stage's own process dies with it) at KILLS_PER_STAGE points inside
   every stage, chained: each kill is followed by a new `dvc repro` that picks up where the
   last one died. The kill times are fractions of the stage's measured duration drawn from a
   seeded rng, one in each equal slice of the stage (early, middle, late); train gets one
-  more, the moment its first checkpoint appears, so that the later runs resume from it. When a stage has
-  already completed (an earlier kill landed after its end), it is rerun with
+  more, the moment its first checkpoint appears, so that the later runs resume from it. When a
+  stage has already completed (an earlier kill landed after its end), it is rerun with
   `dvc repro --force --single-item <stage>` to be killed while it replaces its own
   complete output. A last `dvc repro` runs to the end; its metrics and outputs must equal
   the reference's.
 
-The stages keep compiled XLA programs under `.cache/jax` (stages/parallel.py); all three
-repositories share one such folder (a symlink), so that only the reference compiles.
+The stages keep compiled XLA programs under `.cache/jax` (confusion_embeddings/devices.py);
+all three repositories share one such folder (a symlink), so that only the reference compiles.
 
 One thing does not recover by itself, and it is DVC's, not the stages': DVC rewrites
 `.dvc/tmp/rwlock` in place (truncate, then write), so a kill at that instant leaves an empty
@@ -31,6 +31,7 @@ do, deletes it, and reports how often that happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,12 +43,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from helpers import stage_argv, stage_options
 from test_dvc_pipeline import STAGES, _env, make_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-# Keys whose values are wall times (or derived from them): removed before comparing.
+# Keys whose values are wall times (or derived from them): never in a metrics file (the
+# stages write them to --timings, reports/timings/, which differ from run to run).
 WALL_TIME_KEYS = {"seconds", "wall_seconds", "train_seconds", "images_per_second"}
+TIMINGS = {stage_options(stage)["--timings"] for stage in ("prepare", "train", "predict")}
 # dvclive's summary: after a resumed training run its keys come in another order (see
 # test_resumed_training_writes_the_same_dvclive_summary); compared as parsed JSON.
 SAME_JSON_OUTS = {"reports/train/metrics.json"}
@@ -64,8 +69,12 @@ class Repro:
         self.lines: list[tuple[float, str]] = []
         self.start = time.monotonic()
         self.proc = subprocess.Popen(
-            ["dvc", "repro", *args], cwd=repo, env={**_env(), "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            ["dvc", "repro", *args],
+            cwd=repo,
+            env={**_env(), "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         self.ended: float | None = None
@@ -115,10 +124,8 @@ class Repro:
 
     def kill(self) -> None:
         """SIGKILL the whole process group and wait until every member is gone."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -155,31 +162,39 @@ def new_repo(tmp: Path, jax_cache: Path) -> Path:
     return repo
 
 
-def strip_wall_times(obj):
+def wall_time_keys(obj) -> set[str]:
+    """Wall-time keys anywhere in a JSON document."""
     if isinstance(obj, dict):
-        return {k: strip_wall_times(v) for k, v in obj.items() if k not in WALL_TIME_KEYS}
+        return (set(obj) & WALL_TIME_KEYS).union(*(wall_time_keys(v) for v in obj.values()))
     if isinstance(obj, list):
-        return [strip_wall_times(v) for v in obj]
-    return obj
+        return set().union(*(wall_time_keys(v) for v in obj))
+    return set()
 
 
 def metrics_of(repo: Path) -> dict[str, str]:
-    """{file name: its text}, wall-time keys removed (key order and format kept otherwise)."""
+    """{file name: its text}; a metrics file holding a wall time fails the test."""
     out = {}
     for path in sorted((repo / "metrics").glob("*.json")):
         text = path.read_text()
-        doc = json.loads(text)
-        stripped = strip_wall_times(doc)
-        out[path.name] = text if stripped == doc else json.dumps(stripped, indent=2) + "\n"
+        assert not wall_time_keys(json.loads(text)), (path, text)
+        out[path.name] = text
     return out
 
 
 def out_hashes(repo: Path) -> dict[str, str]:
-    """{output path: md5 recorded in dvc.lock} for every stage output."""
+    """{output path: md5 recorded in dvc.lock} for every stage output but the timings."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values()
-            for out in stage.get("outs", [])
-            if out["path"] not in SAME_JSON_OUTS and not out["path"].startswith("metrics/")}
+    hashes = {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+    assert set(hashes) >= TIMINGS, sorted(hashes)  # recorded, but wall times: not compared
+    return {
+        path: md5
+        for path, md5 in hashes.items()
+        if path not in SAME_JSON_OUTS | TIMINGS and not path.startswith("metrics/")
+    }
 
 
 def same_json_outs(repo: Path) -> dict[str, object]:
@@ -213,7 +228,7 @@ def heal_lockfile(repo: Path) -> bool:
         return False
     try:
         COMPILED_LOCKFILE_SCHEMA(yaml.safe_load(path.read_text()) or {})
-    except Exception:  # noqa: BLE001 - any parse or schema error means "half-written"
+    except Exception:  # any parse or schema error means "half-written"
         path.unlink()
         return True
     return False
@@ -226,8 +241,11 @@ def heal(repo: Path) -> int:
 
 def leftovers(repo: Path) -> list[str]:
     """Temporary siblings that atomic_dir/atomic_file leave behind when a stage is killed."""
-    return sorted(str(p.relative_to(repo)) for p in repo.rglob(".*.tmp-*")
-                  if ".dvc" not in p.relative_to(repo).parts)
+    return sorted(
+        str(p.relative_to(repo))
+        for p in repo.rglob(".*.tmp-*")
+        if ".dvc" not in p.relative_to(repo).parts
+    )
 
 
 def full_run(repo: Path) -> dict[str, float]:
@@ -238,9 +256,10 @@ def full_run(repo: Path) -> dict[str, float]:
     assert set(starts) == set(STAGES), out
     ordered = sorted(starts, key=starts.get)
     ends = [starts[s] for s in ordered[1:]] + [repro.ended]
-    durations = {s: end - starts[s] for s, end in zip(ordered, ends)}
-    print(f"{repo.parent.name}: stage durations (s):",
-          {s: round(d, 1) for s, d in durations.items()})
+    durations = {s: end - starts[s] for s, end in zip(ordered, ends, strict=True)}
+    print(
+        f"{repo.parent.name}: stage durations (s):", {s: round(d, 1) for s, d in durations.items()}
+    )
     return durations
 
 
@@ -267,8 +286,12 @@ def second(tmp_path_factory, jax_cache, reference) -> tuple[Path, dict[str, floa
 def test_two_runs_are_byte_identical(reference, second):
     ref, (repo, _) = reference, second
     assert metrics_of(repo) == metrics_of(ref)
-    assert sorted(metrics_of(repo)) == ["pairs.json", "prepare.json", "similarity.json",
-                                        "train.json"]
+    assert sorted(metrics_of(repo)) == [
+        "pairs.json",
+        "prepare.json",
+        "similarity.json",
+        "train.json",
+    ]
     assert out_hashes(repo) == out_hashes(ref)
     for path in SAME_JSON_OUTS:  # no resume here, so byte-identical
         assert (repo / path).read_bytes() == (ref / path).read_bytes()
@@ -307,7 +330,7 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
             started = repro.wait_for_stage(stage, timeout=300)
             assert started is not None, repro.output
         if delay is None:  # train: as soon as its checkpoint exists
-            while not list((repo / ".cache" / "train").glob("*.msgpack")):
+            while not list((repo / stage_options("train")["--checkpoints"]).glob("*.msgpack")):
                 assert repro.proc.poll() is None, repro.output
                 time.sleep(0.005)
         else:
@@ -328,8 +351,9 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
     final = Repro(repo).finish()
     print("last run:", sorted(s for s in STAGES if f"Running stage '{s}'" in final))
     assert any("resumed" in line for line in log), log  # the checkpoint path was taken
-    status = subprocess.run(["dvc", "status"], cwd=repo, env=_env(), capture_output=True,
-                            text=True, check=True).stdout
+    status = subprocess.run(
+        ["dvc", "status"], cwd=repo, env=_env(), capture_output=True, text=True, check=True
+    ).stdout
     assert "up to date" in status, status
     assert metrics_of(repo) == metrics_of(ref)
     assert out_hashes(repo) == out_hashes(ref)
@@ -345,21 +369,34 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
 def test_resumed_training_writes_the_same_dvclive_summary(tmp_path, monkeypatch):
     """Stage level: a training run interrupted after its epoch-1 checkpoint and resumed
     writes the same reports/train/metrics.json bytes as an uninterrupted run."""
-    from helpers import make_prepared
-
     from stages import train as train_stage
-    from stages.common import validate_section
 
+    from helpers import make_prepared, run_stage_main, scratch_project
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["train"].update(
+        {"epochs": 2, "batch_size": 8, "eval_batch_size": 4, "stem_width": 4, "widths": [4]}
+    )
+    scratch_project(tmp_path, params)
     monkeypatch.chdir(tmp_path)  # .cache/jax (compiled programs) lands here
-    make_prepared(tmp_path / "prepared", num_classes=2, train=8, test=4, size=(8, 8))
-    p = validate_section("train", {"epochs": 2, "batch_size": 8, "eval_batch_size": 4,
-                                   "stem_width": 4, "widths": [4]}, train_stage.SCHEMA)
+    options = stage_options("train")
+    make_prepared(tmp_path / options["--prepared"], num_classes=2, train=8, test=4, size=(8, 8))
 
-    def run(tag: str) -> None:
-        train_stage.train("prepared", f"{tag}/model", f"{tag}/train.json", f"{tag}/live", p,
-                          resume_dir="resume", progress=False)
+    def run(tag: str) -> None:  # both runs share dvc.yaml's --checkpoints folder
+        run_stage_main(
+            "train",
+            stage_argv(
+                "train",
+                model=f"{tag}/model",
+                metrics=f"{tag}/train.json",
+                timings=f"{tag}/timings.json",
+                live=f"{tag}/live",
+            ),
+        )
 
     run("full")
+    checkpoints = tmp_path / options["--checkpoints"]
+    assert not list(checkpoints.glob("*.msgpack"))  # removed when training ends
 
     def killed(*args, **kwargs):  # dies where a kill would: after the checkpoint, before the end
         raise KeyboardInterrupt
@@ -368,8 +405,14 @@ def test_resumed_training_writes_the_same_dvclive_summary(tmp_path, monkeypatch)
         m.setattr(train_stage, "save_model", killed)
         with pytest.raises(KeyboardInterrupt):
             run("resumed")
-    assert list((tmp_path / "resume").glob("*.msgpack"))
+    assert list(checkpoints.glob("*.msgpack"))
+    assert not (tmp_path / "resumed" / "model").exists()
     run("resumed")
+    assert not list(checkpoints.glob("*.msgpack"))
     full, resumed = (tmp_path / t / "live" / "metrics.json" for t in ("full", "resumed"))
     assert json.loads(full.read_text()) == json.loads(resumed.read_text())
     assert full.read_bytes() == resumed.read_bytes()
+    # ... and the same model metrics: the resumed run continued the same computation.
+    assert (tmp_path / "full" / "train.json").read_bytes() == (
+        tmp_path / "resumed" / "train.json"
+    ).read_bytes()

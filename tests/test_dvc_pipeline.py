@@ -2,7 +2,11 @@
 
 One test walks the workflow the README promises: repro runs every stage; a second repro
 runs nothing; changing `embed.dim` reruns only embed and evaluate; `dvc params diff` and
-`dvc metrics diff` show the change; push to a remote, wipe cache and outputs, pull, clean.
+`dvc metrics diff` show the change, `dvc plots show` draws the similarity table with the
+project's own template; push to a remote, wipe cache and outputs, pull, clean.
+
+The scratch repository holds what the project's own does: the stages, the library they
+import, dvc.yaml, the custom plot template (.dvc/plots/) and .dvcignore.
 """
 
 from __future__ import annotations
@@ -13,16 +17,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-from helpers import make_dataset, make_tar_gz
+
+from helpers import copy_code, make_dataset, make_tar_gz, stage_options
 
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck"]
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TINY = {
-    "train": {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "stem_width": 8,
-              "widths": [8, 16], "lr": 0.01},
+    "train": {
+        "epochs": 1,
+        "batch_size": 16,
+        "eval_batch_size": 16,
+        "stem_width": 8,
+        "widths": [8, 16],
+        "lr": 0.01,
+    },
     "predict": {"batch_size": 16},
     "embed": {"seeds": [0, 1]},
 }
@@ -32,8 +43,12 @@ STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
 def _env() -> dict:
     # The stages run as `python -m stages.<name>`: the venv's python must come first.
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-            "JAX_PLATFORMS": "cpu", "DVC_NO_ANALYTICS": "1"}
+    return {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+        "JAX_PLATFORMS": "cpu",
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def run(repo: Path, *args: str) -> str:
@@ -51,25 +66,49 @@ def ran(output: str) -> set[str]:
 def make_repo(tmp: Path) -> Path:
     repo = tmp / "repo"
     repo.mkdir()
-    shutil.copytree(ROOT / "stages", repo / "stages",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_code(repo)
     shutil.copy(ROOT / "dvc.yaml", repo)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, over in TINY.items():
         params[section].update(over)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     src = make_dataset(tmp / "images", CIFAR10, train=8, test=4, size=(16, 16))
-    (repo / "data" / "raw").mkdir(parents=True)
-    make_tar_gz(src, repo / "data" / "raw" / "cifar10-jpeg.tar.gz")
+    source = repo / stage_options("prepare")["--source"]
+    source.parent.mkdir(parents=True)
+    make_tar_gz(src, source)
     run(repo, "git", "init", "-q")
     run(repo, "git", "config", "user.email", "test@example.com")
     run(repo, "git", "config", "user.name", "test")
     run(repo, "dvc", "init", "-q")
+    # After `dvc init`, which makes .dvc/ and a .dvcignore of its own.
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
     (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n/data/raw/\n")
     # dvclive (the train stage) fails in a git repository without any commit ("Empty git repo").
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "init")
     return repo
+
+
+def outputs(repo: Path) -> list[str]:
+    """Every output path dvc.yaml names (outs, metrics, plots), placeholders aside."""
+    doc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return [
+        path
+        for entry in doc.values()
+        for key in ("outs", "metrics", "plots")
+        for item in entry.get(key, [])
+        for path in ([item] if isinstance(item, str) else item)
+    ]
+
+
+def similarity_table(repo: Path) -> list[dict[str, str]]:
+    """evaluate's --table: rows of class, neighbour, cosine, std, most similar first."""
+    import csv
+
+    path = repo / stage_options("evaluate")["--table"]
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 @pytest.mark.slow
@@ -78,10 +117,22 @@ def test_dvc_workflow_end_to_end(tmp_path):
 
     out = run(repo, "dvc", "repro")
     assert ran(out) == set(STAGES), out
-    for path in ["data/prepared/meta.json", "models/cnn/model.msgpack", "data/predictions.npz",
-                 "data/pairs/pairs.npz", "data/embed/manifest.json", "metrics/similarity.json",
-                 "reports/similarity.md", "metrics/train.json", "metrics/pairs.json"]:
+    for path in [
+        "data/prepared/meta.json",
+        "models/cnn/model.msgpack",
+        "data/predictions.npz",
+        "data/pairs/pairs.npz",
+        "data/embed/manifest.json",
+        "metrics/similarity.json",
+        "reports/similarity.md",
+        "metrics/train.json",
+        "metrics/pairs.json",
+        *outputs(repo),
+    ]:
         assert (repo / path).exists(), path
+    for stage in ("prepare", "train", "predict"):  # wall times: beside the metrics, not in them
+        assert (repo / stage_options(stage)["--timings"]).exists(), stage
+    assert {r["class"] for r in similarity_table(repo)} == set(CIFAR10)
 
     out = run(repo, "dvc", "repro")
     assert ran(out) == set(), out
@@ -95,14 +146,28 @@ def test_dvc_workflow_end_to_end(tmp_path):
     assert ran(out) == {"embed", "evaluate"}, out  # training and prediction untouched
     assert "embed.dim" in run(repo, "dvc", "params", "diff")
     metrics_diff = run(repo, "dvc", "metrics", "diff", "--all")
-    assert "metrics/similarity.json" in metrics_diff and "dim" in metrics_diff
+    assert "metrics/similarity.json" in metrics_diff and "spearman_vs_confusion" in metrics_diff
+    # The vectors' dimension: in the embed manifest and the report (no longer a metric).
+    embed_out = repo / stage_options("embed")["--out"]
+    assert yaml.safe_load((embed_out / "manifest.json").read_text())["dim"] == 3
+    assert "(3 dimensions)" in (repo / stage_options("evaluate")["--report"]).read_text()
+    # The similarity table drawn with the project's template (.dvc/plots/similarity.json).
+    table = stage_options("evaluate")["--table"]
+    plots = run(repo, "dvc", "plots", "show", "--json", table)
+    assert table in plots and "DVC_METRIC_DATA" not in plots, plots[:2000]
 
     remote = tmp_path / "remote"
     run(repo, "dvc", "remote", "add", "-d", "tmp", str(remote))
     run(repo, "dvc", "push")
     shutil.rmtree(repo / ".dvc" / "cache")
-    for path in ["data/prepared", "models", "data/pairs", "data/embed",
-                 "data/predictions.npz", "reports/similarity_matrices.npz"]:
+    for path in [
+        "data/prepared",
+        "models",
+        "data/pairs",
+        "data/embed",
+        "data/predictions.npz",
+        "reports/similarity_matrices.npz",
+    ]:
         p = repo / path
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     run(repo, "dvc", "pull")
@@ -119,9 +184,12 @@ def test_bring_your_own_predictions_through_dvc(tmp_path):
     repo = make_repo(tmp_path)
     classes = ["cat", "dog", "car", "truck"]
     arrays = make_synthetic_predictions(
-        n_per_class=50, classes=classes,
+        n_per_class=50,
+        classes=classes,
         groups={"animals": ["cat", "dog"], "vehicles": ["car", "truck"]},
-        confusion_strength=2.0, seed=0)
+        confusion_strength=2.0,
+        seed=0,
+    )
     write_predictions(repo / "my_predictions.npz", arrays)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["pairs"]["predictions"] = "my_predictions.npz"
@@ -135,7 +203,14 @@ def test_bring_your_own_predictions_through_dvc(tmp_path):
     out = run(repo, "dvc", "repro", "evaluate")
     assert ran(out) == {"pairs", "embed", "evaluate"}, out
     assert not (repo / "models").exists() and not (repo / "data" / "prepared").exists()
-    sim = yaml.safe_load((repo / "metrics" / "similarity.json").read_text())
-    assert sim["classes"] == classes
-    assert sim["nearest"]["cat"]["class"] == "dog" and sim["nearest"]["car"]["class"] == "truck"
+    sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())
+    assert sim["classes"] == len(classes)
     assert sim["group_nn_agreement"] == 1.0
+    rows = similarity_table(repo)
+    assert sorted({r["class"] for r in rows}) == sorted(classes)
+    nearest = {}
+    for r in rows:  # each class's neighbours come most similar first
+        nearest.setdefault(r["class"], r["neighbour"])
+    assert nearest["cat"] == "dog" and nearest["car"] == "truck"
+    with np.load(repo / stage_options("evaluate")["--matrices"], allow_pickle=False) as mat:
+        assert mat["classes"].tolist() == classes

@@ -1,4 +1,5 @@
-"""Tests of stages/embed.py on tiny synthetic pairs with a planted structure."""
+"""Tests of the embed stage (confusion_embeddings/embedding/, stages/embed.py) on tiny
+synthetic pairs with a planted structure."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
-from stages.common import PipelineError, validate_section
-from stages.embed import SCHEMA, load_embeddings, train_vectors, write_embeddings
-from stages.pairs import Pairs
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.engines import SCHEMA, train_vectors
+from confusion_embeddings.embedding.store import load_vectors
+from confusion_embeddings.pairs import Pairs
+
+from helpers import run_embed_stage
 from synthetic import PLANTED_CLASSES, planted_pairs
 
 CLASSES = PLANTED_CLASSES
@@ -53,11 +58,17 @@ def test_planted_pairs_are_nearest_on_average(vectors):
 
 def test_files_readable_by_gensim_and_byte_identical(tmp_path, pairs, vectors):
     p = params()
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
-        write_embeddings(tmp_path / name, pairs.classes, vectors, p)
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two = (
+        run_embed_stage(tmp_path / name, pairs, seeds=p["seeds"]) for name in ("one", "two")
+    )
     assert sorted(f.name for f in one.iterdir()) == sorted(f.name for f in two.iterdir())
+    assert sorted(f.name for f in one.iterdir()) == sorted(
+        [
+            "manifest.json",
+            "vectors.npy",
+            *(f"seed_{s}.{x}" for s in (0, 1, 2) for x in ("txt", "kv")),
+        ]
+    )
     for f in one.iterdir():
         assert f.read_bytes() == (two / f.name).read_bytes(), f.name
 
@@ -67,7 +78,7 @@ def test_files_readable_by_gensim_and_byte_identical(tmp_path, pairs, vectors):
     np.testing.assert_allclose(text.vectors, vectors[2], rtol=1e-6)
     np.testing.assert_array_equal(kv.vectors, vectors[2])
 
-    loaded, manifest = load_embeddings(one)
+    loaded, manifest = load_vectors(one)
     np.testing.assert_array_equal(loaded, vectors)
     assert manifest == {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "gensim"}
     assert json.loads((one / "manifest.json").read_text())["seeds"] == [0, 1, 2]

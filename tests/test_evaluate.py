@@ -1,7 +1,10 @@
-"""Tests of stages/evaluate.py: the figures on hand-made inputs, then the whole chain."""
+"""Tests of the evaluate stage (confusion_embeddings/evaluation/, stages/evaluate.py): the
+figures on hand-made inputs, then the whole chain."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 
@@ -9,12 +12,19 @@ import numpy as np
 import pytest
 import yaml
 
-from stages import embed as embed_stage
-from stages import evaluate as evaluate_stage
-from stages import pairs as pairs_stage
-from stages.common import PipelineError, validate_section
-from stages.embed import train_vectors
-from stages.evaluate import (
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
+from confusion_embeddings.embedding.engines import train_vectors
+from confusion_embeddings.evaluation.plots import (
+    TABLE_ALL_PAIRS_MAX_CLASSES,
+    similarity_rows,
+    write_plots,
+    write_similarity_csv,
+)
+from confusion_embeddings.evaluation.report import metrics_dict, render_report, warn_if_collapsed
+from confusion_embeddings.evaluation.scores import (
     SCHEMA,
     adjusted_rand_index,
     collapse_reasons,
@@ -22,24 +32,47 @@ from stages.evaluate import (
     confusion_similarity,
     cosine_matrices,
     evaluate,
-    metrics_dict,
     ranked_neighbours,
-    render_report,
     resolve_groups,
     seed_mean_std,
     spearman_upper,
-    warn_if_collapsed,
-    write_plots,
 )
-from stages.pairs import Pairs, build_pairs
-from stages.predictions import load_predictions
+from confusion_embeddings.pairs import Pairs, build_pairs
+from confusion_embeddings.predictions import load_predictions
+from stages import embed as embed_stage
+from stages import evaluate as evaluate_stage
+from stages import pairs as pairs_stage
+
+from helpers import stage_argv
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
+
+# The headline figures, the only keys of the metrics file (the tables are plot data).
+HEADLINE = [
+    "classes",
+    "seeds",
+    "spearman_vs_confusion",
+    "mean_offdiag_cosine",
+    "collapsed",
+    "group_separation",
+    "group_nn_agreement",
+    "group_ari",
+]
+
+
+def read_table(text: str) -> list[dict[str, str]]:
+    """The similarity table (--table) as its rows."""
+    return list(csv.DictReader(io.StringIO(text)))
+
 
 # 12 classes in 3 planted groups of 4: the model confuses classes only within their group.
 CLASSES = [f"k{i:02d}" for i in range(12)]
 PLANTED = {"g0": CLASSES[0:4], "g1": CLASSES[4:8], "g2": CLASSES[8:12]}
 # The same classes regrouped so that each group takes classes from every planted group.
-SHUFFLED = {"s0": ["k00", "k04", "k08", "k01"], "s1": ["k05", "k09", "k02", "k06"], "s2": ["k10", "k03", "k07", "k11"]}
+SHUFFLED = {
+    "s0": ["k00", "k04", "k08", "k01"],
+    "s1": ["k05", "k09", "k02", "k06"],
+    "s2": ["k10", "k03", "k07", "k11"],
+}
 
 
 def eval_params(**overrides) -> dict:
@@ -49,9 +82,15 @@ def eval_params(**overrides) -> dict:
 def hand_pairs(true, guess, k, classes, groups=None) -> Pairs:
     true, guess = np.asarray(true, np.int32), np.asarray(guess, np.int32)
     return Pairs(
-        true=true, guess=guess, rank=np.tile(np.arange(1, k + 1, dtype=np.int8), len(true) // k),
-        prob=np.full(len(true), np.nan, np.float32), split=np.full(len(true), -1, np.int8),
-        classes=tuple(classes), splits=(), groups=groups, top_k=k,
+        true=true,
+        guess=guess,
+        rank=np.tile(np.arange(1, k + 1, dtype=np.int8), len(true) // k),
+        prob=np.full(len(true), np.nan, np.float32),
+        split=np.full(len(true), -1, np.int8),
+        classes=tuple(classes),
+        splits=(),
+        groups=groups,
+        top_k=k,
     )
 
 
@@ -60,9 +99,7 @@ def hand_pairs(true, guess, k, classes, groups=None) -> Pairs:
 
 def test_seed_mean_and_std_on_hand_made_vectors():
     # seed 0: class 1 at 0 degrees from class 0; seed 1: at 90 degrees. Class 2 opposite class 0.
-    vectors = np.array(
-        [[[1, 0], [2, 0], [-1, 0]], [[1, 0], [0, 3], [-1, 0]]], dtype=np.float32
-    )
+    vectors = np.array([[[1, 0], [2, 0], [-1, 0]], [[1, 0], [0, 3], [-1, 0]]], dtype=np.float32)
     sims = cosine_matrices(vectors)
     np.testing.assert_allclose(sims[0], [[1, 1, -1], [1, 1, -1], [-1, -1, 1]], atol=1e-12)
     mean, std = seed_mean_std(sims)
@@ -102,7 +139,11 @@ def test_confusion_matrices_hand_made():
 
 
 def test_unknown_class_in_groups_refused():
-    with pytest.raises(PipelineError, match=r"evaluate\.groups'.*unknown class 'kat' \(did you mean 'cat'\?\); valid classes: airplane"):
+    with pytest.raises(
+        PipelineError,
+        match=r"evaluate\.groups'.*unknown class 'kat' \(did you mean 'cat'\?\); "
+        r"valid classes: airplane",
+    ):
         resolve_groups({"animals": ["cat", "kat"]}, None, tuple(CIFAR10))
     with pytest.raises(PipelineError, match="must be a list of class names"):
         resolve_groups({"animals": "cat"}, None, tuple(CIFAR10))
@@ -141,10 +182,13 @@ def test_collapse_reasons_name_each_criterion():
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     path = tmp_path_factory.mktemp("pred") / "pred.npz"
-    write_predictions(path, make_synthetic_predictions(500, CLASSES, PLANTED, confusion_strength=2.5, seed=0))
+    write_predictions(
+        path, make_synthetic_predictions(500, CLASSES, PLANTED, confusion_strength=2.5, seed=0)
+    )
     pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
     # Few pairs per word here, so train on every pair (sample=0) with the shuffled corpus.
-    vectors = train_vectors(pairs, validate_section("embed", {"seeds": [0, 1, 2], "sample": 0.0}, embed_stage.SCHEMA))
+    embed = validate_section("embed", {"seeds": [0, 1, 2], "sample": 0.0}, EMBED_SCHEMA)
+    vectors = train_vectors(pairs, embed)
     return pairs, vectors
 
 
@@ -185,9 +229,26 @@ def test_report_tables_plots_and_metrics(tmp_path, planted):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     m = metrics_dict(ev)
-    assert set(m["similarity_mean"]) == set(CLASSES) and "k00" not in m["similarity_mean"]["k00"]
-    assert m["nearest"]["k00"]["class"] in PLANTED["g0"]
-    assert all(len(str(x).split(".")[-1]) <= 4 for x in m["similarity_mean"]["k00"].values())
+    assert list(m) == HEADLINE and m["classes"] == len(CLASSES) and m["seeds"] == 3
+    # The tables: every ordered pair of distinct classes (12 <= TABLE_ALL_PAIRS_MAX_CLASSES),
+    # neighbours most similar first, rounded to 4 decimals.
+    write_similarity_csv(ev, tmp_path / "similarity.csv", params["top_n"])
+    rows = read_table((tmp_path / "similarity.csv").read_text())
+    assert list(rows[0]) == ["class", "neighbour", "cosine", "std"]
+    assert [tuple(r.values()) for r in rows] == [
+        tuple(str(x) for x in row) for row in similarity_rows(ev, params["top_n"])
+    ]
+    assert {r["class"] for r in rows} == set(CLASSES)
+    assert len(rows) == len(CLASSES) * (len(CLASSES) - 1)
+    k00 = [r for r in rows if r["class"] == "k00"]
+    assert "k00" not in {r["neighbour"] for r in k00} and len(k00) == len(CLASSES) - 1
+    assert k00[0]["neighbour"] in PLANTED["g0"]  # the nearest class, listed first
+    cosines = [float(r["cosine"]) for r in k00]
+    assert cosines == sorted(cosines, reverse=True)
+    assert all(len(r[key].split(".")[-1]) <= 4 for r in k00 for key in ("cosine", "std"))
+    i, j = CLASSES.index("k00"), CLASSES.index(k00[0]["neighbour"])
+    assert float(k00[0]["cosine"]) == round(float(ev.mean[i, j]), 4)
+    assert float(k00[0]["std"]) == round(float(ev.std[i, j]), 4)
 
 
 def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
@@ -205,7 +266,12 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     line = next(x for x in report.splitlines() if x.startswith("- **n0** (a):"))
     assert line.count("±") == 4
     m = metrics_dict(ev)
-    assert "similarity_mean" not in m and len(m["nearest"]) == c
+    assert list(m) == HEADLINE and m["classes"] == c  # no tables in the metrics
+    # Beyond TABLE_ALL_PAIRS_MAX_CLASSES the table keeps each class's top_n neighbours.
+    assert c > TABLE_ALL_PAIRS_MAX_CLASSES
+    rows = similarity_rows(ev, params["top_n"])
+    assert len(rows) == c * 4 and [r[0] for r in rows[:4]] == ["n0"] * 4
+    assert [r[1] for r in rows[:4]] == [classes[j] for j in ranked_neighbours(ev.mean, 0)[:4]]
     write_plots(ev, tmp_path, params)
     assert (tmp_path / "dendrogram.png").exists()
 
@@ -214,7 +280,9 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
 
 
 def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys):
-    arrays = make_synthetic_predictions(300, CIFAR10, CIFAR10_GROUPS, confusion_strength=1.5, seed=1)
+    arrays = make_synthetic_predictions(
+        300, CIFAR10, CIFAR10_GROUPS, confusion_strength=1.5, seed=1
+    )
     pred = write_predictions(tmp_path / "pred.npz", arrays)
     params = tmp_path / "params.yaml"
     params.write_text(
@@ -230,27 +298,54 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
     def run_chain(tag: str) -> dict[str, bytes]:
         d = tmp_path / tag
         steps = [
-            (pairs_stage, ["--predictions", str(pred), "--out", f"{d}/pairs", "--metrics", f"{d}/m/pairs.json"]),
-            (embed_stage, ["--pairs", f"{d}/pairs", "--out", f"{d}/embed"]),
+            (
+                pairs_stage,
+                stage_argv(
+                    "pairs", predictions=pred, out=f"{d}/pairs", metrics=f"{d}/m/pairs.json"
+                ),
+            ),
+            (embed_stage, stage_argv("embed", pairs=f"{d}/pairs", out=f"{d}/embed")),
             (
                 evaluate_stage,
-                ["--pairs", f"{d}/pairs", "--embed", f"{d}/embed", "--metrics", f"{d}/m/sim.json",
-                 "--report", f"{d}/r/sim.md", "--plots", f"{d}/r/plots", "--matrices", f"{d}/r/mat.npz"],
+                stage_argv(
+                    "evaluate",
+                    pairs=f"{d}/pairs",
+                    embed=f"{d}/embed",
+                    metrics=f"{d}/m/sim.json",
+                    table=f"{d}/r/sim.csv",
+                    report=f"{d}/r/sim.md",
+                    plots=f"{d}/r/plots",
+                    matrices=f"{d}/r/mat.npz",
+                ),
             ),
         ]
         for module, args in steps:
             monkeypatch.setattr(sys, "argv", [module.__name__, *args, "--params", str(params)])
-            module.run_main(module.main)
+            run_main(module.main)
         return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
 
     first, second = run_chain("a"), run_chain("b")
     assert first == second
-    assert {"r/plots/class_map.png", "r/mat.npz", "embed/seed_1.kv", "pairs/confusion.csv"} <= set(first)
+    assert {"r/plots/class_map.png", "r/mat.npz", "embed/seed_1.kv", "pairs/confusion.csv"} <= set(
+        first
+    )
+    assert "r/sim.csv" in first
     sim = json.loads(first["m/sim.json"])
-    assert sim["seeds"] == 2 and sim["dim"] == 5 and sim["group_ari"] is not None
-    assert "### animals" in first["r/sim.md"].decode() and "### vehicles" in first["r/sim.md"].decode()
+    assert list(sim) == HEADLINE
+    assert sim["classes"] == 10 and sim["seeds"] == 2 and sim["group_ari"] is not None
+    report = first["r/sim.md"].decode()
+    assert "### animals" in report and "### vehicles" in report
+    assert "(5 dimensions)" in report  # the vectors' dimension: in the report, not the metrics
+    rows = read_table(first["r/sim.csv"].decode())
+    assert len(rows) == 10 * 9 and {r["class"] for r in rows} == set(CIFAR10)
     with np.load(tmp_path / "a" / "r" / "mat.npz", allow_pickle=False) as mat:
         assert mat["similarity_mean"].shape == (10, 10) and mat["confusion"].sum() == 3000
+        assert mat["classes"].tolist() == CIFAR10
+        # The table holds the matrices' values, rounded.
+        for r in rows:
+            i, j = CIFAR10.index(r["class"]), CIFAR10.index(r["neighbour"])
+            assert float(r["cosine"]) == pytest.approx(mat["similarity_mean"][i, j], abs=6e-5)
+            assert float(r["std"]) == pytest.approx(mat["similarity_std"][i, j], abs=6e-5)
 
 
 def test_spearman_ignores_pairs_never_confused():
@@ -260,7 +355,7 @@ def test_spearman_ignores_pairs_never_confused():
     emb = rng.uniform(-1, 1, (12, 12))
     emb = (emb + emb.T) / 2
     conf = np.zeros((12, 12))
-    for (i, j), v in zip([(0, 1), (2, 3), (4, 5)], [0.3, 0.2, 0.1]):
+    for (i, j), v in zip([(0, 1), (2, 3), (4, 5)], [0.3, 0.2, 0.1], strict=True):
         conf[i, j] = conf[j, i] = v
         emb[i, j] = emb[j, i] = 2 + v  # the embedding ranks them in the same order
     assert spearman_upper(emb, conf) == pytest.approx(1.0)

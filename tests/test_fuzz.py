@@ -1,7 +1,8 @@
 """Fuzzing: no input makes the loaders raise anything but PipelineError, or hang.
 
 Targets: the prepare stage's readers (archives, picture files, CIFAR pickles), the
-predictions-file validation (stages/predictions.py) and pair extraction (stages/pairs.py).
+predictions-file validation (confusion_embeddings/predictions.py) and pair extraction
+(confusion_embeddings/pairs.py).
 Inputs are random bytes, valid files with random bytes flipped / cut / inserted, random
 Python objects pickled, and random arrays of random dtypes and shapes.
 
@@ -24,16 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_cifar_tarball, make_dataset, make_tar_gz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from stages import prepare as prep
-from stages.common import PipelineError
-from stages.pairs import build_pairs
-from stages.predictions import load_predictions
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.data import prepare as prep
+from confusion_embeddings.data.images import decode_image
+from confusion_embeddings.pairs import build_pairs
+from confusion_embeddings.predictions import load_predictions
+
+from helpers import make_cifar_tarball, make_dataset, make_tar_gz
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,8 +45,11 @@ FUZZ = settings(
     deadline=timedelta(seconds=10),  # far above any honest example; a hang trips it
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
 )
 
 
@@ -87,15 +93,23 @@ def _image_bytes(fmt: str, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
-IMAGES = {fmt: _image_bytes(fmt, mode) for fmt, mode in
-          [("PNG", "RGB"), ("JPEG", "RGB"), ("GIF", "P"), ("BMP", "RGB"), ("WEBP", "RGB")]}
+IMAGES = {
+    fmt: _image_bytes(fmt, mode)
+    for fmt, mode in [
+        ("PNG", "RGB"),
+        ("JPEG", "RGB"),
+        ("GIF", "P"),
+        ("BMP", "RGB"),
+        ("WEBP", "RGB"),
+    ]
+}
 
 
 @FUZZ
 @given(data=st.data(), fmt=st.sampled_from(sorted(IMAGES)), size=st.sampled_from([None, 4]))
 def test_decode_image_never_crashes(data, fmt, size):
     blob = data.draw(mutated(IMAGES[fmt]))
-    img = assert_clean_failure_or_success(prep.decode_image, blob, "x/y.png", size)
+    img = assert_clean_failure_or_success(decode_image, blob, "x/y.png", size)
     if img is not None:
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
         if size is not None:
@@ -157,14 +171,25 @@ def test_prepare_survives_bad_picture_members(data, tmp_path):
 
 # Random Python objects of the kinds a pickle may hold (and a CIFAR file does hold).
 PY_OBJECTS = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.binary(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.binary(max_size=8)
     | st.text(max_size=8)
-    | hnp.arrays(st.sampled_from([np.uint8, np.int64, np.float32]),
-                 hnp.array_shapes(min_dims=0, max_dims=2, max_side=4)),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from([b"data", b"labels", b"label_names", "data", b"x"]),
-                      children, max_size=4)
-    | st.tuples(children, children),
+    | hnp.arrays(
+        st.sampled_from([np.uint8, np.int64, np.float32]),
+        hnp.array_shapes(min_dims=0, max_dims=2, max_side=4),
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from([b"data", b"labels", b"label_names", "data", b"x"]),
+            children,
+            max_size=4,
+        )
+        | st.tuples(children, children)
+    ),
     max_leaves=10,
 )
 CIFAR_MEMBERS = ["batches.meta", "data_batch_1", "data_batch_3", "test_batch"]
@@ -201,20 +226,35 @@ def test_prepare_survives_bad_pickles(data, tmp_path):
 VALID = {
     "labels": np.array([0, 1, 2, 1]),
     "classes": np.array(["a", "b", "c"]),
-    "probs": np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]],
-                      np.float32),
+    "probs": np.array(
+        [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]], np.float32
+    ),
     "split": np.array([0, 0, 1, 1], np.int8),
     "splits": np.array(["train", "test"]),
     "groups": np.array(json.dumps({"g": ["a", "b"]})),
 }
 KEYS = ["labels", "classes", "probs", "logits", "topk", "split", "splits", "groups"]
-DTYPES = st.sampled_from([
-    np.bool_, np.int8, np.uint8, np.int32, np.uint64, np.int64, np.float16, np.float32,
-    np.float64, np.complex64, np.dtype("U3"), np.dtype("S2"), np.dtype("M8[s]"),
-    np.dtype([("x", np.int32)]),
-])
+DTYPES = st.sampled_from(
+    [
+        np.bool_,
+        np.int8,
+        np.uint8,
+        np.int32,
+        np.uint64,
+        np.int64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.dtype("U3"),
+        np.dtype("S2"),
+        np.dtype("M8[s]"),
+        np.dtype([("x", np.int32)]),
+    ]
+)
 RANDOM_ARRAYS = DTYPES.flatmap(
-    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)))
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
+)
 
 
 def _stage_reads(path: Path, top_k: int, block: int) -> None:
@@ -262,8 +302,9 @@ def predictions(draw):
     kind = draw(st.sampled_from(["probs", "logits", "topk"]))
     labels = np.array(draw(st.lists(st.integers(0, c - 1), min_size=n, max_size=n)))
     values = st.floats(-1e6, 1e6, allow_nan=False, width=32)
-    scores = np.array(draw(st.lists(st.lists(values, min_size=c, max_size=c), min_size=n,
-                                    max_size=n)), np.float32)
+    scores = np.array(
+        draw(st.lists(st.lists(values, min_size=c, max_size=c), min_size=n, max_size=n)), np.float32
+    )
     if kind == "probs":
         e = np.abs(scores) + 1e-3
         scores = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

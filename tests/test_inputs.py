@@ -21,15 +21,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import make_dataset, make_prepared
-from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
 
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.data import prepare as prep
+from confusion_embeddings.pairs import build_pairs
+from confusion_embeddings.predictions import load_predictions
 from stages import evaluate as evaluate_stage
 from stages import predict as predict_stage
-from stages import prepare as prep
-from stages.common import PipelineError, run_main
-from stages.pairs import build_pairs
-from stages.predictions import load_predictions
+
+from helpers import (
+    make_dataset,
+    make_prepared,
+    save_tiny_model,
+    scratch_project,
+    stage_argv,
+    stage_options,
+)
+from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,8 +102,9 @@ def test_bad_crc_in_the_scores_is_found_while_streaming(tmp_path, stream):
 
 
 def test_unknown_compression_method(tmp_path):
-    path = write_zip(tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()},
-                     zipfile.ZIP_BZIP2)
+    path = write_zip(
+        tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()}, zipfile.ZIP_BZIP2
+    )
     raw = bytearray(path.read_bytes())
     # Compression method 12 (bzip2) -> 99 (AES, which zipfile cannot read), in every header.
     for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
@@ -205,45 +215,61 @@ def test_evaluate_embed_and_pairs_disagree(tmp_path, monkeypatch, capsys):
     from stages import pairs as pairs_stage
 
     for name, classes in (("ten", CIFAR10), ("four", ["w", "x", "y", "z"])):
-        write_predictions(tmp_path / f"{name}.npz",
-                          make_synthetic_predictions(20, classes, None, 1.0, seed=0))
-        monkeypatch.setattr(sys, "argv", ["pairs", "--predictions", f"{name}.npz",
-                                          "--out", f"pairs-{name}", "--metrics", f"{name}.json"])
+        write_predictions(
+            tmp_path / f"{name}.npz", make_synthetic_predictions(20, classes, None, 1.0, seed=0)
+        )
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            [
+                "pairs",
+                *stage_argv(
+                    "pairs", predictions=f"{name}.npz", out=f"pairs-{name}", metrics=f"{name}.json"
+                ),
+            ],
+        )
         pairs_stage.main()
-    monkeypatch.setattr(sys, "argv", ["embed", "--pairs", "pairs-four", "--out", "embed-four"])
+    monkeypatch.setattr(
+        sys, "argv", ["embed", *stage_argv("embed", pairs="pairs-four", out="embed-four")]
+    )
     embed_stage.main()
-    monkeypatch.setattr(sys, "argv", ["evaluate", "--pairs", "pairs-ten", "--embed", "embed-four",
-                                      "--metrics", "m.json", "--report", "r.md",
-                                      "--plots", "plots", "--matrices", "x.npz"])
+    outputs = {
+        "metrics": "m.json",
+        "table": "t.csv",
+        "report": "r.md",
+        "plots": "plots",
+        "matrices": "x.npz",
+    }
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["evaluate", *stage_argv("evaluate", pairs="pairs-ten", embed="embed-four", **outputs)],
+    )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_main(evaluate_stage.main)
     assert exc.value.code == 2
     assert "embed-four: its classes differ from those of pairs-ten" in capsys.readouterr().err
-    assert not any(Path(p).exists() for p in ("m.json", "r.md", "plots", "x.npz"))
+    assert not any(Path(p).exists() for p in outputs.values())
 
 
 def test_predict_model_and_data_disagree(tmp_path, monkeypatch, capsys):
     """A model trained on 3 classes, prepared data with 4: predict refuses, writes nothing."""
-    from flax import nnx
-
-    from stages.model import CNN, ModelConfig, save_model
-
+    scratch_project(tmp_path, {"predict": {"batch_size": 4}})
     monkeypatch.chdir(tmp_path)
-    make_prepared(tmp_path / "prepared", num_classes=4, train=2, test=2)
-    cfg = ModelConfig(num_classes=3, stem_width=4, widths=(4,), stem_patch=2)
-    _, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    save_model(tmp_path / "model", cfg, (np.zeros(3), np.ones(3)), params, rest)
-    Path("params.yaml").write_text(yaml.safe_dump({"predict": {"batch_size": 4}}))
-    monkeypatch.setattr(sys, "argv", ["predict", "--prepared", "prepared", "--model", "model",
-                                      "--out", "pred.npz"])
+    options = stage_options("predict")
+    make_prepared(tmp_path / options["--prepared"], num_classes=4, train=2, test=2)
+    save_tiny_model(tmp_path / options["--model"], num_classes=3)
+    monkeypatch.setattr(sys, "argv", ["predict", *stage_argv("predict")])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_main(predict_stage.main)
     assert exc.value.code == 2
-    assert "model predicts 3 classes but prepared has 4; rerun `dvc repro train`" in \
-        capsys.readouterr().err
-    assert not Path("pred.npz").exists()
+    assert (
+        f"{options['--model']} predicts 3 classes but {options['--prepared']} has 4; "
+        "rerun `dvc repro train`"
+    ) in capsys.readouterr().err
+    assert not Path(options["--out"]).exists() and not Path(options["--timings"]).exists()
 
 
 # --------------------------------------------------------------------------- dvc level
@@ -256,19 +282,20 @@ def test_missing_raw_data_and_missing_remote(tmp_path):
     from test_dvc_pipeline import make_repo, run
 
     repo = make_repo(tmp_path)
+    source = stage_options("prepare")["--source"]  # data/raw/cifar10-jpeg.tar.gz
     (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n")  # track data/raw as in the project
-    run(repo, "dvc", "add", "-q", "data/raw/cifar10-jpeg.tar.gz")
+    run(repo, "dvc", "add", "-q", source)
     shutil.rmtree(repo / ".dvc" / "cache")
-    (repo / "data" / "raw" / "cifar10-jpeg.tar.gz").unlink()
+    (repo / source).unlink()
 
     def dvc(*args: str) -> subprocess.CompletedProcess:
         from test_dvc_pipeline import _env
-        return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True,
-                              text=True)
+
+        return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True)
 
     repro = dvc("repro")
     assert repro.returncode != 0
-    assert "missing data 'source': data/raw/cifar10-jpeg.tar.gz" in repro.stderr
+    assert f"missing data 'source': {source}" in repro.stderr
     assert not (repo / "data" / "prepared").exists() and not (repo / "metrics").exists()
 
     pull = dvc("pull")  # no remote configured at all
@@ -278,13 +305,15 @@ def test_missing_raw_data_and_missing_remote(tmp_path):
     pull = dvc("pull")  # a remote whose folder does not exist (e.g. not mounted)
     assert pull.returncode != 0
     assert "do not exist neither locally nor on remote" in pull.stderr
-    assert "data/raw/cifar10-jpeg.tar.gz" in pull.stderr
+    assert source in pull.stderr
 
     # The stage itself, run by hand, points at `dvc pull`.
     proc = subprocess.run(
-        [sys.executable, "-m", "stages.prepare", "--source", "data/raw/cifar10-jpeg.tar.gz",
-         "--out", "data/prepared", "--metrics", "metrics/prepare.json"],
-        cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+        [sys.executable, "-m", "stages.prepare", *stage_argv("prepare")],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
     assert proc.returncode == 2
-    assert proc.stderr == ("error: data/raw/cifar10-jpeg.tar.gz: not found; run `dvc pull` "
-                           "to fetch it\n")
+    assert proc.stderr == f"error: {source}: not found; run `dvc pull` to fetch it\n"

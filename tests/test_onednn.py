@@ -1,9 +1,11 @@
-"""stages/onednn.py: oneDNN's convolutions against XLA's, per device in a mesh, and the
-errors a missing compiler or library gives."""
+"""confusion_embeddings/cnn/onednn.py: oneDNN's convolutions against XLA's (cnn/conv.py's
+conv_xla), per device in a mesh, the errors a missing compiler or library gives, and the
+kernel's self-check (`python -m confusion_embeddings.cnn.conv`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,34 +15,37 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import xla_conv
-
-from stages import onednn
-from stages.common import PipelineError
+from confusion_embeddings.cnn import onednn
+from confusion_embeddings.cnn.conv import conv_xla
+from confusion_embeddings.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not onednn.available(),
-                                reason="oneDNN convolutions run on x86-64 Linux CPUs only")
+pytestmark = pytest.mark.skipif(
+    not onednn.available(), reason="oneDNN convolutions run on x86-64 Linux CPUs only"
+)
 
 
 def _random(shape, seed):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-@pytest.mark.parametrize("n, h, w, cin, cout, k", [
-    (4, 8, 8, 16, 32, 3),     # the network's case
-    (3, 5, 7, 3, 5, 3),       # odd, non-square image; channels that fit no vector width
-    (2, 4, 4, 128, 256, 3),   # wide and small, as the network's last blocks
-    (2, 6, 6, 4, 8, 5),       # a 5x5 kernel
-    (1, 3, 3, 1, 1, 1),       # 1x1 kernel, one channel
-])
+@pytest.mark.parametrize(
+    "n, h, w, cin, cout, k",
+    [
+        (4, 8, 8, 16, 32, 3),  # the network's case
+        (3, 5, 7, 3, 5, 3),  # odd, non-square image; channels that fit no vector width
+        (2, 4, 4, 128, 256, 3),  # wide and small, as the network's last blocks
+        (2, 6, 6, 4, 8, 5),  # a 5x5 kernel
+        (1, 3, 3, 1, 1, 1),  # 1x1 kernel, one channel
+    ],
+)
 def test_forward_and_both_gradients_match_xla(n, h, w, cin, cout, k):
     x, kern = _random((n, h, w, cin), 0), _random((k, k, cin, cout), 1)
     g = _random((n, h, w, cout), 2)
     y, vjp = jax.vjp(jax.jit(onednn.conv), x, kern)
-    y_ref, vjp_ref = jax.vjp(xla_conv, x, kern)
-    for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g))):
+    y_ref, vjp_ref = jax.vjp(conv_xla, x, kern)
+    for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g)), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
@@ -62,8 +67,9 @@ def test_rejects_what_it_cannot_convolve():
 _TWO_DEVICES = """
 import json
 import jax, jax.numpy as jnp, numpy as np
-from helpers import xla_conv as xla
-from stages import onednn, parallel
+from confusion_embeddings import devices as parallel
+from confusion_embeddings.cnn import onednn
+from confusion_embeddings.cnn.conv import conv_xla as xla
 assert jax.device_count() == 2
 rng = np.random.default_rng(0)
 x = jnp.asarray(rng.standard_normal((8, 6, 6, 4)), jnp.float32)
@@ -90,11 +96,16 @@ print(json.dumps(seen))
 
 @pytest.mark.slow
 def test_two_devices_convolve_their_own_halves():
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "PATH": "/usr/bin:/bin",
-           "HOME": str(Path.home())}
-    done = subprocess.run([sys.executable, "-c", _TWO_DEVICES], capture_output=True,
-                          text=True, cwd=ROOT, env=env)
+    env = {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(Path.home()),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_DEVICES], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]  # includes: both meshes match XLA
     seen = json.loads(done.stdout)
     assert not seen["gathered"], "the sharded convolution gathered the batch onto each device"
@@ -105,16 +116,24 @@ def test_two_devices_convolve_their_own_halves():
 def test_build_failure_names_the_compiler_and_leaves_nothing(tmp_path, monkeypatch, cxx):
     monkeypatch.setenv("ONEDNN_CONV_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXX", cxx)
-    with pytest.raises(PipelineError, match=rf"(?s)C\+\+17 compiler.*{cxx} .*conv_impl: matmul"):
+    with pytest.raises(
+        onednn.KernelUnavailable, match=rf"(?s)C\+\+17 compiler.*{cxx} .*conv_impl: auto"
+    ) as exc:
         onednn.library_path()
+    assert isinstance(exc.value, PipelineError)  # a user-fixable error: one line, exit code 2
+    assert cxx in exc.value.reason  # what `conv_impl: auto` warns with when it falls back
     assert not list((tmp_path / "cache").rglob("*.so"))
 
 
 def test_missing_onednn_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("ONEDNN_CONV_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(onednn, "_prefix_dirs", lambda: (tmp_path / "include", tmp_path / "lib"))
-    with pytest.raises(PipelineError, match=r"oneDNN is not installed.*make setup"):
+    with pytest.raises(
+        onednn.KernelUnavailable, match=r"oneDNN is not installed.*make setup"
+    ) as exc:
         onednn.library_path()
+    assert isinstance(exc.value, PipelineError)
+    assert exc.value.reason == "the oneDNN wheels are not installed"
 
 
 def test_library_is_built_once_per_source(tmp_path, monkeypatch):
@@ -123,3 +142,48 @@ def test_library_is_built_once_per_source(tmp_path, monkeypatch):
     mtime = first.stat().st_mtime_ns
     assert onednn.library_path() == first and first.stat().st_mtime_ns == mtime
     assert [p.name for p in first.parent.iterdir()] == ["libonednn_conv.so"]  # no temp left
+
+
+def test_self_check_builds_and_checks_the_kernel(tmp_path):
+    """`python -m confusion_embeddings.cnn.conv` (was `python -m stages.onednn`): builds the
+    kernel and compares it with XLA's convolution, forward and both gradients."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "ONEDNN_CONV_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "confusion_embeddings.cnn.conv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "oneDNN convolution kernel ready" in done.stdout, done.stdout
+    assert str(tmp_path / "cache") in done.stdout  # the library it built, under the cache
+    error = float(done.stdout.split("max relative error vs XLA ")[1].rstrip(")\n"))
+    assert error <= 1e-4
+
+
+def test_self_check_without_the_kernel_says_what_runs_instead(tmp_path):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+        "ONEDNN_CONV_CACHE": str(tmp_path / "cache"),
+        "CXX": "no-such-compiler",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "confusion_embeddings.cnn.conv"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # not an error: XLA's convolutions run
+    assert "oneDNN convolutions unavailable" in done.stdout and "conv_impl matmul" in done.stdout
+    assert "no-such-compiler" in done.stdout

@@ -1,4 +1,5 @@
-"""Tests of stages/predictions.py (the file contract) and stages/pairs.py."""
+"""Tests of confusion_embeddings/predictions.py (the file contract), confusion_embeddings/pairs.py
+and the pairs stage (stages/pairs.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import numpy as np
 import pytest
 import yaml
 
+from confusion_embeddings import pairs as pairs_module
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.pairs import build_pairs, load_pairs, pairs_metrics, write_pairs
+from confusion_embeddings.predictions import load_predictions
 from stages import pairs as pairs_stage
-from stages.common import PipelineError
-from stages.pairs import build_pairs, load_pairs, pairs_metrics, write_pairs
-from stages.predictions import load_predictions
+
+from helpers import stage_argv
 
 CLASSES = np.array(["a", "b", "c", "d"])
 # 4 pictures x 4 classes; each row's ranking is unambiguous.
@@ -64,7 +69,9 @@ def test_pairs_from_probs_exact(pred):
 def test_blocks_give_identical_pairs(tmp_path):
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(7), size=23).astype(np.float32)
-    path = save(tmp_path, labels=rng.integers(0, 7, 23), classes=np.array(list("abcdefg")), probs=probs)
+    path = save(
+        tmp_path, labels=rng.integers(0, 7, 23), classes=np.array(list("abcdefg")), probs=probs
+    )
     pred = load_predictions(path)
     small, large = build_pairs(pred, 3, block_size=2), build_pairs(pred, 3, block_size=1000)
     for field in ("true", "guess", "rank", "prob", "split"):
@@ -74,12 +81,14 @@ def test_blocks_give_identical_pairs(tmp_path):
 def test_topk_compiles_once_for_many_blocks(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(5), size=11).astype(np.float32)
-    path = save(tmp_path, labels=rng.integers(0, 5, 11), classes=np.array(list("abcde")), probs=probs)
+    path = save(
+        tmp_path, labels=rng.integers(0, 5, 11), classes=np.array(list("abcde")), probs=probs
+    )
     counted = jax.jit(
-        chex.assert_max_traces(pairs_stage._topk_block.__wrapped__, n=1),
+        chex.assert_max_traces(pairs_module._topk_block.__wrapped__, n=1),
         static_argnames=("k", "from_logits"),
     )
-    monkeypatch.setattr(pairs_stage, "_topk_block", counted)
+    monkeypatch.setattr(pairs_module, "_topk_block", counted)
     # 11 rows in blocks of 4: three calls, the last one padded; a retrace would raise.
     p = build_pairs(load_predictions(path), 2, block_size=4)
     assert p.true.shape == (22,)
@@ -87,7 +96,9 @@ def test_topk_compiles_once_for_many_blocks(tmp_path, monkeypatch):
 
 def test_logits_give_softmax_probabilities(tmp_path, pred):
     logits = np.log(PROBS) + 3.0  # softmax of these is PROBS again
-    lp = build_pairs(load_predictions(save(tmp_path, "l.npz", **base(probs=None, logits=logits))), 3, 2)
+    lp = build_pairs(
+        load_predictions(save(tmp_path, "l.npz", **base(probs=None, logits=logits))), 3, 2
+    )
     pp = build_pairs(pred, 3, 2)
     np.testing.assert_array_equal(lp.guess, pp.guess)
     np.testing.assert_allclose(lp.prob, pp.prob, rtol=1e-5)
@@ -100,7 +111,9 @@ def test_topk_input(tmp_path):
     np.testing.assert_array_equal(p.guess, [0, 1, 2, 1, 3, 2, 0, 1])
     assert np.isnan(p.prob).all()
     with pytest.raises(PipelineError, match=r"pairs\.top_k' = 3 .*k = 2"):
-        build_pairs(load_predictions(save(tmp_path, "k2.npz", **base(probs=None, topk=topk[:, :2]))), 3, 10)
+        build_pairs(
+            load_predictions(save(tmp_path, "k2.npz", **base(probs=None, topk=topk[:, :2]))), 3, 10
+        )
 
 
 @pytest.mark.parametrize("top_k", [4, 5])
@@ -143,7 +156,9 @@ def test_compressed_and_fortran_files_stream_the_same(tmp_path, pred):
     np.savez_compressed(tmp_path / "z.npz", **base())
     np.savez(tmp_path / "f.npz", **base(probs=np.asfortranarray(PROBS)))
     for name in ("z.npz", "f.npz"):
-        np.testing.assert_array_equal(build_pairs(load_predictions(tmp_path / name), 3, 3).guess, ref.guess)
+        np.testing.assert_array_equal(
+            build_pairs(load_predictions(tmp_path / name), 3, 3).guess, ref.guess
+        )
 
 
 def test_main_writes_outputs_and_fails_cleanly(tmp_path, monkeypatch, capsys):
@@ -151,14 +166,14 @@ def test_main_writes_outputs_and_fails_cleanly(tmp_path, monkeypatch, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"pairs": {"predictions": str(pred_path), "top_k": 2}}))
     out, metrics = tmp_path / "data" / "pairs", tmp_path / "metrics" / "pairs.json"
-    argv = ["pairs", "--predictions", str(pred_path), "--out", str(out), "--metrics", str(metrics), "--params", str(params)]
-    monkeypatch.setattr(sys, "argv", argv)
-    pairs_stage.run_main(pairs_stage.main)
+    args = stage_argv("pairs", predictions=pred_path, out=out, metrics=metrics)
+    monkeypatch.setattr(sys, "argv", ["pairs", *args, "--params", str(params)])
+    run_main(pairs_stage.main)
     assert (out / "pairs.npz").exists() and json.loads(metrics.read_text())["pairs"] == 8
 
     params.write_text(yaml.safe_dump({"pairs": {"predictions": str(pred_path), "top_k": 9}}))
     with pytest.raises(SystemExit) as exc:
-        pairs_stage.run_main(pairs_stage.main)
+        run_main(pairs_stage.main)
     assert exc.value.code == 2
     assert "pairs.top_k' = 9" in capsys.readouterr().err
     assert (out / "pairs.npz").exists()  # the old output is left whole
@@ -191,21 +206,50 @@ NEG_PROBS[3] = [0.7, -0.1, 0.3, 0.1]
         (base(probs=NAN_PROBS), "'probs' row 1 holds NaN"),
         (base(probs=NEG_PROBS), "'probs' row 3 has a negative probability"),
         (base(probs=BAD_ROWS), "'probs' row 2 sums to 0.5.*save them as 'logits'"),
-        (base(probs=None, logits=np.where(np.isnan(NAN_PROBS), np.inf, PROBS)), "'logits' row 1 holds NaN or inf"),
-        (base(probs=None, topk=np.array([[0, 1], [1, 4], [0, 1], [0, 1]])), r"'topk' row 1 holds a class index outside \[0, 4\)"),
-        (base(probs=None, topk=np.array([[0, 1], [1, 2], [3, 3], [0, 1]])), "'topk' row 2 lists a class twice"),
+        (
+            base(probs=None, logits=np.where(np.isnan(NAN_PROBS), np.inf, PROBS)),
+            "'logits' row 1 holds NaN or inf",
+        ),
+        (
+            base(probs=None, topk=np.array([[0, 1], [1, 4], [0, 1], [0, 1]])),
+            r"'topk' row 1 holds a class index outside \[0, 4\)",
+        ),
+        (
+            base(probs=None, topk=np.array([[0, 1], [1, 2], [3, 3], [0, 1]])),
+            "'topk' row 2 lists a class twice",
+        ),
         (base(probs=None, topk=np.zeros((4, 2), np.float32)), "'topk' must be an integer array"),
-        (base(probs=None, topk=np.zeros((4, 5), int)), r"'topk' must have shape \[N=4, k\] with 1 <= k <= C=4"),
+        (
+            base(probs=None, topk=np.zeros((4, 5), int)),
+            r"'topk' must have shape \[N=4, k\] with 1 <= k <= C=4",
+        ),
         (base(classes=np.array(["a", "b", "a", "d"])), "'classes' lists 'a' twice"),
         (base(classes=np.array(["a", "", "c", "d"])), r"'classes'\[1\] is an empty name"),
-        (base(classes=np.array(["a", "b c", "c", "d"])), r"'classes'\[1\] = 'b c' contains whitespace"),
+        (
+            base(classes=np.array(["a", "b c", "c", "d"])),
+            r"'classes'\[1\] = 'b c' contains whitespace",
+        ),
         (base(classes=np.array([b"a", b"b", b"c", b"d"])), "'classes' must be a str array"),
-        (base(classes=np.array(["a"]), probs=PROBS[:, :1] / PROBS[:, :1], labels=np.zeros(4, int)), "at least 2 are needed"),
+        (
+            base(
+                classes=np.array(["a"]), probs=PROBS[:, :1] / PROBS[:, :1], labels=np.zeros(4, int)
+            ),
+            "at least 2 are needed",
+        ),
         (base(split=np.array([0, 1, 0, 1])), "'split' and 'splits' go together"),
-        (base(split=np.array([0, 1, 2, 1]), splits=np.array(["train", "test"])), r"'split'\[2\] = 2 is outside \[0, 2\)"),
-        (base(split=np.array([0, 0, 0, 0]), splits=np.array(["train", "train"])), "'splits' lists 'train' twice"),
+        (
+            base(split=np.array([0, 1, 2, 1]), splits=np.array(["train", "test"])),
+            r"'split'\[2\] = 2 is outside \[0, 2\)",
+        ),
+        (
+            base(split=np.array([0, 0, 0, 0]), splits=np.array(["train", "train"])),
+            "'splits' lists 'train' twice",
+        ),
         (base(groups=np.array(json.dumps({"g": ["a", "x"]}))), "group 'g' names unknown class 'x'"),
-        (base(groups=np.array(json.dumps({"g": ["a"], "h": ["a"]}))), "class 'a' is in both group 'g' and group 'h'"),
+        (
+            base(groups=np.array(json.dumps({"g": ["a"], "h": ["a"]}))),
+            "class 'a' is in both group 'g' and group 'h'",
+        ),
         (base(groups=np.array("{not json")), "'groups' is not valid JSON"),
         (base(groups=np.array(json.dumps(["a", "b"]))), r"'groups' must be a JSON object"),
     ],

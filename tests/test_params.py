@@ -13,41 +13,47 @@ number of pictures) run against real inputs.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from helpers import make_prepared
+
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import Param, validate_section
+
+from helpers import (
+    STAGES,
+    make_prepared,
+    save_tiny_model,
+    scratch_project,
+    stage_argv,
+    stage_options,
+)
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
 
-from stages.common import Param, PipelineError, run_main
-
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
-# The command line of each stage, as in dvc.yaml (relative to the project folder).
-ARGS = {
-    "prepare": ["--source", "data/raw/cifar10-jpeg.tar.gz", "--out", "data/prepared",
-                "--metrics", "metrics/prepare.json"],
-    "train": ["--prepared", "data/prepared", "--model", "models/cnn",
-              "--metrics", "metrics/train.json", "--live", "reports/train"],
-    "predict": ["--prepared", "data/prepared", "--model", "models/cnn",
-                "--out", "data/predictions.npz"],
-    "pairs": ["--predictions", "data/predictions.npz", "--out", "data/pairs",
-              "--metrics", "metrics/pairs.json"],
-    "embed": ["--pairs", "data/pairs", "--out", "data/embed"],
-    "evaluate": ["--pairs", "data/pairs", "--embed", "data/embed",
-                 "--metrics", "metrics/similarity.json", "--report", "reports/similarity.md",
-                 "--plots", "reports/plots", "--matrices", "reports/similarity_matrices.npz"],
+# Where each stage's params schema lives (the stage module imports it from there).
+SCHEMA_MODULES = {
+    "prepare": "confusion_embeddings.data.prepare",
+    "train": "confusion_embeddings.cnn.training",
+    "predict": "confusion_embeddings.cnn.inference",
+    "pairs": "confusion_embeddings.pairs",
+    "embed": "confusion_embeddings.embedding.engines",
+    "evaluate": "confusion_embeddings.evaluation.scores",
 }
 
 
 def schema(stage: str) -> dict[str, Param]:
-    return importlib.import_module(f"stages.{stage}").SCHEMA
+    module = importlib.import_module(SCHEMA_MODULES[stage])
+    # The stage validates its section against this very schema.
+    assert importlib.import_module(f"stages.{stage}").SCHEMA is module.SCHEMA
+    return module.SCHEMA
 
 
 def default_params() -> dict:
@@ -56,8 +62,10 @@ def default_params() -> dict:
 
 def snapshot(folder: Path) -> dict[str, int]:
     """Every path under folder (hidden ones too) with its size; folders count as -1."""
-    return {str(p.relative_to(folder)): (-1 if p.is_dir() else p.stat().st_size)
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): (-1 if p.is_dir() else p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.fixture
@@ -74,15 +82,16 @@ def run_stage(stage: str, params: dict | str, monkeypatch, capsys) -> tuple[int,
     (exit code, stderr). The working directory is the project folder."""
     Path("params.yaml").write_text(params if isinstance(params, str) else yaml.safe_dump(params))
     module = importlib.import_module(f"stages.{stage}")
-    monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *ARGS[stage]])
+    monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *stage_argv(stage)])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_main(module.main)
     return exc.value.code, capsys.readouterr().err
 
 
-def assert_refused(stage: str, params: dict | str, fragments: list[str], monkeypatch, capsys,
-                   folder: Path) -> str:
+def assert_refused(
+    stage: str, params: dict | str, fragments: list[str], monkeypatch, capsys, folder: Path
+) -> str:
     """Exit code 2, one line `error: ...` holding every fragment, the folder unchanged."""
     Path("params.yaml").write_text(params if isinstance(params, str) else yaml.safe_dump(params))
     before = snapshot(folder)
@@ -117,9 +126,14 @@ def _wrong_type_value(spec: Param):
 @pytest.mark.parametrize("stage, key", _all_keys())
 def test_every_key_refuses_a_wrong_type(stage, key, project, monkeypatch, capsys):
     value = _wrong_type_value(schema(stage)[key])
-    assert_refused(stage, with_value(stage, key, value),
-                   [f"'{stage}.{key}' = {value!r} has the wrong type; expected "],
-                   monkeypatch, capsys, project)
+    assert_refused(
+        stage,
+        with_value(stage, key, value),
+        [f"'{stage}.{key}' = {value!r} has the wrong type; expected "],
+        monkeypatch,
+        capsys,
+        project,
+    )
 
 
 @pytest.mark.parametrize("stage, key", _all_keys())
@@ -127,8 +141,14 @@ def test_every_key_misspelt_is_refused_with_a_suggestion(stage, key, project, mo
     params = default_params()
     typo = key[:-1] if key.endswith("s") else key + "s"  # epochs -> epoch, lr -> lrs
     params[stage][typo] = params[stage].pop(key, 1)
-    assert_refused(stage, params, [f"unknown key '{stage}.{typo}'", f"did you mean '{key}'?"],
-                   monkeypatch, capsys, project)
+    assert_refused(
+        stage,
+        params,
+        [f"unknown key '{stage}.{typo}'", f"did you mean '{key}'?"],
+        monkeypatch,
+        capsys,
+        project,
+    )
 
 
 # Values of the right type but outside what each checked key allows, tried in this order.
@@ -156,9 +176,14 @@ def _checked_keys() -> list[tuple[str, str, object]]:
 def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monkeypatch, capsys):
     assert value is not None, f"no out-of-range candidate found for {stage}.{key}; add one"
     allowed = schema(stage)[key].check(value)
-    assert_refused(stage, with_value(stage, key, value),
-                   [f"'{stage}.{key}' = {value!r} is out of range; expected {allowed}"],
-                   monkeypatch, capsys, project)
+    assert_refused(
+        stage,
+        with_value(stage, key, value),
+        [f"'{stage}.{key}' = {value!r} is out of range; expected {allowed}"],
+        monkeypatch,
+        capsys,
+        project,
+    )
 
 
 @pytest.mark.parametrize(
@@ -167,17 +192,42 @@ def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monk
         # The values the issue names, with the exact text a user sees.
         ("train", "epochs", 0, ["'train.epochs' = 0 is out of range; expected a number >= 1"]),
         ("train", "epochs", True, ["'train.epochs' = True has the wrong type; expected int"]),
-        ("train", "conv_impl", "cuda", ["'train.conv_impl' = 'cuda'", "one of ['onednn', 'matmul', 'xla']"]),
-        ("train", "widths", [64, 0], ["'train.widths' = [64, 0]", "a non-empty list of positive ints"]),
+        (
+            "train",
+            "conv_impl",
+            "cuda",
+            ["'train.conv_impl' = 'cuda'", "one of ['auto', 'onednn', 'matmul', 'xla']"],
+        ),
+        (
+            "train",
+            "widths",
+            [64, 0],
+            ["'train.widths' = [64, 0]", "a non-empty list of positive ints"],
+        ),
         ("embed", "dim", 0, ["'embed.dim' = 0 is out of range; expected a number >= 1"]),
         ("embed", "seeds", [], ["'embed.seeds' = [] is out of range", "non-empty list"]),
         ("embed", "seeds", [1, 1], ["'embed.seeds' = [1, 1]", "distinct"]),
         ("pairs", "top_k", 0, ["'pairs.top_k' = 0 is out of range; expected a number >= 1"]),
-        ("pairs", "predictions", None, ["'pairs.predictions' = None has the wrong type; expected str"]),
+        (
+            "pairs",
+            "predictions",
+            None,
+            ["'pairs.predictions' = None has the wrong type; expected str"],
+        ),
         ("predict", "splits", ["test", "test"], ["'predict.splits'", "distinct split names"]),
         ("prepare", "image_size", 5000, ["'prepare.image_size' = 5000", "in [1, 4096]"]),
-        ("evaluate", "groups", ["animals"], ["'evaluate.groups' = ['animals'] has the wrong type; expected dict or null"]),
-        ("evaluate", "collapse_threshold", 1.5, ["'evaluate.collapse_threshold' = 1.5", "in [-1.0, 1.0]"]),
+        (
+            "evaluate",
+            "groups",
+            ["animals"],
+            ["'evaluate.groups' = ['animals'] has the wrong type; expected dict or null"],
+        ),
+        (
+            "evaluate",
+            "collapse_threshold",
+            1.5,
+            ["'evaluate.collapse_threshold' = 1.5", "in [-1.0, 1.0]"],
+        ),
     ],
 )
 def test_named_bad_values(stage, key, value, fragments, project, monkeypatch, capsys):
@@ -187,8 +237,9 @@ def test_named_bad_values(stage, key, value, fragments, project, monkeypatch, ca
 def test_missing_required_key(project, monkeypatch, capsys):
     params = default_params()
     del params["pairs"]["predictions"]
-    assert_refused("pairs", params, ["'pairs.predictions' is required"], monkeypatch, capsys,
-                   project)
+    assert_refused(
+        "pairs", params, ["'pairs.predictions' is required"], monkeypatch, capsys, project
+    )
 
 
 @pytest.mark.parametrize(
@@ -204,12 +255,14 @@ def test_broken_params_file(text, fragments, project, monkeypatch, capsys):
 
 
 def test_missing_params_file(project, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["stages.pairs", *ARGS["pairs"]])
+    monkeypatch.setattr(sys, "argv", ["stages.pairs", *stage_argv("pairs")])
     pairs = importlib.import_module("stages.pairs")
     with pytest.raises(SystemExit) as exc:
         run_main(pairs.main)
     assert exc.value.code == 2
-    assert "params.yaml: params file not found; run from the project root" in capsys.readouterr().err
+    assert (
+        "params.yaml: params file not found; run from the project root" in capsys.readouterr().err
+    )
     assert snapshot(project) == {}
 
 
@@ -218,18 +271,25 @@ def test_missing_params_file(project, monkeypatch, capsys):
 
 @pytest.fixture
 def with_predictions(project) -> Path:
-    """The project with a 10-class CIFAR-like predictions file at data/predictions.npz."""
-    (project / "data").mkdir()
+    """The project with a 10-class CIFAR-like predictions file at pairs' --predictions
+    (params.yaml's pairs.predictions, data/predictions.npz)."""
+    path = project / stage_options("pairs")["--predictions"]
+    path.parent.mkdir(parents=True)
     arrays = make_synthetic_predictions(30, CIFAR10, CIFAR10_GROUPS, 2.0, seed=0)
-    write_predictions(project / "data" / "predictions.npz", arrays)
+    write_predictions(path, arrays)
     return project
 
 
 @pytest.mark.parametrize("top_k", [10, 11])
 def test_top_k_not_below_the_number_of_classes(top_k, with_predictions, monkeypatch, capsys):
-    assert_refused("pairs", with_value("pairs", "top_k", top_k),
-                   [f"'pairs.top_k' = {top_k} must be smaller than the number of classes C = 10"],
-                   monkeypatch, capsys, with_predictions)
+    assert_refused(
+        "pairs",
+        with_value("pairs", "top_k", top_k),
+        [f"'pairs.top_k' = {top_k} must be smaller than the number of classes C = 10"],
+        monkeypatch,
+        capsys,
+        with_predictions,
+    )
 
 
 @pytest.fixture
@@ -239,44 +299,78 @@ def with_pairs_and_embed(with_predictions, monkeypatch, capsys) -> Path:
     params["embed"]["seeds"] = [0, 1]
     Path("params.yaml").write_text(yaml.safe_dump(params))
     for stage in ("pairs", "embed"):
-        monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *ARGS[stage]])
+        monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *stage_argv(stage, params)])
         importlib.import_module(f"stages.{stage}").main()
-    assert (with_predictions / "data" / "embed").is_dir()
+    assert (with_predictions / stage_options("embed", params)["--out"]).is_dir()
     return with_predictions
 
 
 @pytest.mark.parametrize(
     "groups, fragments",
     [
-        ({"animals": ["cat", "dgo"], "vehicles": ["ship"]},
-         ["'evaluate.groups'", "group 'animals' names unknown class 'dgo' (did you mean 'dog'?)",
-          "valid classes: airplane, automobile"]),
-        ({"animals": "cat"}, ["'evaluate.groups'", "group 'animals' must be a list of class names"]),
+        (
+            {"animals": ["cat", "dgo"], "vehicles": ["ship"]},
+            [
+                "'evaluate.groups'",
+                "group 'animals' names unknown class 'dgo' (did you mean 'dog'?)",
+                "valid classes: airplane, automobile",
+            ],
+        ),
+        (
+            {"animals": "cat"},
+            ["'evaluate.groups'", "group 'animals' must be a list of class names"],
+        ),
         ({"animals": []}, ["'evaluate.groups'", "group 'animals' is empty"]),
-        ({"a": ["cat"], "b": ["cat"]}, ["'evaluate.groups'", "class 'cat' is in both group 'a' and group 'b'"]),
+        (
+            {"a": ["cat"], "b": ["cat"]},
+            ["'evaluate.groups'", "class 'cat' is in both group 'a' and group 'b'"],
+        ),
     ],
 )
-def test_groups_must_name_known_classes(groups, fragments, with_pairs_and_embed, monkeypatch,
-                                        capsys):
-    assert_refused("evaluate", with_value("evaluate", "groups", groups), fragments, monkeypatch,
-                   capsys, with_pairs_and_embed)
+def test_groups_must_name_known_classes(
+    groups, fragments, with_pairs_and_embed, monkeypatch, capsys
+):
+    assert_refused(
+        "evaluate",
+        with_value("evaluate", "groups", groups),
+        fragments,
+        monkeypatch,
+        capsys,
+        with_pairs_and_embed,
+    )
 
 
 @pytest.fixture
 def with_prepared(project) -> Path:
-    make_prepared(project / "data" / "prepared", num_classes=4, train=2, test=2)
+    """The project with a 4-class prepared dataset of 8 training pictures, and dvc.yaml
+    (the train stage reads its dependencies from it)."""
+    scratch_project(project)
+    make_prepared(project / stage_options("train")["--prepared"], num_classes=4, train=2, test=2)
     return project
 
 
 def test_batch_size_above_the_training_pictures(with_prepared, monkeypatch, capsys):
-    assert_refused("train", with_value("train", "batch_size", 16),
-                   ["'train.batch_size' = 16 exceeds the 8 training pictures"],
-                   monkeypatch, capsys, with_prepared)
+    assert_refused(
+        "train",
+        with_value("train", "batch_size", 16),
+        ["'train.batch_size' = 16 exceeds the 8 training pictures"],
+        monkeypatch,
+        capsys,
+        with_prepared,
+    )
 
 
 def test_predict_split_the_data_lacks(with_prepared, monkeypatch, capsys):
-    assert_refused("predict", with_value("predict", "splits", ["train", "val"]),
-                   ["no split 'val'"], monkeypatch, capsys, with_prepared)
+    # predict reads the model's settings first (they decide the host setup): a model is there.
+    save_tiny_model(with_prepared / stage_options("predict")["--model"], num_classes=4)
+    assert_refused(
+        "predict",
+        with_value("predict", "splits", ["train", "val"]),
+        ["no split 'val'"],
+        monkeypatch,
+        capsys,
+        with_prepared,
+    )
 
 
 # --------------------------------------------------------------------------- subprocess
@@ -288,8 +382,14 @@ def test_exit_code_2_from_python_m(stage, key, value, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(with_value(stage, key, value)))
     before = snapshot(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}", *ARGS[stage]], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"stages.{stage}", *stage_argv(stage)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: params.yaml: '{stage}.{key}' = {value} is out of range")
     assert proc.stderr.count("\n") == 1 and proc.stdout == ""
@@ -301,14 +401,12 @@ def test_validate_section_raises_pipeline_error_only():
     for stage in STAGES:
         for key in schema(stage):
             for odd in (None, [None], {"a": None}, float("nan"), 10**30, -(10**30), "", []):
-                try:
-                    importlib.import_module("stages.common").validate_section(
-                        stage, {key: odd}, schema(stage))
-                except PipelineError:
-                    pass
+                with contextlib.suppress(PipelineError):
+                    validate_section(stage, {key: odd}, schema(stage))
 
 
 # --------------------------------------------------------------------------- known gaps
+
 
 # train.seed is range-checked and train.stem_patch / train.widths are checked against the
 # picture size, before anything is written (numpy's default_rng refuses a negative seed,
@@ -316,8 +414,14 @@ def test_validate_section_raises_pipeline_error_only():
 # a side they cannot divide).
 @pytest.mark.parametrize("seed", [-1, 2**70])
 def test_train_seed_out_of_range(seed, project, monkeypatch, capsys):
-    assert_refused("train", with_value("train", "seed", seed),
-                   [f"'train.seed' = {seed} is out of range"], monkeypatch, capsys, project)
+    assert_refused(
+        "train",
+        with_value("train", "seed", seed),
+        [f"'train.seed' = {seed} is out of range"],
+        monkeypatch,
+        capsys,
+        project,
+    )
 
 
 @pytest.mark.parametrize(
@@ -327,8 +431,9 @@ def test_train_seed_out_of_range(seed, project, monkeypatch, capsys):
         ("widths", [4, 4, 4, 4], "'train.widths' = [4, 4, 4, 4] has 4 blocks"),
     ],
 )
-def test_train_geometry_against_the_pictures(key, value, fragment, with_prepared, monkeypatch,
-                                             capsys):
+def test_train_geometry_against_the_pictures(
+    key, value, fragment, with_prepared, monkeypatch, capsys
+):
     params = with_value("train", key, value)
     params["train"].update(batch_size=4, eval_batch_size=4)
     assert_refused("train", params, [fragment], monkeypatch, capsys, with_prepared)

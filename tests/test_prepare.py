@@ -1,4 +1,5 @@
-"""Tests of stages/prepare.py: every source format, the subset and resize knobs, refusals."""
+"""Tests of the prepare stage (confusion_embeddings/data/, stages/prepare.py): every source
+format, the subset and resize knobs, refusals."""
 
 from __future__ import annotations
 
@@ -15,9 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_cifar_tarball, make_dataset, make_image_folder, make_tar_gz, tar_with
-from stages import prepare as prep
-from stages.common import PipelineError, load_params, run_main
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import load_params
+from confusion_embeddings.data import prepare as prep
+from stages import prepare as prepare_stage
+
+from helpers import (
+    make_cifar_tarball,
+    make_dataset,
+    make_image_folder,
+    make_tar_gz,
+    stage_argv,
+    tar_with,
+)
 
 CLASSES = ["dog", "ant", "cat"]  # sorted order is ant, cat, dog
 SIZE = (8, 8)
@@ -89,6 +101,10 @@ def test_image_folder_directory(folder: Path, tmp_path: Path) -> None:
         "splits": {"train": 12, "test": 6},
         "image_shape": [8, 8, 3],
         "groups": None,
+        "per_class": {
+            "train": {"ant": 4, "cat": 4, "dog": 4},
+            "test": {"ant": 2, "cat": 2, "dog": 2},
+        },
     }
     want = expected(folder)
     for split in ("train", "test"):
@@ -96,16 +112,19 @@ def test_image_folder_directory(folder: Path, tmp_path: Path) -> None:
         assert imgs.dtype == np.uint8 and labels.dtype == np.int32
         np.testing.assert_array_equal(imgs, want[split][0])
         np.testing.assert_array_equal(labels, want[split][1])
-    assert metrics["format"] == "image-folder"
-    assert metrics["num_classes"] == 3
-    assert metrics["image_shape"] == [8, 8, 3]
-    assert metrics["pictures"] == {"train": 12, "test": 6}
-    assert metrics["per_class"] == {
-        "train": {"ant": 4, "cat": 4, "dog": 4}, "test": {"ant": 2, "cat": 2, "dog": 2}
+    # Headline figures only: per-class counts live in meta.json, the wall time in --timings.
+    assert metrics == {
+        "format": "image-folder",
+        "classes": 3,
+        "image_shape": [8, 8, 3],
+        "pictures": {"train": 12, "test": 6},
     }
-    assert metrics["seconds"] >= 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "meta.json", "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"
+        "meta.json",
+        "test_images.npy",
+        "test_labels.npy",
+        "train_images.npy",
+        "train_labels.npy",
     ]
 
 
@@ -166,13 +185,15 @@ def test_cifar10_python(tmp_path: Path) -> None:
         np.testing.assert_array_equal(arrays[split][0], want)
         np.testing.assert_array_equal(arrays[split][1], labels[order])
         assert arrays[split][1].dtype == np.int32
-    assert metrics["per_class"]["train"] == {"zebra": 5, "apple": 5, "mango": 5}
+    assert meta["per_class"]["train"] == {"zebra": 5, "apple": 5, "mango": 5}
+    assert metrics["classes"] == 3 and metrics["pictures"] == {"train": 15, "test": 6}
 
 
 def test_cifar100_python_groups(tmp_path: Path) -> None:
     coarse = {"vehicles": ["truck", "bus"], "animals": ["cat", "ape"]}
-    make_cifar_tarball(tmp_path / "weird-name.bin", "cifar-100", coarse=coarse,
-                       train_per_class=3, test_per_class=1)
+    make_cifar_tarball(
+        tmp_path / "weird-name.bin", "cifar-100", coarse=coarse, train_per_class=3, test_per_class=1
+    )
     prep.prepare(tmp_path / "weird-name.bin", tmp_path / "out", {"image_size": 16})
     meta, arrays = load_out(tmp_path / "out")
     assert meta["source_format"] == "cifar-100-python"
@@ -186,8 +207,9 @@ def test_cifar100_python_groups(tmp_path: Path) -> None:
 
 
 def test_max_per_class_is_balanced_seeded_and_deterministic(tmp_path: Path) -> None:
-    src = make_dataset(tmp_path / "src", ["a", "b", "c"], train={"a": 10, "b": 10, "c": 2},
-                       test=3, size=(4, 4))
+    src = make_dataset(
+        tmp_path / "src", ["a", "b", "c"], train={"a": 10, "b": 10, "c": 2}, test=3, size=(4, 4)
+    )
     full = expected(src)
     runs = {}
     for name, seed in (("x", 0), ("y", 0), ("z", 1)):
@@ -222,19 +244,28 @@ def test_image_size_resizes_mixed_sizes(tmp_path: Path) -> None:
 def test_main_writes_metrics_and_errors_exit_2(folder: Path, tmp_path: Path, capsys) -> None:
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  max_per_class: 1\ntrain:\n  anything: 1\n")
-    metrics = tmp_path / "metrics" / "prepare.json"
-    prep.main(["--source", str(folder), "--out", str(tmp_path / "out"),
-               "--metrics", str(metrics), "--params", str(params)])
+    metrics, timings = tmp_path / "metrics" / "prepare.json", tmp_path / "timings" / "prepare.json"
+    args = stage_argv(
+        "prepare", source=folder, out=tmp_path / "out", metrics=metrics, timings=timings
+    )
+    prepare_stage.main([*args, "--params", str(params)])
     doc = json.loads(metrics.read_text())
     assert doc["pictures"] == {"train": 3, "test": 3}
-    assert list(doc) == ["format", "num_classes", "image_shape", "pictures", "per_class", "seconds"]
+    assert list(doc) == ["format", "classes", "image_shape", "pictures"]
+    assert doc["classes"] == 3
+    seconds = json.loads(timings.read_text())
+    assert list(seconds) == ["seconds"] and seconds["seconds"] >= 0
     assert "3 train + 3 test" in capsys.readouterr().out
+    metrics.unlink()
+    timings.unlink()
+    bad = stage_argv(
+        "prepare", source=tmp_path / "nope", out=tmp_path / "o2", metrics=metrics, timings=timings
+    )
     with pytest.raises(SystemExit) as exc:
-        run_main(lambda: prep.main(["--source", str(tmp_path / "nope"), "--out",
-                                    str(tmp_path / "o2"), "--metrics", str(metrics),
-                                    "--params", str(params)]))
+        run_main(lambda: prepare_stage.main([*bad, "--params", str(params)]))
     assert exc.value.code == 2
     assert "nope: not found" in capsys.readouterr().err
+    assert not metrics.exists() and not timings.exists() and not (tmp_path / "o2").exists()
 
 
 # --------------------------------------------------------------------------- params
@@ -263,7 +294,9 @@ def test_params_defaults_and_nulls(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("prepare:\n  max_per_class: null\n  image_size: 32\n")
     assert load_params("prepare", prep.SCHEMA, path) == {
-        "max_per_class": None, "image_size": 32, "seed": 0
+        "max_per_class": None,
+        "image_size": 32,
+        "seed": 0,
     }
     with pytest.raises(PipelineError, match="did you mean 'seed'"):
         prep.prepare(tmp_path / "x", tmp_path / "out", {"sed": 1})
@@ -284,13 +317,17 @@ def test_malicious_pickle_refused(tmp_path: Path) -> None:
     make_cifar_tarball(tmp_path / "good.tar.gz", "cifar-10")
     marker = tmp_path / "pwned"
     evil = pickle.dumps({b"data": _Evil(marker), b"labels": [0]}, protocol=2)
-    with tarfile.open(tmp_path / "good.tar.gz") as good, tarfile.open(tmp_path / "bad.tar", "w") as bad:
+    with (
+        tarfile.open(tmp_path / "good.tar.gz") as good,
+        tarfile.open(tmp_path / "bad.tar", "w") as bad,
+    ):
         for m in good.getmembers():
             blob = evil if m.name.endswith("data_batch_2") else good.extractfile(m).read()
             m.size = len(blob)
             bad.addfile(m, io.BytesIO(blob))
-    msg = assert_fails(tmp_path / "bad.tar", tmp_path / "out", "data_batch_2",
-                       "refusing to unpickle", "system")
+    msg = assert_fails(
+        tmp_path / "bad.tar", tmp_path / "out", "data_batch_2", "refusing to unpickle", "system"
+    )
     assert "posix.system" in msg or "nt.system" in msg
     assert not marker.exists()
 
@@ -316,10 +353,16 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
         (_member("../../x.png"), png_bytes(), ["../../x.png", "'..'"]),
         (_member("train/ant/../../../x.png"), png_bytes(), ["'..'"]),
         (_member("/tmp/abs.png"), png_bytes(), ["/tmp/abs.png", "absolute"]),
-        (_member("train/ant/p.png", tarfile.SYMTYPE, "/etc/passwd"), b"",
-         ["train/ant/p.png", "symlink", "/etc/passwd"]),
-        (_member("train/ant/h.png", tarfile.LNKTYPE, "train/ant/0000.png"), b"",
-         ["train/ant/h.png", "hardlink"]),
+        (
+            _member("train/ant/p.png", tarfile.SYMTYPE, "/etc/passwd"),
+            b"",
+            ["train/ant/p.png", "symlink", "/etc/passwd"],
+        ),
+        (
+            _member("train/ant/h.png", tarfile.LNKTYPE, "train/ant/0000.png"),
+            b"",
+            ["train/ant/h.png", "hardlink"],
+        ),
         (_member("train/ant/fifo", tarfile.FIFOTYPE), b"", ["train/ant/fifo", "not a regular"]),
     ],
 )
@@ -334,7 +377,7 @@ def test_hostile_zip_members(folder: Path, tmp_path: Path) -> None:
     assert_fails(tmp_path / "a.zip", tmp_path / "out", "../evil.png", "'..'")
     with zipfile.ZipFile(tmp_path / "b.zip", "w") as zf:
         link = zipfile.ZipInfo("train/ant/link.png")
-        link.external_attr = (0o120777 << 16)
+        link.external_attr = 0o120777 << 16
         zf.writestr(link, "/etc/passwd")
     assert_fails(tmp_path / "b.zip", tmp_path / "out", "train/ant/link.png", "symlink")
 
@@ -363,7 +406,8 @@ def test_bad_pictures(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     jpg = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
-        jpg, format="JPEG")
+        jpg, format="JPEG"
+    )
     bad = folder / "test" / "dog" / "trunc.jpg"
     bad.write_bytes(jpg.getvalue()[: len(jpg.getvalue()) // 2])
     assert_fails(folder, out, "test/dog/trunc.jpg", "not a readable image")
@@ -388,10 +432,14 @@ def test_decompression_bomb(folder: Path, tmp_path: Path) -> None:
     "mutate, fragments",
     [
         (lambda r: shutil.rmtree(r / "test" / "cat"), ["'cat'", "train but none in test"]),
-        (lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()],
-         ["train/dog", "empty class"]),
-        (lambda r: [shutil.rmtree(r / s / c) for s in ("train", "test") for c in ("cat", "dog")],
-         ["1 class", "['ant']", "at least two"]),
+        (
+            lambda r: [p.unlink() for p in (r / "train" / "dog").iterdir()],
+            ["train/dog", "empty class"],
+        ),
+        (
+            lambda r: [shutil.rmtree(r / s / c) for s in ("train", "test") for c in ("cat", "dog")],
+            ["1 class", "['ant']", "at least two"],
+        ),
         (lambda r: (r / "test").rename(r / "val"), ["train/ and test/", "['train', 'val']"]),
         (lambda r: (r / "README.md").write_text("x"), ["README.md", "<split>/<class>/<image>"]),
         (lambda r: (r / "train" / "ant" / "sub").mkdir(), ["train/ant/sub/", "inside a class"]),
@@ -412,11 +460,13 @@ def test_bad_layout_in_archive(folder: Path, tmp_path: Path) -> None:
 
 
 def test_missing_and_unknown_sources(tmp_path: Path, monkeypatch) -> None:
-    assert_fails(tmp_path / "nothing.tar.gz", tmp_path / "out", "nothing.tar.gz", "not found",
-                 "--source")
+    assert_fails(
+        tmp_path / "nothing.tar.gz", tmp_path / "out", "nothing.tar.gz", "not found", "--source"
+    )
     monkeypatch.chdir(tmp_path)
-    assert_fails(Path("data/raw/cifar.tar.gz"), tmp_path / "out", "data/raw/cifar.tar.gz",
-                 "run `dvc pull`")
+    assert_fails(
+        Path("data/raw/cifar.tar.gz"), tmp_path / "out", "data/raw/cifar.tar.gz", "run `dvc pull`"
+    )
     (tmp_path / "notes.txt").write_text("hello")
     assert_fails(tmp_path / "notes.txt", tmp_path / "out", "notes.txt", "unrecognised file type")
     good = tmp_path / "src"

@@ -12,7 +12,10 @@ def test_every_test_named_in_the_reliability_doc_exists():
     doc = (ROOT / "docs" / "reliability.md").read_text()
     refs = set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", doc))
     assert len(refs) >= 20, refs
-    missing = [f"{path}::{name}" for path, name in sorted(refs)
-               if not (ROOT / path).exists()
-               or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+    missing = [
+        f"{path}::{name}"
+        for path, name in sorted(refs)
+        if not (ROOT / path).exists()
+        or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)
+    ]
     assert not missing, missing

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_cifar_tarball, make_dataset, make_tar_gz, tar_with
 from PIL import Image
 
+from confusion_embeddings.core.cli import run_main
 from stages import pairs as pairs_stage
 from stages import prepare as prep
-from stages.common import run_main
+
+from helpers import make_cifar_tarball, make_dataset, make_tar_gz, stage_argv, tar_with
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,9 +60,17 @@ class Sandbox:
 
     def prepare_refuses(self, source: Path, *fragments: str, capsys) -> str:
         """Run the prepare stage on source; it must exit 2 and write nothing anywhere."""
-        argv = ["--source", str(source), "--out", str(self.work / "data" / "prepared"),
-                "--metrics", str(self.work / "metrics" / "prepare.json"),
-                "--params", str(self.work / "params.yaml")]
+        argv = [
+            *stage_argv(
+                "prepare",
+                source=source,
+                out=self.work / "data" / "prepared",
+                metrics=self.work / "metrics" / "prepare.json",
+                timings=self.work / "reports" / "timings" / "prepare.json",
+            ),
+            "--params",
+            str(self.work / "params.yaml"),
+        ]
         (self.work / "params.yaml").write_text("prepare: {}\n")
         before = self.snapshot()
         capsys.readouterr()
@@ -144,12 +153,15 @@ def test_pickled_object_array_in_predictions_never_runs(box, monkeypatch, capsys
     it (allow_pickle=False) before anything is unpickled."""
     path = box.work / "pred.npz"
     evil = np.array([Gadget(os.system, f"touch {box.marker}"), "b"], dtype=object)
-    np.savez(path, labels=np.array([0, 1]), classes=evil,
-             probs=np.array([[0.6, 0.4], [0.3, 0.7]], np.float32))
+    np.savez(
+        path,
+        labels=np.array([0, 1]),
+        classes=evil,
+        probs=np.array([[0.6, 0.4], [0.3, 0.7]], np.float32),
+    )
     (box.work / "params.yaml").write_text(f"pairs:\n  predictions: {path}\n")
     monkeypatch.chdir(box.work)
-    monkeypatch.setattr(sys, "argv", ["pairs", "--predictions", str(path), "--out", "data/pairs",
-                                      "--metrics", "metrics/pairs.json"])
+    monkeypatch.setattr(sys, "argv", ["pairs", *stage_argv("pairs", predictions=path)])
     before = box.snapshot()
     with pytest.raises(SystemExit) as exc:
         run_main(pairs_stage.main)
@@ -184,8 +196,10 @@ def test_tar_path_traversal(box, folder, capsys, mode, name, fragment):
     assert not (box.tmp / "x").exists() and not (box.tmp / "a" / "x.png").exists()
 
 
-@pytest.mark.parametrize("name, fragment", [("../../x.png", "'..'"), ("/tmp/x.png", "absolute path"),
-                                            ("C:/x.png", "absolute path")])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [("../../x.png", "'..'"), ("/tmp/x.png", "absolute path"), ("C:/x.png", "absolute path")],
+)
 def test_zip_path_traversal(box, folder, capsys, name, fragment):
     archive = box.tmp / "z.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -216,9 +230,10 @@ def test_zip_symlink_to_etc_passwd(box, folder, capsys):
     box.prepare_refuses(archive, "train/ant/passwd.png", "symlink", capsys=capsys)
 
 
-@pytest.mark.parametrize("target, link", [("/etc/passwd", "train/ant/zz.png"),
-                                          ("/etc", "train/etc"),
-                                          ("/etc", "test/bee/etc")])
+@pytest.mark.parametrize(
+    "target, link",
+    [("/etc/passwd", "train/ant/zz.png"), ("/etc", "train/etc"), ("/etc", "test/bee/etc")],
+)
 def test_folder_symlinks_out_of_the_source(box, folder, capsys, target, link):
     (folder / link).symlink_to(target)
     box.prepare_refuses(folder, link, "outside the source folder", capsys=capsys)
@@ -234,9 +249,19 @@ def test_output_symlink_is_replaced_not_followed(box, folder):
     out.parent.mkdir(parents=True)
     out.symlink_to(victim, target_is_directory=True)
     before = tree(victim)
-    prep.main(["--source", str(folder), "--out", str(out),
-               "--metrics", str(box.work / "metrics" / "prepare.json"),
-               "--params", str(ROOT / "params.yaml")])
+    prep.main(
+        [
+            *stage_argv(
+                "prepare",
+                source=folder,
+                out=out,
+                metrics=box.work / "metrics" / "prepare.json",
+                timings=box.work / "reports" / "timings" / "prepare.json",
+            ),
+            "--params",
+            str(ROOT / "params.yaml"),
+        ]
+    )
     assert not out.is_symlink() and (out / "meta.json").exists()
     assert tree(victim) == before and (victim / "keep.txt").read_text() == "precious"
     assert sorted(os.listdir(out.parent)) == ["prepared"]  # no temporary sibling left
@@ -248,9 +273,15 @@ def test_output_symlink_is_replaced_not_followed(box, folder):
 def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
     """A black 1-bit PNG of width x height: tiny on disk, huge once decoded. With
     complete=False only the header is real (for sizes too large to even compress)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     if complete:
         rows = zlib.compressobj(9)
@@ -258,8 +289,7 @@ def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
         idat = b"".join(rows.compress(row) for _ in range(height)) + rows.flush()
     else:
         idat = zlib.compress(b"\x00" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(
@@ -272,7 +302,9 @@ def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
 )
 def test_decompression_bomb_pictures(box, folder, capsys, width, height, complete, fragment):
     bomb = png_bomb(width, height, complete)
-    archive = tar_with(box.tmp / "t.tar.gz", folder, [(_member("train/ant/bomb.png"), bomb)], "w:gz")
+    archive = tar_with(
+        box.tmp / "t.tar.gz", folder, [(_member("train/ant/bomb.png"), bomb)], "w:gz"
+    )
     assert archive.stat().st_size < 10_000
     box.prepare_refuses(archive, "train/ant/bomb.png", fragment, capsys=capsys)
 
@@ -288,7 +320,7 @@ def test_bomb_refused_from_the_header_with_little_memory(tmp_path):
     # carries over from the forking parent, here a pytest process holding jax.
     script = (
         "import re, sys\n"
-        "from stages.common import run_main\n"
+        "from confusion_embeddings.core.cli import run_main\n"
         "from stages.prepare import main\n"
         "try:\n"
         "    run_main(lambda: main(sys.argv[1:]))\n"
@@ -297,13 +329,29 @@ def test_bomb_refused_from_the_header_with_little_memory(tmp_path):
         "    print('maxrss_kb', hwm, file=sys.stderr)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", script, "--source", str(tmp_path / "bomb.tar.gz"),
-         "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"),
-         "--params", str(ROOT / "params.yaml")],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-        text=True, timeout=120)
+        [
+            sys.executable,
+            "-c",
+            script,
+            *stage_argv(
+                "prepare",
+                source=tmp_path / "bomb.tar.gz",
+                out=tmp_path / "out",
+                metrics=tmp_path / "m.json",
+                timings=tmp_path / "t.json",
+            ),
+            "--params",
+            str(ROOT / "params.yaml"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "decompression bomb" in proc.stderr
     maxrss_mb = int(proc.stderr.split("maxrss_kb")[1].split()[0]) / 1024
     assert maxrss_mb < 300, f"peak memory {maxrss_mb:.0f} MB"
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "t.json").exists()

@@ -1,4 +1,5 @@
-"""Tests of the directed JAX skip-gram (stages/skipgram.py) and embed's `engine: jax`."""
+"""Tests of the directed JAX skip-gram (confusion_embeddings/embedding/skipgram.py) and embed's
+`engine: jax`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ import pytest
 import yaml
 from gensim.models import KeyedVectors
 
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding import engines
+from confusion_embeddings.embedding.engines import SCHEMA, train_vectors
+from confusion_embeddings.embedding.skipgram import _train, count_matrix, train_skipgram
+from confusion_embeddings.embedding.store import load_vectors
+from confusion_embeddings.evaluation.scores import cosine_matrices
+from confusion_embeddings.pairs import Pairs, write_pairs
 from stages import embed
-from stages.common import PipelineError, validate_section
-from stages.embed import SCHEMA, load_embeddings, train_vectors, write_embeddings
-from stages.evaluate import cosine_matrices
-from stages.pairs import Pairs, write_pairs
-from stages.skipgram import _train, count_matrix, train_skipgram
+
+from helpers import run_embed_stage, stage_argv
 from synthetic import PLANTED_CLASSES, planted_pairs
 
 CLASSES = PLANTED_CLASSES
@@ -35,9 +41,15 @@ def make_pairs(true: list[int], guess: list[int], classes: list[str]) -> Pairs:
     """Pairs with top_k = 1 from explicit (true, guess) lists."""
     n = len(true)
     return Pairs(
-        true=np.asarray(true, np.int32), guess=np.asarray(guess, np.int32), rank=np.ones(n, np.int8),
-        prob=np.full(n, np.nan, np.float32), split=np.full(n, -1, np.int8), classes=tuple(classes),
-        splits=(), groups=None, top_k=1,
+        true=np.asarray(true, np.int32),
+        guess=np.asarray(guess, np.int32),
+        rank=np.ones(n, np.int8),
+        prob=np.full(n, np.nan, np.float32),
+        split=np.full(n, -1, np.int8),
+        classes=tuple(classes),
+        splits=(),
+        groups=None,
+        top_k=1,
     )
 
 
@@ -60,7 +72,11 @@ def test_shape_and_dtype(vectors):
 
 @pytest.mark.parametrize("objective", ["softmax", "negative"])
 def test_planted_pairs_are_nearest(pairs, vectors, objective):
-    vecs = vectors if objective == "softmax" else train_vectors(pairs, params(jax_objective="negative"))
+    vecs = (
+        vectors
+        if objective == "softmax"
+        else train_vectors(pairs, params(jax_objective="negative"))
+    )
     mean = mean_cosine(vecs)
     np.fill_diagonal(mean, -np.inf)
     nearest = mean.argmax(axis=1)
@@ -85,14 +101,20 @@ def test_converged_result_hardly_depends_on_the_budget(pairs, vectors):
 def fit(counts: np.ndarray, seed: int = 0, **overrides):
     """train_skipgram with embed's jax defaults."""
     d = validate_section("embed", {}, SCHEMA)
-    kw = {"dim": d["dim"], "steps": d["jax_steps"], "lr": d["jax_lr"], "l2": d["jax_l2"], **overrides}
+    kw = {
+        "dim": d["dim"],
+        "steps": d["jax_steps"],
+        "lr": d["jax_lr"],
+        "l2": d["jax_l2"],
+        **overrides,
+    }
     return train_skipgram(counts, seed, **kw)
 
 
 def test_converges_to_a_stationary_point(pairs):
     counts = count_matrix(pairs.true, pairs.guess, pairs.n_classes)
     model = fit(counts)
-    assert model.grad_norm < embed.JAX_CONVERGED_GRAD_NORM
+    assert model.grad_norm < engines.JAX_CONVERGED_GRAD_NORM
     # The model's conditional p(guess | true) is close to the observed one (l2 is small).
     observed = counts / counts.sum(axis=1, keepdims=True)
     assert np.abs(model.probs() - observed).max() < 0.05
@@ -102,11 +124,20 @@ def test_converges_to_a_stationary_point(pairs):
 
 # Four classes; class 0's pictures are guessed as 1, class 1's never as 0.
 ASYM_CLASSES = ["a", "b", "c", "d"]
-ASYM = [(0, 0)] * 60 + [(0, 1)] * 40 + [(1, 1)] * 60 + [(1, 2)] * 40 + [(2, 2)] * 60 + [(2, 3)] * 40 + [(3, 3)] * 60 + [(3, 2)] * 40
+ASYM = (
+    [(0, 0)] * 60
+    + [(0, 1)] * 40
+    + [(1, 1)] * 60
+    + [(1, 2)] * 40
+    + [(2, 2)] * 60
+    + [(2, 3)] * 40
+    + [(3, 3)] * 60
+    + [(3, 2)] * 40
+)
 
 
 def test_count_matrix_is_directed():
-    true, guess = zip(*ASYM)
+    true, guess = zip(*ASYM, strict=True)
     counts = count_matrix(np.array(true), np.array(guess), 4)
     assert counts[0, 1] == 40 and counts[1, 0] == 0
     assert counts[1, 2] == 40 and counts[2, 1] == 0
@@ -114,7 +145,7 @@ def test_count_matrix_is_directed():
 
 
 def test_directed_objective_learns_the_asymmetry():
-    true, guess = zip(*ASYM)
+    true, guess = zip(*ASYM, strict=True)
     directed = make_pairs(list(true), list(guess), ASYM_CLASSES)
     # The same pairs plus their reverses: what gensim's two-word sentences amount to.
     symmetric = make_pairs(list(true) + list(guess), list(guess) + list(true), ASYM_CLASSES)
@@ -145,7 +176,9 @@ def test_class_never_a_true_class_is_refused():
 
 def test_seed_beyond_32_bits_is_refused(pairs):
     # jax.random.key(2**32) would be jax.random.key(0): refuse rather than repeat a seed.
-    with pytest.raises(PipelineError, match=r"embed\.seeds' = \[4294967296\]: engine jax takes seeds below 2\*\*32"):
+    with pytest.raises(
+        PipelineError, match=r"embed\.seeds' = \[4294967296\]: engine jax takes seeds below 2\*\*32"
+    ):
         train_vectors(pairs, params(seeds=[0, 2**32]))
 
 
@@ -170,23 +203,19 @@ def test_training_compiles_once_per_shape():
 
 
 def test_files_same_format_as_gensim_and_readable(tmp_path, pairs, vectors):
-    p = params()
-    (tmp_path / "jax").mkdir()
-    (tmp_path / "gensim").mkdir()
-    write_embeddings(tmp_path / "jax", pairs.classes, vectors, p)
-    g = validate_section("embed", {"seeds": [0, 1, 2]}, SCHEMA)
-    write_embeddings(tmp_path / "gensim", pairs.classes, train_vectors(pairs, g), g)
-    names = sorted(f.name for f in (tmp_path / "jax").iterdir())
-    assert names == sorted(f.name for f in (tmp_path / "gensim").iterdir())
+    jax_dir = run_embed_stage(tmp_path / "jax", pairs, engine="jax", seeds=[0, 1, 2])
+    gensim_dir = run_embed_stage(tmp_path / "gensim", pairs, engine="gensim", seeds=[0, 1, 2])
+    names = sorted(f.name for f in jax_dir.iterdir())
+    assert names == sorted(f.name for f in gensim_dir.iterdir())
 
-    text = KeyedVectors.load_word2vec_format(str(tmp_path / "jax" / "seed_1.txt"))
-    kv = KeyedVectors.load(str(tmp_path / "jax" / "seed_1.kv"))
+    text = KeyedVectors.load_word2vec_format(str(jax_dir / "seed_1.txt"))
+    kv = KeyedVectors.load(str(jax_dir / "seed_1.kv"))
     assert text.index_to_key == CLASSES and kv.index_to_key == CLASSES
     np.testing.assert_allclose(text.vectors, vectors[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(kv.vectors, vectors[1])
     assert kv.most_similar("c0", topn=1)[0][0] == "c1"
 
-    loaded, manifest = load_embeddings(tmp_path / "jax")
+    loaded, manifest = load_vectors(jax_dir)
     np.testing.assert_array_equal(loaded, vectors)
     assert manifest == {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "jax"}
 
@@ -194,11 +223,19 @@ def test_files_same_format_as_gensim_and_readable(tmp_path, pairs, vectors):
 def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
     (tmp_path / "pairs").mkdir()
     write_pairs(pairs, tmp_path / "pairs")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"embed": {"engine": "jax", "seeds": [3, 4], "dim": 4}}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"embed": {"engine": "jax", "seeds": [3, 4], "dim": 4}})
+    )
     out = tmp_path / "embed"
     monkeypatch.setattr(
-        sys, "argv",
-        ["embed", "--pairs", str(tmp_path / "pairs"), "--out", str(out), "--params", str(tmp_path / "params.yaml")],
+        sys,
+        "argv",
+        [
+            "embed",
+            *stage_argv("embed", pairs=tmp_path / "pairs", out=out),
+            "--params",
+            str(tmp_path / "params.yaml"),
+        ],
     )
     embed.main()
     manifest = json.loads((out / "manifest.json").read_text())
@@ -214,7 +251,11 @@ def test_defaults():
     p = validate_section("embed", {}, SCHEMA)
     assert p["engine"] == "gensim"
     assert (p["jax_steps"], p["jax_lr"], p["jax_l2"], p["jax_objective"], p["jax_negative"]) == (
-        4000, 0.05, 0.01, "softmax", 5,
+        4000,
+        0.05,
+        0.01,
+        "softmax",
+        5,
     )
 
 
@@ -229,7 +270,11 @@ def test_defaults():
         ({"jax_lr": -0.1}, "a number > 0"),
         ({"jax_l2": 0.0}, r"embed\.jax_l2' = 0.0 is out of range"),
         ({"jax_l2": "small"}, "wrong type"),
-        ({"jax_objective": "hs"}, r"embed\.jax_objective' = 'hs' is out of range; expected one of \['softmax', 'negative'\]"),
+        (
+            {"jax_objective": "hs"},
+            r"embed\.jax_objective' = 'hs' is out of range; "
+            r"expected one of \['softmax', 'negative'\]",
+        ),
         ({"jax_negative": 0}, r"embed\.jax_negative' = 0"),
         ({"jax_step": 10}, "did you mean 'jax_steps'"),
     ],
@@ -242,7 +287,14 @@ def test_params_validation(overrides, message):
 def test_jax_params_accepted():
     p = validate_section(
         "embed",
-        {"engine": "jax", "jax_steps": 100, "jax_lr": 1, "jax_l2": 1e-3, "jax_objective": "negative", "jax_negative": 10},
+        {
+            "engine": "jax",
+            "jax_steps": 100,
+            "jax_lr": 1,
+            "jax_l2": 1e-3,
+            "jax_objective": "negative",
+            "jax_negative": 10,
+        },
         SCHEMA,
     )
     assert p["jax_lr"] == 1 and p["jax_objective"] == "negative"

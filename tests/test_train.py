@@ -16,63 +16,97 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import yaml
 from flax import nnx
-from helpers import make_prepared, xla_conv
 
-from stages import parallel
-from stages.common import PipelineError, validate_section
-from stages.model import (
-    CNN,
-    ModelConfig,
-    conv_dense,
-    conv_matmul_grad,
-    load_model,
-    make_inference_fn,
-    saved_conv_impl,
+from confusion_embeddings import devices as parallel
+from confusion_embeddings.cnn import conv as conv_module
+from confusion_embeddings.cnn.checkpoint import load_model, read_config
+from confusion_embeddings.cnn.conv import conv_dense, conv_matmul_grad, conv_xla
+from confusion_embeddings.cnn.inference import make_inference_fn
+from confusion_embeddings.cnn.network import CNN, ModelConfig
+from confusion_embeddings.cnn.training import (
+    SCHEMA,
+    augment,
+    make_optimizer,
+    make_train_step,
+    train_and_evaluate,
 )
-from stages.train import SCHEMA, augment, make_optimizer, make_train_step, train
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.data.prepared import load_prepared
+from stages import train as train_stage
+
+from helpers import (
+    make_prepared,
+    run_stage_main,
+    save_tiny_model,
+    scratch_project,
+    stage_argv,
+    stage_options,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 2, "batch_size": 16, "eval_batch_size": 16, "stem_width": 8,
-        "widths": [8, 16], "lr": 0.01, "warmup_fraction": 0.5}
+TINY = {
+    "epochs": 2,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "stem_width": 8,
+    "widths": [8, 16],
+    "lr": 0.01,
+    "warmup_fraction": 0.5,
+}
+OPTIONS = stage_options("train")  # --prepared, --model, ... as dvc.yaml names them
 
 
 def tiny_params(**over) -> dict:
     return validate_section("train", {**TINY, **over}, SCHEMA)
 
 
+def tiny_config(num_classes: int = 4, conv_impl: str | None = None, **over) -> ModelConfig:
+    """The network of tiny_params(**over) as train builds it; its convolution resolved from
+    train.conv_impl unless given."""
+    p = tiny_params(**over)
+    impl = conv_impl or conv_module.resolve(p["conv_impl"]).impl
+    return ModelConfig.from_params(p, num_classes, impl)
+
+
 @pytest.mark.parametrize(
     "conv, hw, kernel",
-    [(conv_matmul_grad, (8, 8), 3), (conv_matmul_grad, (5, 7), 3),
-     (conv_dense, (2, 2), 3), (conv_dense, (1, 1), 3), (conv_dense, (2, 3), 3),
-     (conv_dense, (3, 4), 5)],
+    [
+        (conv_matmul_grad, (8, 8), 3),
+        (conv_matmul_grad, (5, 7), 3),
+        (conv_dense, (2, 2), 3),
+        (conv_dense, (1, 1), 3),
+        (conv_dense, (2, 3), 3),
+        (conv_dense, (3, 4), 5),
+    ],
 )
 def test_custom_convolutions_match_xla_autodiff(conv, hw, kernel):
     kx, kw = jax.random.split(jax.random.key(0))
     x = jax.random.normal(kx, (2, *hw, 5))
     w = jax.random.normal(kw, (kernel, kernel, 5, 7))
-    np.testing.assert_allclose(conv(x, w), xla_conv(x, w), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(conv(x, w), conv_xla(x, w), rtol=1e-4, atol=1e-4)
     g = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
-    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(xla_conv(x, w))), argnums=(0, 1))(x, w)
-    for a, b in zip(g, g_ref):
+    g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_xla(x, w))), argnums=(0, 1))(x, w)
+    for a, b in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
     """The whole CNN, conv_impl onednn and matmul (2x2 layers dense) vs plain XLA autodiff."""
-    from stages import model as model_module
-
     dense_shapes = []
 
     def spy(x, w):
         dense_shapes.append(x.shape[1:3])
         return conv_dense(x, w)
 
-    monkeypatch.setattr(model_module, "conv_dense", spy)
+    monkeypatch.setattr(conv_module, "conv_dense", spy)
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     out = {}
     for impl in ("onednn", "matmul", "xla"):
-        cfg = ModelConfig(5, 8, (8, 16, 16), conv_impl=impl, stem_patch=2)  # blocks at 8, 4, 2 px
+        cfg = tiny_config(5, impl, widths=[8, 16, 16], stem_patch=2)  # blocks at 8, 4, 2 px
         graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
         def loss(variables, graphdef=graphdef):
@@ -86,7 +120,7 @@ def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
     # Each block's first conv runs before its pool: 8x8 -> 4x4 | 4x4 -> 2x2 | 2x2 -> 1x1.
     assert dense_shapes == [(2, 2), (2, 2), (1, 1)] * 2
     for impl in ("onednn", "matmul"):
-        for a, b in zip(jax.tree.leaves(out[impl]), jax.tree.leaves(out["xla"])):
+        for a, b in zip(jax.tree.leaves(out[impl]), jax.tree.leaves(out["xla"]), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -103,7 +137,7 @@ def test_augment_keeps_pixels_and_shape():
 
 
 def _tiny_model(num_classes: int = 4):
-    cfg = ModelConfig(num_classes, 8, (8, 16), stem_patch=2)
+    cfg = tiny_config(num_classes, stem_patch=2)
     return nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
 
@@ -115,8 +149,11 @@ def test_tta_translate_averages_the_shifted_views_with_airbench_weights():
     tta = make_inference_fn(graphdef, norm, tta_translate=1)(params, rest, imgs)
     # The same views built by hand with numpy: shifted by one pixel down-right and up-left.
     padded = np.pad(imgs, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    want = (0.5 * plain(params, rest, imgs) + 0.25 * plain(params, rest, padded[:, :16, :16])
-            + 0.25 * plain(params, rest, padded[:, 2:, 2:]))
+    want = (
+        0.5 * plain(params, rest, imgs)
+        + 0.25 * plain(params, rest, padded[:, :16, :16])
+        + 0.25 * plain(params, rest, padded[:, 2:, 2:])
+    )
     np.testing.assert_allclose(tta, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(tta, plain(params, rest, imgs), atol=1e-4)  # the views differ
     # With flips on, each of the three views is averaged with its mirror image.
@@ -125,8 +162,9 @@ def test_tta_translate_averages_the_shifted_views_with_airbench_weights():
     def mirror(v):
         return 0.5 * (plain(params, rest, v) + plain(params, rest, v[:, :, ::-1]))
 
-    want = (0.5 * mirror(imgs) + 0.25 * mirror(padded[:, :16, :16])
-            + 0.25 * mirror(padded[:, 2:, 2:]))
+    want = (
+        0.5 * mirror(imgs) + 0.25 * mirror(padded[:, :16, :16]) + 0.25 * mirror(padded[:, 2:, 2:])
+    )
     np.testing.assert_allclose(both(params, rest, imgs), want, rtol=1e-5, atol=1e-6)
 
 
@@ -139,10 +177,20 @@ def test_tta_leaves_a_uniform_picture_alone():
     np.testing.assert_allclose(tta, plain, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cores, batch_sizes, want", [
-    (2, [512, 1000], 2), (4, [512, 1000], 4), (16, [512, 1000], 8), (2, [7], 1),
-    (3, [512, 1000], 2), (1, [512], 1), (0, [512], 1), (6, [36, 24], 6), (5, [36, 24], 4),
-])
+@pytest.mark.parametrize(
+    "cores, batch_sizes, want",
+    [
+        (2, [512, 1000], 2),
+        (4, [512, 1000], 4),
+        (16, [512, 1000], 8),
+        (2, [7], 1),
+        (3, [512, 1000], 2),
+        (1, [512], 1),
+        (0, [512], 1),
+        (6, [36, 24], 6),
+        (5, [36, 24], 4),
+    ],
+)
 def test_auto_cpu_devices_divides_every_batch(cores, batch_sizes, want):
     n = parallel.auto_cpu_devices(cores, batch_sizes)
     assert n == want and all(b % n == 0 for b in batch_sizes)
@@ -150,15 +198,16 @@ def test_auto_cpu_devices_divides_every_batch(cores, batch_sizes, want):
 
 def _run_python(script: str, *args: str) -> list[str]:
     """Run `script` in a fresh interpreter (JAX not started yet); its stdout's words."""
-    return subprocess.run([sys.executable, "-c", script, *args], check=True,
-                          capture_output=True, text=True, cwd=ROOT).stdout.split()
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.split()
 
 
 # Runs a jitted function whose 64 MB output is allocated afresh on every call, with or
 # without reuse_host_memory, and prints the minor page faults per call.
 _FAULTS_PER_CALL = """
 import resource, sys
-from stages import parallel
+from confusion_embeddings import devices as parallel
 applied = parallel.reuse_host_memory() if sys.argv[1] == "reuse" else False
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: x + 1)
@@ -194,7 +243,7 @@ def test_reuse_host_memory_leaves_a_running_jax_alone():
 _PREPARE_HOST = """
 import os
 os.environ.pop("XLA_FLAGS", None)  # a forced device count would win over the setting
-from stages import parallel
+from confusion_embeddings import devices as parallel
 host = parallel.prepare_host(2, [8, 4])
 import jax
 print(host.memory_reused, host.cpu_devices, len(jax.devices("cpu")))
@@ -216,11 +265,16 @@ def test_data_mesh_over_the_first_devices():
 
 def test_train_step_compiles_once():
     p = tiny_params()
-    cfg = ModelConfig(4, p["stem_width"], tuple(p["widths"]), stem_patch=2)
+    cfg = tiny_config(4)
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     tx = make_optimizer(p, 10)
-    state = {"params": params, "rest": rest, "opt": tx.init(params),
-             "step": jnp.zeros((), jnp.int32), "key": jax.random.key_data(jax.random.key(0))}
+    state = {
+        "params": params,
+        "rest": rest,
+        "opt": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "key": jax.random.key_data(jax.random.key(0)),
+    }
     step = make_train_step(graphdef, tx, (jnp.zeros(3), jnp.ones(3)), p)
     rng = np.random.default_rng(0)
     for _ in range(4):
@@ -231,65 +285,214 @@ def test_train_step_compiles_once():
     assert int(state["step"]) == 4 and np.isfinite(float(loss))
 
 
-def test_smoke_one_epoch(tmp_path):
-    prepared = make_prepared(tmp_path / "prepared")
-    m = train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
-              tiny_params(epochs=1), resume_dir=tmp_path / "resume", progress=False)
-    assert json.loads((tmp_path / "train.json").read_text()) == m
-    assert m["epochs"] == 1 and 0.0 <= m["test_accuracy"] <= 1.0
-    assert 0.0 <= m["test_accuracy_no_tta"] <= 1.0 and m["tta_translate"] == 1
-    assert m["backend"] == jax.default_backend() and m["device_count"] == jax.device_count()
-    graphdef, params, rest, cfg, norm = load_model(tmp_path / "model")
-    assert cfg.num_classes == 4 and cfg.widths == (8, 16)
-    assert (tmp_path / "live" / "plots" / "metrics" / "test" / "accuracy.tsv").exists()
-    assert not list((tmp_path / "resume").glob("*.msgpack"))  # removed after success
+def train_project(
+    folder: Path, train: int = 32, test: int = 8, num_classes: int = 4, **over
+) -> Path:
+    """A project for the train stage: dvc.yaml, params.yaml (train: TINY + over), and a
+    prepared dataset at dvc.yaml's --prepared."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update({**TINY, **over})
+    scratch_project(folder, params)
+    make_prepared(folder / OPTIONS["--prepared"], num_classes=num_classes, train=train, test=test)
+    return folder
+
+
+def run_train_stage(folder: Path, monkeypatch, **paths) -> None:
+    """The train stage's main() in this process, from `folder`, with dvc.yaml's command."""
+    monkeypatch.chdir(folder)
+    run_stage_main("train", stage_argv("train", **paths))
+
+
+def test_smoke_one_epoch(tmp_path, monkeypatch):
+    project = train_project(tmp_path, epochs=1)
+    run_train_stage(project, monkeypatch)
+    m = json.loads((project / OPTIONS["--metrics"]).read_text())
+    # Headline figures only; wall times and speed in --timings.
+    assert list(m) == [
+        "test_accuracy",
+        "test_accuracy_no_tta",
+        "train_accuracy",
+        "train_loss",
+        "conv_impl_used",
+        "backend",
+        "cpu",
+    ]
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy_no_tta"] <= 1.0
+    assert 0.0 <= m["train_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
+    assert m["conv_impl_used"] == conv_module.resolve(tiny_params()["conv_impl"]).impl
+    assert m["backend"] == jax.default_backend() and m["cpu"] == parallel.cpu_isa()
+    t = json.loads((project / OPTIONS["--timings"]).read_text())
+    assert list(t) == [
+        "train_seconds",
+        "wall_seconds",
+        "images_per_second",
+        "gflops_per_image_train",
+        "device_count",
+    ]
+    assert t["device_count"] == jax.device_count() and t["wall_seconds"] >= t["train_seconds"] > 0
+    assert t["images_per_second"] > 0 and t["gflops_per_image_train"] > 0
+    graphdef, params, rest, cfg, inference, norm = load_model(project / OPTIONS["--model"])
+    assert cfg.num_classes == 4 and cfg.widths == (8, 16) and cfg.conv_impl == m["conv_impl_used"]
+    assert cfg.logit_scale == tiny_params()["logit_scale"]
+    # What predict needs to run the network as train did, saved with it.
+    assert inference == {"tta_flip": True, "tta_translate": 1, "cpu_devices": "auto"}
+    assert norm[0].shape == norm[1].shape == (3,)
+    live = project / OPTIONS["--live"]
+    assert (live / "plots" / "metrics" / "test" / "accuracy.tsv").exists()
+    assert json.loads((live / "metrics.json").read_text())["step"] == 0  # one epoch
+    assert not list((project / OPTIONS["--checkpoints"]).glob("*.msgpack"))  # removed at the end
 
 
 def test_learns_the_synthetic_classes(tmp_path):
     prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
-    m = train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
-              tiny_params(epochs=4), resume_dir=tmp_path / "resume", progress=False)
-    assert m["test_accuracy"] >= 0.9, m
+    p = tiny_params(epochs=4)
+    seen = []
+    trained = train_and_evaluate(
+        load_prepared(prepared),
+        p,
+        p["seed"],
+        conv_module.resolve(p["conv_impl"]).impl,
+        on_epoch=seen.append,
+        show_progress=False,
+    )
+    assert trained.test_accuracy >= 0.9, trained.history
+    assert [rec["epoch"] for rec in seen] == [1, 2, 3, 4] and seen == trained.history
 
 
-def test_bad_batch_size_is_refused_before_any_output(tmp_path):
-    prepared = make_prepared(tmp_path / "prepared", train=2, test=2)
+def test_bad_batch_size_is_refused_before_any_output(tmp_path, monkeypatch, capsys):
+    project = train_project(tmp_path, train=2, test=2, batch_size=64)
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["stages.train", *stage_argv("train")])
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_stage.main)
+    assert exc.value.code == 2
+    assert "train.batch_size" in capsys.readouterr().err
+    for option in ("--model", "--metrics", "--timings", "--live", "--checkpoints"):
+        assert not (project / OPTIONS[option]).exists(), option
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+    # The library refuses it too, before training anything.
     with pytest.raises(PipelineError, match="train.batch_size"):
-        train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
-              tiny_params(batch_size=64), resume_dir=tmp_path / "resume", progress=False)
-    assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
+        train_and_evaluate(
+            load_prepared(project / OPTIONS["--prepared"]),
+            tiny_params(batch_size=64),
+            0,
+            "xla",
+            show_progress=False,
+        )
 
 
-def test_git_repo_without_commits_gives_a_clear_error(tmp_path, monkeypatch):
-    prepared = make_prepared(tmp_path / "prepared", train=2, test=2)
-    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
-    monkeypatch.chdir(tmp_path / "repo")
-    with pytest.raises(PipelineError, match="commit once"):
-        train(prepared, tmp_path / "model", tmp_path / "train.json", tmp_path / "live",
-              tiny_params(epochs=1, batch_size=2), resume_dir=tmp_path / "resume",
-              progress=False)
-    assert not (tmp_path / "model").exists() and not (tmp_path / "train.json").exists()
+def test_git_repo_without_commits_gives_a_clear_error(tmp_path, monkeypatch, capsys):
+    project = train_project(tmp_path / "repo", train=2, test=2, epochs=1, batch_size=2)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["stages.train", *stage_argv("train")])
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_stage.main)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dvclive could not read the git repository")
+    assert "commit once" in err
+    for option in ("--model", "--metrics", "--timings"):
+        assert not (project / OPTIONS[option]).exists(), option
+
+
+def test_train_stage_needs_its_dvc_yaml_entry(tmp_path, monkeypatch, capsys):
+    """The stage reads its dependencies (the resume fingerprint's) from dvc.yaml: run from
+    a folder without one, it says so and writes nothing."""
+    project = train_project(tmp_path, epochs=1)
+    (project / "dvc.yaml").unlink()
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(sys, "argv", ["stages.train", *stage_argv("train")])
+    with pytest.raises(SystemExit) as exc:
+        run_main(train_stage.main)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "dvc.yaml: cannot read stage 'train'" in err and "project root" in err
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+
+
+def test_resume_fingerprint_covers_the_content_of_every_dependency(tmp_path, monkeypatch):
+    """The resume checkpoint's name: any change to the params, the seed, the convolution or
+    the content of a dependency (dvc.yaml's list) names another checkpoint."""
+    from confusion_embeddings.cnn.resume import fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    code = tmp_path / "code"
+    (code / "__pycache__").mkdir(parents=True)
+    (code / "a.py").write_text("x = 1\n")
+    data = make_prepared(tmp_path / "prepared")
+    deps = [Path("code"), Path("prepared"), Path("kernel.cc")]  # the last one missing
+    p = tiny_params()
+    base = fingerprint(p, 0, "xla", deps)
+    assert fingerprint(p, 0, "xla", list(reversed(deps))) == base  # order-free
+    assert fingerprint(tiny_params(lr=0.02), 0, "xla", deps) != base
+    assert fingerprint(p, 1, "xla", deps) != base
+    assert fingerprint(p, 0, "matmul", deps) != base
+    (code / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")  # changes on every import
+    assert fingerprint(p, 0, "xla", deps) == base
+    (code / "a.py").write_text("x = 2\n")
+    assert fingerprint(p, 0, "xla", deps) != base
+    (code / "a.py").write_text("x = 1\n")
+    assert fingerprint(p, 0, "xla", deps) == base
+    labels = np.load(data / "train_labels.npy")
+    np.save(data / "train_labels.npy", labels[::-1])  # same size, other content
+    assert fingerprint(p, 0, "xla", deps) != base
+    np.save(data / "train_labels.npy", labels)
+    (tmp_path / "kernel.cc").write_text("")  # a missing dep differs from an empty one
+    assert fingerprint(p, 0, "xla", deps) != base
+
+
+def test_resume_checkpoint_round_trip(tmp_path):
+    from confusion_embeddings.cnn.resume import HISTORY_KEYS, Resume
+    from confusion_embeddings.cnn.training import create_train_state
+
+    p = tiny_params()
+    _, state, _ = create_train_state(tiny_config(), p, 0, total_steps=10)
+    resume = Resume(tmp_path / "ckpt", "abc123")
+    assert not resume.exists() and resume.path == tmp_path / "ckpt" / "abc123.msgpack"
+    history = [dict(zip(HISTORY_KEYS, (e, 1.0 / e, 0.5, 0.25), strict=True)) for e in (1, 2)]
+    resume.save(state, history, 12.5)
+    assert resume.exists()
+    _, template, _ = create_train_state(tiny_config(), p, 1, total_steps=10)  # other weights
+    loaded, hist, seconds = resume.load(template)
+    assert hist == history and [list(h) for h in hist] == [list(HISTORY_KEYS)] * 2
+    assert seconds == 12.5
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    resume.remove()
+    assert not resume.exists()
+    resume.remove()  # removing twice is fine (the stage removes it after every success)
 
 
 # --------------------------------------------------------------------------- subprocess runs
 
 
-def _write_params(path: Path, **over) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump({"train": {**TINY, **over}}))
-    return path
-
-
-def _cmd(tmp: Path, params: Path, tag: str) -> list[str]:
-    return [sys.executable, "-m", "stages.train", "--prepared", str(tmp / "prepared"),
-            "--model", str(tmp / f"model-{tag}"), "--metrics", str(tmp / f"train-{tag}.json"),
-            "--live", str(tmp / f"live-{tag}"), "--params", str(params)]
+def _cmd(tag: str) -> list[str]:
+    """`python -m stages.train` with dvc.yaml's command line, its outputs renamed by `tag`
+    (run from a train_project folder; the resume checkpoints stay where dvc.yaml puts them)."""
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        *stage_argv(
+            "train",
+            model=f"model-{tag}",
+            metrics=f"train-{tag}.json",
+            timings=f"timings-{tag}.json",
+            live=f"live-{tag}",
+        ),
+    ]
 
 
 def _env(devices: int, tmp: Path) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
     return env
 
 
@@ -298,67 +501,143 @@ def _metrics(tmp: Path, tag: str) -> dict:
     return {k: m[k] for k in ("test_accuracy", "train_accuracy", "train_loss")}
 
 
+def _device_count(tmp: Path, tag: str) -> int:
+    return json.loads((tmp / f"timings-{tag}.json").read_text())["device_count"]
+
+
 @pytest.mark.slow
 def test_two_fake_devices_agree_with_one(tmp_path):
-    make_prepared(tmp_path / "prepared", train=32, test=8)
-    params = _write_params(tmp_path / "params.yaml")
+    train_project(tmp_path, train=32, test=8)
     for n in (1, 2):
-        subprocess.run(_cmd(tmp_path, params, f"d{n}"), cwd=tmp_path, env=_env(n, tmp_path),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _cmd(f"d{n}"), cwd=tmp_path, env=_env(n, tmp_path), check=True, capture_output=True
+        )
     one, two = _metrics(tmp_path, "d1"), _metrics(tmp_path, "d2")
-    m1, m2 = (json.loads((tmp_path / f"train-d{n}.json").read_text()) for n in (1, 2))
-    assert m1["device_count"] == 1 and m2["device_count"] == 2  # XLA_FLAGS is obeyed
+    # XLA_FLAGS is obeyed
+    assert _device_count(tmp_path, "d1") == 1 and _device_count(tmp_path, "d2") == 2
     # The sharded batch sums in a different order: equal up to float rounding.
     assert one["test_accuracy"] == pytest.approx(two["test_accuracy"], abs=1 / 32)
     assert one["train_loss"] == pytest.approx(two["train_loss"], rel=1e-3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting, conv_impl, batches, want", [
-    ("auto", "onednn", (16, 16), 1),  # oneDNN spreads each convolution over every core
-    ("auto", "matmul", (16, 16), None), ("auto", "matmul", (15, 5), None),
-    (1, "matmul", (16, 16), 1), (3, "onednn", (18, 18), 3),
-])
+@pytest.mark.parametrize(
+    "setting, conv_impl, batches, want",
+    [
+        ("auto", "onednn", (16, 16), 1),  # oneDNN spreads each convolution over every core
+        ("auto", "matmul", (16, 16), None),
+        ("auto", "matmul", (15, 5), None),
+        (1, "matmul", (16, 16), 1),
+        (3, "onednn", (18, 18), 3),
+    ],
+)
 def test_cli_splits_the_cpu_into_devices(tmp_path, setting, conv_impl, batches, want):
     """Without XLA_FLAGS the CLI makes `cpu_devices` JAX devices (auto: one device with
     oneDNN's convolutions, else one per core that divides the batch sizes), and trains
     with them."""
-    make_prepared(tmp_path / "prepared", train=36, test=8)
-    params = _write_params(tmp_path / "params.yaml", cpu_devices=setting, epochs=1,
-                           batch_size=batches[0], eval_batch_size=batches[1],
-                           conv_impl=conv_impl)
+    train_project(
+        tmp_path,
+        train=36,
+        test=8,
+        cpu_devices=setting,
+        epochs=1,
+        batch_size=batches[0],
+        eval_batch_size=batches[1],
+        conv_impl=conv_impl,
+    )
     env = {k: v for k, v in _env(1, tmp_path).items() if k != "XLA_FLAGS"}
-    subprocess.run(_cmd(tmp_path, params, "cli"), cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
-    m = json.loads((tmp_path / "train-cli.json").read_text())
+    subprocess.run(_cmd("cli"), cwd=tmp_path, env=env, check=True, capture_output=True)
     if want is None:
         want = parallel.auto_cpu_devices(parallel.cpu_cores(), batches)
-    assert m["device_count"] == want
+    assert _device_count(tmp_path, "cli") == want
+    # The count is saved with the model: predict sets up the host the same way.
+    assert read_config(tmp_path / "model-cli")["inference"]["cpu_devices"] == setting
 
 
-def test_saved_conv_impl_is_read_without_jax(tmp_path):
-    """predict learns the model's convolutions (for `cpu_devices: auto`) before JAX starts;
-    a missing or broken config gives the default and load_model reports it."""
-    assert saved_conv_impl(tmp_path / "none") == ModelConfig.conv_impl
-    (tmp_path / "config.json").write_text("{not json")
-    assert saved_conv_impl(tmp_path) == ModelConfig.conv_impl
-    (tmp_path / "config.json").write_text(json.dumps({"model": {"conv_impl": "matmul"}}))
-    assert saved_conv_impl(tmp_path) == "matmul"
+_READ_CONFIG = """
+import json, sys
+from confusion_embeddings.cnn.checkpoint import read_config
+from confusion_embeddings.devices import _backends_running
+meta = read_config(sys.argv[1])
+print(json.dumps({"conv_impl": meta["model"]["conv_impl"], "jax_started": _backends_running()}))
+"""
+
+
+def test_read_config_before_jax_starts(tmp_path):
+    """predict learns the model's settings (convolution, devices, test-time augmentation)
+    from read_config before JAX starts: reading them must not start JAX's backends."""
+    save_tiny_model(tmp_path / "model", num_classes=3, conv_impl="matmul", cpu_devices=2)
+    out = subprocess.run(
+        [sys.executable, "-c", _READ_CONFIG, str(tmp_path / "model")],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    ).stdout
+    assert json.loads(out) == {"conv_impl": "matmul", "jax_started": False}
+
+
+def test_read_config_of_a_missing_or_broken_model(tmp_path):
+    """read_config (replaces saved_conv_impl): the whole saved config; a folder without a
+    model, or with a config the train stage did not write, is a PipelineError naming it."""
+    with pytest.raises(PipelineError, match=r"none: no trained model; run `dvc repro train`"):
+        read_config(tmp_path / "none")
+    model = save_tiny_model(
+        tmp_path / "model",
+        num_classes=3,
+        conv_impl="matmul",
+        tta_flip=True,
+        tta_translate=2,
+        cpu_devices=4,
+    )
+    meta = read_config(model)
+    assert meta["model"]["conv_impl"] == "matmul" and meta["model"]["num_classes"] == 3
+    assert meta["inference"] == {"tta_flip": True, "tta_translate": 2, "cpu_devices": 4}
+    assert len(meta["pixel_mean"]) == len(meta["pixel_std"]) == 3
+    assert ModelConfig.from_dict(meta["model"]) == load_model(model)[3]
+    good = (model / "config.json").read_text()
+    for broken in (
+        "{not json",
+        json.dumps({"model": {"conv_impl": "matmul"}}),
+        json.dumps({**json.loads(good), "inference": {}}),
+        "[]",
+    ):
+        (model / "config.json").write_text(broken)
+        with pytest.raises(PipelineError, match="not a model config written by the train stage"):
+            read_config(model)
+    (model / "config.json").write_text(good)
+    (model / "model.msgpack").unlink()
+    with pytest.raises(PipelineError, match="no trained model"):
+        read_config(model)
+
+
+def test_load_model_replaces_the_saved_convolution(tmp_path):
+    model = save_tiny_model(tmp_path / "model", num_classes=3, conv_impl="onednn")
+    assert load_model(model)[3].conv_impl == "onednn"
+    graphdef, params, rest, cfg, inference, norm = load_model(model, conv_impl="xla")
+    assert cfg.conv_impl == "xla" and cfg.num_classes == 3
+    # The same weights through another convolution: the same logits up to rounding.
+    x = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3)).astype(np.uint8)
+    logits = {}
+    for impl in ("xla", "matmul"):
+        graphdef, params, rest, cfg, inference, norm = load_model(model, conv_impl=impl)
+        logits[impl] = np.asarray(make_inference_fn(graphdef, norm)(params, rest, x))
+    np.testing.assert_allclose(logits["xla"], logits["matmul"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     # Enough pictures that an epoch lasts a good fraction of a second: the kill must land
     # between the first checkpoint and the end of the run.
-    make_prepared(tmp_path / "prepared", train=512, test=8)
-    params = _write_params(tmp_path / "params.yaml", epochs=3)
+    train_project(tmp_path, train=512, test=8, epochs=3)
     env = _env(1, tmp_path)
-    subprocess.run(_cmd(tmp_path, params, "full"), cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(_cmd("full"), cwd=tmp_path, env=env, check=True, capture_output=True)
     # Kill the second run with SIGKILL as soon as its first epoch's checkpoint exists.
-    proc = subprocess.Popen(_cmd(tmp_path, params, "killed"), cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resume = tmp_path / ".cache" / "train"
+    proc = subprocess.Popen(
+        _cmd("killed"), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    resume = tmp_path / OPTIONS["--checkpoints"]
     deadline = time.time() + 300
     while not list(resume.glob("*.msgpack")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -366,9 +645,10 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     proc.wait()
     assert list(resume.glob("*.msgpack")), "no checkpoint was written before the kill"
     assert not (tmp_path / "model-killed").exists()  # nothing the next stage would read
-    out = subprocess.run(_cmd(tmp_path, params, "killed"), cwd=tmp_path, env=env,
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        _cmd("killed"), cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    )
     assert "resuming from" in out.stdout
     assert _metrics(tmp_path, "killed") == _metrics(tmp_path, "full")
-    live = (tmp_path / "live-killed" / "plots" / "metrics" / "test" / "accuracy.tsv")
+    live = tmp_path / "live-killed" / "plots" / "metrics" / "test" / "accuracy.tsv"
     assert len(live.read_text().strip().splitlines()) == 1 + 3  # header + every epoch

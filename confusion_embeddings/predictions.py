@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from stages.common import PipelineError
+from confusion_embeddings.core.errors import PipelineError, first_line
 
 SCORE_KEYS = ("probs", "logits", "topk")
 # Tolerance on the row sums of `probs`: float32 softmax over 1000 classes is off by ~1e-5.
@@ -44,8 +44,16 @@ PROB_SUM_TOLERANCE = 1e-3
 CHECK_BLOCK_ROWS = 65536
 # What reading a damaged zip member can raise: a bad CRC, a compression method zipfile does
 # not know, a cut deflate stream, an encrypted member (RuntimeError), a bad .npy header.
-_READ_ERRORS = (ValueError, OSError, EOFError, KeyError, RuntimeError, NotImplementedError,
-                zipfile.BadZipFile, zlib.error)
+_READ_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    KeyError,
+    RuntimeError,
+    NotImplementedError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 
 def _fail(path: Path, message: str) -> PipelineError:
@@ -53,9 +61,12 @@ def _fail(path: Path, message: str) -> PipelineError:
 
 
 def _damaged(path: Path, key: str, exc: BaseException) -> PipelineError:
-    detail = (str(exc).splitlines() or [""])[0]
-    return _fail(path, f"'{key}' cannot be read ({type(exc).__name__}: {detail}); the file is "
-                       "damaged or not written by np.savez, write it again")
+    detail = first_line(exc)
+    return _fail(
+        path,
+        f"'{key}' cannot be read ({type(exc).__name__}: {detail}); the file is "
+        "damaged or not written by np.savez, write it again",
+    )
 
 
 def _member_name(zf: zipfile.ZipFile, key: str) -> str:
@@ -168,35 +179,51 @@ def _check_block(path: Path, kind: str, block: np.ndarray, start: int, n_classes
     if kind in ("probs", "logits"):
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
-            raise _fail(path, f"'{kind}' row {row_of(~finite)} holds NaN or inf; every value must be finite")
+            raise _fail(
+                path, f"'{kind}' row {row_of(~finite)} holds NaN or inf; every value must be finite"
+            )
     if kind == "probs":
         negative = (block < 0).any(axis=1)
         if negative.any():
-            raise _fail(path, f"'probs' row {row_of(negative)} has a negative probability; save raw scores as 'logits' instead")
+            raise _fail(
+                path,
+                f"'probs' row {row_of(negative)} has a negative probability; save raw scores "
+                "as 'logits' instead",
+            )
         sums = block.sum(axis=1, dtype=np.float64)
         off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
         if off.any():
             row = row_of(off)
             raise _fail(
                 path,
-                f"'probs' row {row} sums to {sums[row - start]:.6g}, not 1 (+-{PROB_SUM_TOLERANCE}); "
-                "if these are unnormalised scores or log-probabilities, save them as 'logits' instead",
+                f"'probs' row {row} sums to {sums[row - start]:.6g}, not 1 "
+                f"(+-{PROB_SUM_TOLERANCE}); if these are unnormalised scores or "
+                "log-probabilities, save them as 'logits' instead",
             )
     if kind == "topk":
         out_of_range = ((block < 0) | (block >= n_classes)).any(axis=1)
         if out_of_range.any():
-            raise _fail(path, f"'topk' row {row_of(out_of_range)} holds a class index outside [0, {n_classes})")
+            raise _fail(
+                path,
+                f"'topk' row {row_of(out_of_range)} holds a class index outside [0, {n_classes})",
+            )
         if block.shape[1] > 1:
             # A stable sort of small integers is a radix sort: linear even for k = 1000.
             ordered = np.sort(block, axis=1, kind="stable")
             dup = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
             if dup.any():
-                raise _fail(path, f"'topk' row {row_of(dup)} lists a class twice; each row must name k different classes")
+                raise _fail(
+                    path,
+                    f"'topk' row {row_of(dup)} lists a class twice; each row must name k "
+                    "different classes",
+                )
 
 
 def _str_array(path: Path, key: str, arr: np.ndarray, ndim: int) -> np.ndarray:
     if arr.dtype.kind != "U":
-        raise _fail(path, f"'{key}' must be a str array (np.array(names, dtype=str)), got dtype {arr.dtype}")
+        raise _fail(
+            path, f"'{key}' must be a str array (np.array(names, dtype=str)), got dtype {arr.dtype}"
+        )
     if arr.ndim != ndim:
         raise _fail(path, f"'{key}' must have {ndim} dimension(s), got shape {arr.shape}")
     return arr
@@ -215,7 +242,9 @@ def _check_names(path: Path, key: str, names: list[str]) -> None:
         if not name:
             raise _fail(path, f"'{key}'[{i}] is an empty name; every name must be non-empty")
         if any(ch.isspace() for ch in name):
-            raise _fail(path, f"'{key}'[{i}] = {name!r} contains whitespace; replace it (e.g. with '_')")
+            raise _fail(
+                path, f"'{key}'[{i}] = {name!r} contains whitespace; replace it (e.g. with '_')"
+            )
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -231,9 +260,13 @@ def parse_groups(source: str, text: str, classes: tuple[str, ...]) -> dict[str, 
     try:
         groups = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PipelineError(f"{source}: 'groups' is not valid JSON ({exc.msg}); expected {{group: [class names]}}") from None
+        raise PipelineError(
+            f"{source}: 'groups' is not valid JSON ({exc.msg}); expected {{group: [class names]}}"
+        ) from None
     except RecursionError:  # e.g. "[[[[...": nested deeper than the parser's stack
-        raise PipelineError(f"{source}: 'groups' is nested too deeply; expected {{group: [class names]}}") from None
+        raise PipelineError(
+            f"{source}: 'groups' is nested too deeply; expected {{group: [class names]}}"
+        ) from None
     if groups is None:
         return None
     if not isinstance(groups, dict) or not all(
@@ -250,109 +283,134 @@ def check_groups(source: str, groups: dict[str, list[str]], classes: tuple[str, 
     owner: dict[str, str] = {}
     for group, members in groups.items():
         if not members:
-            raise PipelineError(f"{source}: group '{group}' is empty; list at least one class or drop it")
+            raise PipelineError(
+                f"{source}: group '{group}' is empty; list at least one class or drop it"
+            )
         for name in members:
             if name not in known:
                 close = difflib.get_close_matches(name, classes, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
+                shown = ", ".join(classes[:20]) + (
+                    f", ... ({len(classes)} in all)" if len(classes) > 20 else ""
+                )
                 raise PipelineError(
-                    f"{source}: group '{group}' names unknown class {name!r}{hint}; valid classes: {shown}"
+                    f"{source}: group '{group}' names unknown class {name!r}{hint}; "
+                    f"valid classes: {shown}"
                 )
             if name in owner:
                 raise PipelineError(
-                    f"{source}: class {name!r} is in both group '{owner[name]}' and group '{group}'; groups must not overlap"
+                    f"{source}: class {name!r} is in both group '{owner[name]}' and group "
+                    f"'{group}'; groups must not overlap"
                 )
             owner[name] = group
 
 
-def load_predictions(path: str | Path, *, check_values: bool = True) -> Predictions:
-    """Open and validate a predictions file (see the module docstring for the format).
-
-    With check_values=True the score array is read once here to check every value; a
-    caller that reads it through `Predictions.blocks` anyway (which checks each block)
-    passes False to avoid the extra pass.
-    """
-    path = Path(path)
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """np.load an existing .npz, refusing anything that is not one (never via pickle)."""
     if not path.exists():
         raise _fail(
             path,
             "predictions file not found; run the predict stage (dvc repro predict) or point "
-            "params.yaml 'pairs.predictions' at your own .npz (format: stages/predictions.py)",
+            "params.yaml 'pairs.predictions' at your own .npz (format: "
+            "confusion_embeddings/predictions.py)",
         )
     if path.is_file() and not zipfile.is_zipfile(path):
         # np.load would try it as a pickle and suggest allow_pickle=True: never that.
         with open(path, "rb") as fh:
             npy = fh.read(6) == b"\x93NUMPY"
         if not npy:
-            raise _fail(path, "cannot be read as an .npz archive (not a zip file); write it with np.savez")
+            raise _fail(
+                path, "cannot be read as an .npz archive (not a zip file); write it with np.savez"
+            )
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise _fail(path, f"cannot be read as an .npz archive ({detail}); write it with np.savez") from None
+        raise _fail(
+            path, f"cannot be read as an .npz archive ({first_line(exc)}); write it with np.savez"
+        ) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise _fail(path, "is a single .npy array, not an .npz archive; write it with np.savez(path, labels=..., classes=..., probs=...)")
-    with npz:
-        keys = set(npz.files)
+        raise _fail(
+            path,
+            "is a single .npy array, not an .npz archive; write it with "
+            "np.savez(path, labels=..., classes=..., probs=...)",
+        )
+    return npz
 
-        def get(key: str) -> np.ndarray:
-            try:
-                arr = npz[key]
-            except ValueError as exc:
-                if "allow_pickle" in str(exc):  # object arrays: refused since they would need pickle
-                    raise _fail(path, f"'{key}' is an object array; store plain numbers or fixed-width str (dtype=str), never objects") from None
-                raise _damaged(path, key, exc) from None
-            except _READ_ERRORS as exc:
-                raise _damaged(path, key, exc) from None
-            if not isinstance(arr, np.ndarray):  # a member that is not .npy data comes back as bytes
-                raise _fail(path, f"'{key}' is not .npy data; write the file with np.savez")
-            return arr
 
-        for key in ("labels", "classes"):
-            if key not in keys:
-                raise _fail(path, f"missing key '{key}' (found: {', '.join(sorted(keys)) or 'none'})")
-        present = [k for k in SCORE_KEYS if k in keys]
-        if len(present) != 1:
-            what = "none" if not present else " and ".join(present)
-            raise _fail(path, f"needs exactly one of 'probs', 'logits', 'topk'; found {what}")
-        kind = present[0]
+def _member_reader(npz: np.lib.npyio.NpzFile, path: Path):
+    """`get(key)`: one member as an ndarray, with the contract's errors for bad members."""
 
-        classes_arr = _str_array(path, "classes", get("classes"), 1)
-        classes = tuple(str(c) for c in classes_arr.tolist())
-        if len(classes) < 2:
-            raise _fail(path, f"'classes' lists {len(classes)} class(es); at least 2 are needed")
-        _check_names(path, "classes", list(classes))
-        n_classes = len(classes)
+    def get(key: str) -> np.ndarray:
+        try:
+            arr = npz[key]
+        except ValueError as exc:
+            if "allow_pickle" in str(exc):  # object arrays: refused since they would need pickle
+                raise _fail(
+                    path,
+                    f"'{key}' is an object array; store plain numbers or "
+                    "fixed-width str (dtype=str), never objects",
+                ) from None
+            raise _damaged(path, key, exc) from None
+        except _READ_ERRORS as exc:
+            raise _damaged(path, key, exc) from None
+        if not isinstance(arr, np.ndarray):  # a member that is not .npy data comes back as bytes
+            raise _fail(path, f"'{key}' is not .npy data; write the file with np.savez")
+        return arr
 
-        labels = get("labels")
-        if labels.ndim != 1 or labels.shape[0] == 0:
-            raise _fail(path, f"'labels' must be a non-empty 1-D array, got shape {labels.shape}")
-        n = labels.shape[0]
-        _int_array(path, "labels", labels, (n,))
-        if labels.min() < 0 or labels.max() >= n_classes:
-            bad = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
-            raise _fail(path, f"'labels'[{bad}] = {int(labels[bad])} is outside [0, {n_classes}) (there are {n_classes} classes)")
+    return get
 
-        split, splits = None, ()
-        if ("split" in keys) != ("splits" in keys):
-            raise _fail(path, "'split' and 'splits' go together: give both or neither")
-        if "split" in keys:
-            splits_arr = _str_array(path, "splits", get("splits"), 1)
-            splits = tuple(str(s) for s in splits_arr.tolist())
-            if not 1 <= len(splits) <= 127:  # pairs stores the split index as int8
-                raise _fail(path, f"'splits' lists {len(splits)} names; give 1 to 127, or drop 'split' and 'splits'")
-            _check_names(path, "splits", list(splits))
-            split = _int_array(path, "split", get("split"), (n,))
-            if split.min() < 0 or split.max() >= len(splits):
-                bad = int(np.flatnonzero((split < 0) | (split >= len(splits)))[0])
-                raise _fail(path, f"'split'[{bad}] = {int(split[bad])} is outside [0, {len(splits)}) (splits: {', '.join(splits)})")
 
-        groups = None
-        if "groups" in keys:
-            text = _str_array(path, "groups", get("groups"), 0)
-            groups = parse_groups(str(path), str(text.item()), classes)
+def _score_kind(path: Path, keys: set[str]) -> str:
+    for key in ("labels", "classes"):
+        if key not in keys:
+            raise _fail(path, f"missing key '{key}' (found: {', '.join(sorted(keys)) or 'none'})")
+    present = [k for k in SCORE_KEYS if k in keys]
+    if len(present) != 1:
+        what = "none" if not present else " and ".join(present)
+        raise _fail(path, f"needs exactly one of 'probs', 'logits', 'topk'; found {what}")
+    return present[0]
 
+
+def _read_labels(path: Path, get, n_classes: int) -> np.ndarray:
+    labels = get("labels")
+    if labels.ndim != 1 or labels.shape[0] == 0:
+        raise _fail(path, f"'labels' must be a non-empty 1-D array, got shape {labels.shape}")
+    n = labels.shape[0]
+    _int_array(path, "labels", labels, (n,))
+    if labels.min() < 0 or labels.max() >= n_classes:
+        bad = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
+        raise _fail(
+            path,
+            f"'labels'[{bad}] = {int(labels[bad])} is outside [0, {n_classes}) "
+            f"(there are {n_classes} classes)",
+        )
+    return labels
+
+
+def _read_splits(path: Path, get, keys: set[str], n: int) -> tuple[np.ndarray | None, tuple]:
+    if ("split" in keys) != ("splits" in keys):
+        raise _fail(path, "'split' and 'splits' go together: give both or neither")
+    if "split" not in keys:
+        return None, ()
+    splits = tuple(str(s) for s in _str_array(path, "splits", get("splits"), 1).tolist())
+    if not 1 <= len(splits) <= 127:  # pairs stores the split index as int8
+        raise _fail(
+            path, f"'splits' lists {len(splits)} names; give 1 to 127, or drop 'split' and 'splits'"
+        )
+    _check_names(path, "splits", list(splits))
+    split = _int_array(path, "split", get("split"), (n,))
+    if split.min() < 0 or split.max() >= len(splits):
+        bad = int(np.flatnonzero((split < 0) | (split >= len(splits)))[0])
+        raise _fail(
+            path,
+            f"'split'[{bad}] = {int(split[bad])} is outside [0, {len(splits)}) "
+            f"(splits: {', '.join(splits)})",
+        )
+    return split, splits
+
+
+def _score_member(path: Path, kind: str, n: int, n_classes: int) -> _NpyMember:
+    """The score array's header, checked against the contract (its values are not read)."""
     try:
         member = _NpyMember(path, kind)
     except ValueError as exc:  # a malformed .npy header
@@ -363,15 +421,48 @@ def load_predictions(path: str | Path, *, check_values: bool = True) -> Predicti
         raise _fail(path, f"'{kind}' is an object array; store plain numbers")
     if kind == "topk":
         if member.dtype.kind not in "iu":
-            raise _fail(path, f"'topk' must be an integer array of class indices, got dtype {member.dtype}")
+            raise _fail(
+                path, f"'topk' must be an integer array of class indices, got dtype {member.dtype}"
+            )
         if len(member.shape) != 2 or member.shape[0] != n or not 1 <= member.shape[1] <= n_classes:
-            raise _fail(path, f"'topk' must have shape [N={n}, k] with 1 <= k <= C={n_classes}, got {member.shape}")
+            raise _fail(
+                path,
+                f"'topk' must have shape [N={n}, k] with 1 <= k <= C={n_classes}, "
+                f"got {member.shape}",
+            )
     else:
         if member.dtype.kind != "f":
             raise _fail(path, f"'{kind}' must be a float array, got dtype {member.dtype}")
         if member.shape != (n, n_classes):
-            raise _fail(path, f"'{kind}' must have shape [N, C] = ({n}, {n_classes}), got {member.shape}")
+            raise _fail(
+                path, f"'{kind}' must have shape [N, C] = ({n}, {n_classes}), got {member.shape}"
+            )
+    return member
 
+
+def load_predictions(path: str | Path, *, check_values: bool = True) -> Predictions:
+    """Open and validate a predictions file (see the module docstring for the format).
+
+    With check_values=True the score array is read once here to check every value; a
+    caller that reads it through `Predictions.blocks` anyway (which checks each block)
+    passes False to avoid the extra pass.
+    """
+    path = Path(path)
+    with _open_npz(path) as npz:
+        keys = set(npz.files)
+        get = _member_reader(npz, path)
+        kind = _score_kind(path, keys)
+        classes = tuple(str(c) for c in _str_array(path, "classes", get("classes"), 1).tolist())
+        if len(classes) < 2:
+            raise _fail(path, f"'classes' lists {len(classes)} class(es); at least 2 are needed")
+        _check_names(path, "classes", list(classes))
+        labels = _read_labels(path, get, len(classes))
+        split, splits = _read_splits(path, get, keys, labels.shape[0])
+        groups = None
+        if "groups" in keys:
+            text = _str_array(path, "groups", get("groups"), 0)
+            groups = parse_groups(str(path), str(text.item()), classes)
+    member = _score_member(path, kind, labels.shape[0], len(classes))
     pred = Predictions(
         path=path,
         labels=labels,

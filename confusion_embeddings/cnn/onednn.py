@@ -1,24 +1,16 @@
-"""The network's convolutions on CPU through oneDNN (the library PyTorch's CPU convolutions use).
+"""oneDNN's convolutions (the library behind PyTorch's CPU convolutions) as XLA FFI calls.
 
-Reads:  stages/onednn_conv.cc, oneDNN's headers and library (the `onednn-cpu-gomp` and
-        `onednn-devel-cpu-gomp` wheels, installed with the project) and jaxlib's XLA FFI
-        headers.
+Reads:  cnn/onednn_conv.cc, oneDNN's headers and library (the `onednn-cpu-gomp` and
+        `onednn-devel-cpu-gomp` wheels) and jaxlib's XLA FFI headers.
 Writes: the compiled kernel library, once per source, jaxlib and compiler command, under
-        $ONEDNN_CONV_CACHE or ~/.cache/confusion-embeddings/onednn/ (`python -m
-        stages.onednn` builds it ahead of time and checks it against XLA's convolution).
+        $ONEDNN_CONV_CACHE or ~/.cache/confusion-embeddings/onednn/.
 
-Why: XLA:CPU's convolutions ran this CNN's train step at 0.7x PyTorch's speed on the same
-machine, and no XLA flag or reformulation closed it (see README, "Speed"): its weight
-gradient alone took 1.6x as long as oneDNN's. `conv(x, w)` is a 'SAME', stride-1
-convolution whose forward pass, input gradient and weight gradient are each one oneDNN
-primitive, called from the jitted step as an XLA FFI custom call; everything around it
-(batch norm, activations, pooling, the optimizer) stays in XLA and is fused there.
-
-Devices: one CPU device by default (stages/parallel.py). With several in the mesh
-(`cpu_devices` above 1, or several hosts) each device convolves its own slice of the batch
-(`jax.shard_map` over the mesh set with `jax.set_mesh`, see `parallel.data_parallel`) and
-the weight gradient is summed over devices; a custom call traced outside such a mesh sees
-the whole batch. oneDNN gets cores / local CPU devices OpenMP threads per call.
+`conv(x, w)` is a 'SAME', stride-1 convolution whose forward pass, input gradient and weight
+gradient are one oneDNN primitive each, called from the jitted step; everything around it
+stays in XLA. Why: XLA:CPU's own convolutions ran the train step at 0.7x PyTorch's speed
+(docs/design/convolutions.md). With several devices in the mesh (`devices.data_parallel`)
+each device convolves its own slice of the batch and the weight gradient is summed.
+cnn/conv.py decides when this kernel is used.
 """
 
 from __future__ import annotations
@@ -39,10 +31,21 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from stages.common import PipelineError
-from stages.parallel import cpu_cores
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.devices import cpu_cores
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
+FAST_PATH_HINT = "install g++ and the project's oneDNN wheels (`make setup`) for the fast path"
+
+
+class KernelUnavailable(PipelineError):
+    """The kernel cannot be built or loaded here; `reason` says why in a few words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 TARGETS = ("OnednnConvFwd", "OnednnConvBwdData", "OnednnConvBwdWeights")
 
 
@@ -63,9 +66,20 @@ def cache_dir() -> Path:
 def _compile_command(out: Path) -> list[str]:
     include, lib = _prefix_dirs()
     return [
-        os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-fopenmp",
-        f"-I{include}", f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(out),
-        f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}",
+        os.environ.get("CXX", "g++"),
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-fopenmp",
+        f"-I{include}",
+        f"-I{jax.ffi.include_dir()}",
+        str(SOURCE),
+        "-o",
+        str(out),
+        f"-L{lib}",
+        "-ldnnl",
+        f"-Wl,-rpath,{lib}",
     ]
 
 
@@ -80,10 +94,11 @@ def library_path() -> Path:
     if path.exists():
         return path
     if not (include / "oneapi" / "dnnl" / "dnnl.hpp").exists() or not (lib / "libdnnl.so").exists():
-        raise PipelineError(
+        raise KernelUnavailable(
             f"oneDNN is not installed in this environment ({include}, {lib}): reinstall the "
-            "project (`make setup`), or set `conv_impl: matmul` in params.yaml (train) to "
-            "use XLA's own convolutions"
+            "project (`make setup`), or set `train.conv_impl: auto` in params.yaml to fall "
+            "back to XLA's own convolutions",
+            reason="the oneDNN wheels are not installed",
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     # Compile to a temporary name and rename: two processes building at once (the tests
@@ -95,13 +110,16 @@ def library_path() -> Path:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True)
             error = done.stderr[-3000:] if done.returncode else None
+            reason = f"compiling {SOURCE.name} with {cmd[0]} failed"
         except OSError as exc:  # no such compiler
             error = str(exc)
+            reason = f"no C++ compiler ({cmd[0]!r} not found)"
         if error is not None:
-            raise PipelineError(
+            raise KernelUnavailable(
                 f"compiling {SOURCE} failed (it needs a C++17 compiler: `g++`, or the one "
                 f"$CXX names):\n{' '.join(cmd)}\n{error}\nInstall one, or set "
-                "`conv_impl: matmul` in params.yaml (train) to use XLA's convolutions"
+                "`train.conv_impl: auto` in params.yaml to fall back to XLA's convolutions",
+                reason=reason,
             )
         os.replace(tmp_lib, path)
     return path
@@ -111,27 +129,38 @@ def library_path() -> Path:
 def load() -> Path:
     """Build (if needed), load and register the kernels with XLA; returns the library."""
     path = library_path()
-    lib = ctypes.cdll.LoadLibrary(str(path))
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as exc:
+        raise KernelUnavailable(
+            f"{path}: cannot be loaded ({exc}); delete it to rebuild it",
+            reason="the compiled kernel does not load",
+        ) from None
     for name in TARGETS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
     return path
 
 
+def platform_supported() -> bool:
+    """Whether the oneDNN wheels exist for this platform (x86-64 Linux); needs no JAX backend."""
+    return sys.platform == "linux" and os.uname().machine == "x86_64"
+
+
 def available() -> bool:
-    """Whether `conv` runs oneDNN here: on CPU, x86-64 Linux (the wheels' platform)."""
-    return jax.default_backend() == "cpu" and sys.platform == "linux" and (
-        os.uname().machine == "x86_64")
+    """Whether `conv` runs oneDNN here: on CPU, on a supported platform."""
+    return platform_supported() and jax.default_backend() == "cpu"
 
 
 def _threads() -> int:
-    # One JAX device per core (stages/parallel.py) leaves one thread to each call.
+    # One JAX device per core (devices.py) leaves one thread to each call.
     return max(1, cpu_cores() // max(1, jax.local_device_count()))
 
 
 def _call(target: str, out_shape: tuple[int, ...], a: jax.Array, b: jax.Array) -> jax.Array:
     load()
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
-        a, b, threads=np.int64(_threads()))
+        a, b, threads=np.int64(_threads())
+    )
 
 
 def _fwd(x, w):
@@ -163,12 +192,16 @@ def _per_device(fn, in_specs, out_spec):
 @jax.custom_vjp
 def conv(x: jax.Array, w: jax.Array) -> jax.Array:
     """'SAME' stride-1 convolution, x [N, H, W, C] float32, w [KH, KW, C, K] (odd KH, KW)."""
-    return _conv_fwd(x, w)[0]
+    return _vjp_fwd(x, w)[0]
 
 
-def _conv_fwd(x, w):
-    if x.ndim != 4 or w.ndim != 4 or x.shape[3] != w.shape[2] or not (
-            w.shape[0] % 2 and w.shape[1] % 2):
+def _vjp_fwd(x, w):
+    if (
+        x.ndim != 4
+        or w.ndim != 4
+        or x.shape[3] != w.shape[2]
+        or not (w.shape[0] % 2 and w.shape[1] % 2)
+    ):
         raise ValueError(f"conv: x {x.shape} and w {w.shape} are not NHWC and odd-sized HWIO")
     if x.dtype != jnp.float32 or w.dtype != jnp.float32:
         raise ValueError(f"conv: float32 only, got {x.dtype} and {w.dtype}")
@@ -180,44 +213,16 @@ def _conv_fwd(x, w):
     return y, (x, w)
 
 
-def _conv_bwd(res, g):
+def _vjp_bwd(res, g):
     x, w = res
     axes = _data_axes()
     if axes is None:
         return _bwd_data(g, w), _bwd_weights(x, g, w.shape)
     dx = _per_device(_bwd_data, (P(axes), P()), P(axes))(g, w)
-    dw = _per_device(lambda x, g: lax.psum(_bwd_weights(x, g, w.shape), axes),
-                     (P(axes), P(axes)), P())(x, g)
+    dw = _per_device(
+        lambda x, g: lax.psum(_bwd_weights(x, g, w.shape), axes), (P(axes), P(axes)), P()
+    )(x, g)
     return dx, dw
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
-
-
-def main() -> None:
-    """Build the kernel now and check it against XLA's convolution on random data."""
-    if not available():
-        print(f"oneDNN convolutions are not used here ({jax.default_backend()}, "
-              f"{sys.platform} {os.uname().machine}); nothing to build")
-        return
-    path = load()
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((4, 8, 8, 16)), jnp.float32)
-    w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
-    g = jnp.asarray(rng.standard_normal((4, 8, 8, 32)), jnp.float32)
-
-    from stages.model import _conv_same as xla  # conv_impl xla's; here, as model imports us
-
-    def forward_and_gradients(f):
-        y, vjp = jax.vjp(f, x, w)
-        return (y, *vjp(g))
-
-    got, want = forward_and_gradients(conv), forward_and_gradients(xla)
-    err = max(float(jnp.abs(a - b).max() / jnp.abs(b).max()) for a, b in zip(got, want))
-    if err > 1e-4:
-        raise SystemExit(f"oneDNN convolution disagrees with XLA's (relative error {err:.2e})")
-    print(f"oneDNN convolution kernel ready: {path} (max relative error vs XLA {err:.1e})")
-
-
-if __name__ == "__main__":
-    main()
+conv.defvjp(_vjp_fwd, _vjp_bwd)

@@ -1,6 +1,6 @@
 // 'SAME' stride-1 2-D convolutions through oneDNN, as XLA FFI handlers (CPU, float32).
 //
-// Built and registered by stages/onednn.py, which documents the three calls:
+// Built and registered by confusion_embeddings/cnn/onednn.py, which documents the three calls:
 //   OnednnConvFwd(x[N,H,W,C], w[KH,KW,C,K])        -> y[N,H,W,K]
 //   OnednnConvBwdData(dy[N,H,W,K], w[KH,KW,C,K])   -> dx[N,H,W,C]
 //   OnednnConvBwdWeights(x[N,H,W,C], dy[N,H,W,K])  -> dw[KH,KW,C,K]

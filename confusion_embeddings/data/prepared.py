@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import PipelineError
+from confusion_embeddings.core.errors import PipelineError
 
 
 @dataclass
@@ -44,9 +44,7 @@ def load_prepared(path: str | Path, splits: list[str] | None = None) -> Prepared
     out: dict[str, Split] = {}
     for name in splits or list(meta["splits"]):
         if name not in meta["splits"]:
-            raise PipelineError(
-                f"{path}: no split '{name}' (it has {', '.join(meta['splits'])})"
-            )
+            raise PipelineError(f"{path}: no split '{name}' (it has {', '.join(meta['splits'])})")
         images = np.load(path / f"{name}_images.npy", mmap_mode="r")
         labels = np.load(path / f"{name}_labels.npy")
         if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.dtype != np.uint8:

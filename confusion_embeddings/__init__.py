@@ -1,0 +1,15 @@
+"""Class embeddings from a classifier's mistakes (Sustek & Zboril), as a library.
+
+The DVC stages under `stages/` are thin entry points over these modules:
+
+    data/         picture sources (folders, archives, CIFAR pickles) and the prepared arrays
+    cnn/          the Flax CNN: network, convolutions (XLA, oneDNN), training, inference
+    devices.py    host setup, meshes and data parallelism
+    predictions.py  the predictions-file contract: the seam between a classifier and the method
+    pairs.py      (true class, k-th guess) pairs from predictions
+    embedding/    word2vec engines (gensim, the JAX skip-gram) and the class-vector files
+    evaluation/   similarity tables, scores, the report and the plots
+    core/         shared plumbing: errors, params, atomic files, entry points
+
+The library never imports a stage.
+"""

@@ -1,0 +1,197 @@
+"""The network's convolutions: which implementation runs, and the XLA reference.
+
+Reads and writes nothing (building the oneDNN kernel aside, see cnn/onednn.py).
+
+`train.conv_impl` (saved with the model, so predict runs what train ran):
+- `auto` (default): oneDNN's kernel where it builds and loads on CPU; elsewhere the fastest
+  XLA path (`matmul` on CPU, XLA's own convolution on GPU/TPU), with one warning line.
+- `onednn`: oneDNN's kernel on CPU, an error if it cannot be built; XLA's on GPU/TPU.
+- `matmul`: XLA's forward and input-gradient convolutions, the weight gradient as one
+  matrix multiply per kernel row (XLA:CPU's own weight gradient is slower).
+- `xla`: plain autodiff of `lax.conv_general_dilated` (`conv_xla`, the reference).
+All give the same numbers up to float rounding; the choice is about speed only
+(docs/design/convolutions.md). With `onednn` and `matmul`, images smaller than the
+kernel's window (2x2 under 3x3) are convolved as one dense matmul (`conv_dense`).
+
+    python -m confusion_embeddings.cnn.conv   # build the oneDNN kernel now and check it
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from confusion_embeddings.cnn import onednn
+
+IMPLS = ("auto", "onednn", "matmul", "xla")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv_xla(x: jax.Array, w: jax.Array) -> jax.Array:
+    """'SAME' stride-1 convolution straight through XLA: the reference for the others."""
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=_DN)
+
+
+@jax.custom_vjp
+def conv_matmul_grad(x: jax.Array, w: jax.Array) -> jax.Array:
+    """A stride-1 'SAME' conv (odd square kernel) whose weight gradient is a matmul."""
+    return conv_xla(x, w)
+
+
+def _matmul_grad_fwd(x, w):
+    return conv_xla(x, w), (x, w)
+
+
+def _matmul_grad_bwd(res, g):
+    x, w = res
+    kh, kw, cin, cout = w.shape
+    ph, pw = kh // 2, kw // 2
+    # Input gradient: a forward conv of g with the flipped, transposed kernel.
+    dx = conv_xla(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+    # Weight gradient: unfold x along the width only (kw shifted copies, not kh*kw), then
+    # one matmul per kernel row: small copies, large matmuls.
+    n, h, wd, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    rows = jnp.concatenate([xp[:, :, j : j + wd, :] for j in range(kw)], axis=-1)
+    gg = g.reshape(-1, cout)
+    dw = jnp.stack(
+        [
+            lax.dot_general(rows[:, i : i + h].reshape(-1, kw * cin), gg, (((0,), (0,)), ((), ())))
+            for i in range(kh)
+        ]
+    ).reshape(kh, kw, cin, cout)
+    return dx, dw.astype(w.dtype)
+
+
+conv_matmul_grad.defvjp(_matmul_grad_fwd, _matmul_grad_bwd)
+
+
+def conv_dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """'SAME' conv of a tiny image as one matmul with its dense [h*w*cin, h*w*cout] matrix.
+
+    Under a 3x3 kernel a 2x2 image has 4 pixels per 9-tap window, so an unfolded matmul
+    wastes most of its work on padding; the dense matrix holds only the h*w taps that touch
+    the image. Its gradients are matmuls too, plus a small scatter-add onto the taps.
+    """
+    kh, kw, cin, cout = w.shape
+    n, h, wd, _ = x.shape
+    # Tap of the kernel that links input pixel (yi, xi) to output pixel (yo, xo); pairs
+    # farther apart than the kernel reaches point at an extra all-zero tap.
+    yi, xi, yo, xo = np.meshgrid(range(h), range(wd), range(h), range(wd), indexing="ij")
+    ti, tj = yi - yo + kh // 2, xi - xo + kw // 2
+    inside = (ti >= 0) & (ti < kh) & (tj >= 0) & (tj < kw)
+    tap = np.where(inside, ti * kw + tj, kh * kw)  # [yi, xi, yo, xo]
+    taps = jnp.concatenate([w.reshape(kh * kw, cin, cout), jnp.zeros((1, cin, cout), w.dtype)])
+    dense = taps[tap].transpose(0, 1, 4, 2, 3, 5).reshape(h * wd * cin, h * wd * cout)
+    return (x.reshape(n, h * wd * cin) @ dense).reshape(n, h, wd, cout)
+
+
+def conv(x: jax.Array, w: jax.Array, impl: str) -> jax.Array:
+    """'SAME' stride-1 convolution by the implementation `impl` (resolved, never `auto`)."""
+    if impl == "xla":
+        return conv_xla(x, w)
+    if x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]:
+        return conv_dense(x, w)
+    if impl == "onednn":
+        return onednn.conv(x, w) if onednn.available() else conv_xla(x, w)
+    return conv_matmul_grad(x, w)
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+@dataclass(frozen=True)
+class ConvChoice:
+    """The implementation that will run, and why it differs from the one asked for."""
+
+    impl: str
+    warning: str | None = None
+
+
+def _cpu_only() -> bool:
+    """Whether JAX will run on the CPU, told without starting its backends where possible
+    (starting them would fix the CPU device count too early, see devices.py)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    from importlib.metadata import distributions
+
+    plugins = {
+        d.metadata["Name"].lower()
+        for d in distributions()
+        if d.metadata["Name"]
+        and d.metadata["Name"].lower().startswith(("jax-cuda", "jax_cuda", "jax-rocm", "libtpu"))
+    }
+    return not plugins or jax.default_backend() == "cpu"
+
+
+def resolve(requested: str) -> ConvChoice:
+    """Decide, before JAX starts where it can, which convolution `requested` means here.
+
+    `auto` falls back to XLA's fastest path with a warning where the oneDNN kernel cannot
+    be built or loaded; `onednn` raises onednn.KernelUnavailable there instead.
+    """
+    if requested not in IMPLS:
+        raise ValueError(f"conv_impl must be one of {IMPLS}, not {requested!r}")
+    if requested in ("matmul", "xla"):
+        return ConvChoice(requested)
+    if not _cpu_only():
+        return ConvChoice("xla")  # GPU/TPU: XLA's convolutions (cuDNN and the like)
+    if not onednn.platform_supported():
+        if requested == "onednn":
+            raise onednn.KernelUnavailable(
+                f"train.conv_impl onednn: oneDNN's wheels exist for x86-64 Linux only, not "
+                f"{sys.platform} {os.uname().machine}; set train.conv_impl: auto",
+                reason="not x86-64 Linux",
+            )
+        return ConvChoice(
+            "matmul", _fallback_warning(f"no oneDNN wheels for {sys.platform} {os.uname().machine}")
+        )
+    try:
+        onednn.load()
+    except onednn.KernelUnavailable as exc:
+        if requested == "onednn":
+            raise
+        return ConvChoice("matmul", _fallback_warning(exc.reason))
+    return ConvChoice("onednn")
+
+
+def _fallback_warning(reason: str) -> str:
+    return (
+        f"warning: oneDNN convolutions unavailable ({reason}); using XLA's (conv_impl "
+        f"matmul), slower on CPU; {onednn.FAST_PATH_HINT}"
+    )
+
+
+def main() -> None:
+    """Build the oneDNN kernel now and check it against XLA's convolution on random data;
+    where it cannot be built, say so and what runs instead (exit code 0: not an error)."""
+    choice = resolve("auto")
+    if choice.impl != "onednn":
+        print(choice.warning or f"oneDNN convolutions are not used here ({choice.impl})")
+        return
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 8, 8, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 16, 32)), jnp.float32)
+    g = jnp.asarray(rng.standard_normal((4, 8, 8, 32)), jnp.float32)
+
+    def forward_and_gradients(f):
+        y, vjp = jax.vjp(f, x, w)
+        return (y, *vjp(g))
+
+    got, want = forward_and_gradients(onednn.conv), forward_and_gradients(conv_xla)
+    pairs = zip(got, want, strict=True)
+    err = max(float(jnp.abs(a - b).max() / jnp.abs(b).max()) for a, b in pairs)
+    if err > 1e-4:
+        raise SystemExit(f"oneDNN convolution disagrees with XLA's (relative error {err:.2e})")
+    print(f"oneDNN convolution kernel ready: {onednn.load()} (max relative error vs XLA {err:.1e})")
+
+
+if __name__ == "__main__":
+    main()

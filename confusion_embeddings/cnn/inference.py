@@ -1,0 +1,110 @@
+"""Running a trained network over pictures: the jitted inference function and predict's core.
+
+Reads and writes nothing itself; stages/predict.py writes what `predict_splits` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from confusion_embeddings import devices
+from confusion_embeddings.core.params import Param, at_least
+from confusion_embeddings.data.prepared import Prepared
+
+SCHEMA = {
+    # Every picture by default, train and test, as in the paper.
+    "splits": Param(
+        list,
+        ["train", "test"],
+        lambda v: (
+            None
+            if v and all(isinstance(s, str) for s in v) and len(set(v)) == len(v)
+            else "a non-empty list of distinct split names"
+        ),
+    ),
+    "batch_size": Param(int, 1000, at_least(1)),
+}
+
+
+def make_inference_fn(graphdef, norm, tta_flip: bool = False, tta_translate: int = 0):
+    """Jitted `infer(params, rest, images_u8) -> logits` in evaluation mode.
+
+    Test-time augmentation, valid because training flips and shifts the pictures:
+    `tta_flip` averages the logits of a picture and its mirror image; `tta_translate` = t
+    adds the picture shifted by t pixels up-left and down-right (reflect-padded, as in
+    training), weighted 1/2 (original) + 1/4 + 1/4, airbench's scheme. Every view is
+    flipped too when `tta_flip` is on: 6 passes of the network instead of 1.
+    """
+    mean, std = (jnp.asarray(a, jnp.float32) for a in norm)
+
+    def infer(params, rest, images):
+        model = nnx.merge(graphdef, params, rest)
+        model.eval()
+        x = (images.astype(jnp.float32) - mean) / std
+
+        def views(v):
+            logits = model(v)
+            return 0.5 * (logits + model(v[:, :, ::-1, :])) if tta_flip else logits
+
+        logits = views(x)
+        if tta_translate:
+            t, (h, w) = tta_translate, x.shape[1:3]
+            xp = jnp.pad(x, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+            shifted = views(xp[:, :h, :w]) + views(xp[:, 2 * t :, 2 * t :])
+            logits = 0.5 * logits + 0.25 * shifted
+        return logits
+
+    return jax.jit(infer)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_splits(
+    data: Prepared, model, splits: list[str], batch_size: int, show_progress: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run `model` = load_model(...)'s tuple over `splits`; return the predictions-file
+    arrays (predictions.py's contract) and a summary (pictures, top-1 accuracy per split)."""
+    graphdef, params, rest, _, inference, norm = model
+    devices.check_batch_size(batch_size, "predict.batch_size")
+    with devices.data_parallel() as mesh:  # the mesh the network's convolutions see
+        params, rest = jax.device_put((params, rest), devices.replicated(mesh))
+        infer = make_inference_fn(
+            graphdef, norm, tta_flip=inference["tta_flip"], tta_translate=inference["tta_translate"]
+        )
+        labels, probs, split_ids, summary = [], [], [], {}
+        for i, name in enumerate(splits):
+            split = data.splits[name]
+            logits = devices.map_batches(
+                lambda x: infer(params, rest, x),
+                split.images,
+                batch_size,
+                mesh,
+                show_progress,
+                desc=f"predict {name}",
+            )
+            probs.append(softmax(logits))
+            labels.append(split.labels)
+            split_ids.append(np.full(len(split.labels), i, np.int8))
+            summary[name] = {
+                "pictures": len(split.labels),
+                "accuracy": round(float((logits.argmax(1) == split.labels).mean()), 6),
+            }
+    arrays = {
+        "labels": np.concatenate(labels).astype(np.int32),
+        "classes": np.array(data.classes),
+        "probs": np.concatenate(probs).astype(np.float32),
+        "split": np.concatenate(split_ids),
+        "splits": np.array(splits),
+        "groups": np.array(json.dumps(data.groups)),
+    }
+    return arrays, summary

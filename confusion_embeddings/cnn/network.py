@@ -1,0 +1,131 @@
+"""The CNN: a small airbench-style network in Flax NNX.
+
+Reads and writes nothing; cnn/training.py builds it from the train params
+(`ModelConfig.from_params`), cnn/checkpoint.py rebuilds it from the saved config.
+
+Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv, BN, GELU)
+-> global max-pool -> linear. Each block halves the resolution, so three blocks take a
+32x32 picture (16x16 after a stem_patch of 2) to 2x2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from confusion_embeddings.cnn.conv import conv
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's shape and the convolution it runs; built from the train params only
+    (`from_params`), so every default lives in cnn/training.py's SCHEMA."""
+
+    num_classes: int
+    stem_width: int
+    widths: tuple[int, ...]
+    stem_patch: int  # space-to-depth factor before the stem: 2 turns 32x32x3 into 16x16x12
+    bn_momentum: float
+    logit_scale: float  # the final linear layer's logits are scaled by this
+    conv_impl: str  # resolved (cnn/conv.py): "onednn", "matmul" or "xla", never "auto"
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any], num_classes: int, conv_impl: str) -> ModelConfig:
+        return cls(
+            num_classes=num_classes,
+            stem_width=p["stem_width"],
+            widths=tuple(p["widths"]),
+            stem_patch=p["stem_patch"],
+            bn_momentum=p["bn_momentum"],
+            logit_scale=p["logit_scale"],
+            conv_impl=conv_impl,
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**{**d, "widths": tuple(d["widths"])})
+
+
+class Conv(nnx.Module):
+    """3x3 'SAME' convolution without bias (batch norm follows every one)."""
+
+    def __init__(self, cin: int, cout: int, impl: str, *, rngs: nnx.Rngs, kernel: int = 3):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, cin, cout), jnp.float32))
+        self.impl = impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return conv(x, self.kernel.get_value(), self.impl)
+
+
+def _bn(c: int, momentum: float, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # No learned scale (airbench): with weight decay it only fights the next conv.
+    return nnx.BatchNorm(c, momentum=momentum, epsilon=1e-5, use_scale=False, rngs=rngs)
+
+
+def _maxpool2(x: jax.Array) -> jax.Array:
+    # A reshape + max rather than lax.reduce_window: the gradient of reduce_window is a
+    # select-and-scatter that XLA:CPU runs several times slower than this fused mask.
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class Block(nnx.Module):
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.conv1 = Conv(cin, cout, cfg.conv_impl, rngs=rngs)
+        self.bn1 = _bn(cout, cfg.bn_momentum, rngs)
+        self.conv2 = Conv(cout, cout, cfg.conv_impl, rngs=rngs)
+        self.bn2 = _bn(cout, cfg.bn_momentum, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _maxpool2(self.conv1(x))
+        x = nnx.gelu(self.bn1(x))
+        return nnx.gelu(self.bn2(self.conv2(x)))
+
+
+class CNN(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.stem = Conv(3 * cfg.stem_patch**2, cfg.stem_width, cfg.conv_impl, rngs=rngs)
+        self.stem_bn = _bn(cfg.stem_width, cfg.bn_momentum, rngs)
+        ins = (cfg.stem_width, *cfg.widths[:-1])
+        pairs = zip(ins, cfg.widths, strict=True)
+        self.blocks = nnx.List([Block(i, o, cfg, rngs=rngs) for i, o in pairs])
+        self.head = nnx.Linear(cfg.widths[-1], cfg.num_classes, use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: float images [N, H, W, 3], already normalised. Returns logits [N, C]."""
+        if self.cfg.stem_patch > 1:
+            x = space_to_depth(x, self.cfg.stem_patch)
+        x = nnx.gelu(self.stem_bn(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        x = jnp.max(x, axis=(1, 2))
+        return self.head(x) * self.cfg.logit_scale
+
+
+def space_to_depth(x: jax.Array, k: int) -> jax.Array:
+    """[N, H, W, C] -> [N, H/k, W/k, C*k*k]: each k x k patch becomes one pixel."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h // k, w // k, k * k * c)
+
+
+def count_flops(cfg: ModelConfig, image_hw: tuple[int, int]) -> int:
+    """Multiply-add FLOPs (x2) of one forward pass of one picture; training is ~3x this."""
+    h, w = image_hw[0] // cfg.stem_patch, image_hw[1] // cfg.stem_patch
+    flops = 2 * h * w * 9 * 3 * cfg.stem_patch**2 * cfg.stem_width
+    cin = cfg.stem_width
+    for cout in cfg.widths:
+        flops += 2 * h * w * 9 * cin * cout
+        h, w = h // 2, w // 2
+        flops += 2 * h * w * 9 * cout * cout
+        cin = cout
+    return flops + 2 * cin * cfg.num_classes

@@ -1,0 +1,22 @@
+"""What a process that runs the network does first, before JAX starts its backends."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from confusion_embeddings import devices
+from confusion_embeddings.cnn import conv
+
+
+def start(conv_impl: str, cpu_devices: int | str, batch_sizes: Sequence[int]) -> conv.ConvChoice:
+    """Decide the convolution (one warning line when it falls back), set up the host for
+    it (memory reuse, CPU devices), join a multi-host job if launched as one, and keep
+    compiled programs on disk. Returns the convolution that will run."""
+    choice = conv.resolve(conv_impl)
+    if choice.warning:
+        print(choice.warning, file=sys.stderr)
+    devices.prepare_host(cpu_devices, batch_sizes, choice.impl)
+    devices.init_distributed()
+    devices.enable_compilation_cache()
+    return choice

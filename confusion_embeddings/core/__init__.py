@@ -1,0 +1,1 @@
+"""Shared plumbing of every stage: errors, params, atomic files, entry points."""

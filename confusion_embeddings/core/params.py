@@ -1,0 +1,163 @@
+"""Params sections: their schemas, validation and loading.
+
+Reads: one section of params.yaml (the stage names it); writes nothing.
+
+Every knob has exactly one default, in the schema of the module that uses it (e.g.
+`cnn.training.SCHEMA`); params.yaml spells the same values out so that `dvc exp run -S`
+and `dvc params diff` see them (tests/test_dvc_yaml.py checks the two agree). The one
+exception is project data rather than a default: CIFAR-10's two groups in `evaluate.groups`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from confusion_embeddings.core.errors import PipelineError, first_line
+
+Check = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One key of a params section: its type(s), default, and an optional range check.
+
+    `check` returns None when the value is fine, or a short text of what is allowed.
+    """
+
+    types: type | tuple[type, ...]
+    default: Any = None
+    check: Check | None = None
+    required: bool = False
+    nullable: bool = False
+
+
+def at_least(lo: float) -> Check:
+    return lambda v: None if v >= lo else f"a number >= {lo}"
+
+
+def above(lo: float) -> Check:
+    return lambda v: None if v > lo else f"a number > {lo}"
+
+
+def in_range(lo: float, hi: float) -> Check:
+    return lambda v: None if lo <= v <= hi else f"a number in [{lo}, {hi}]"
+
+
+def one_of(*choices: Any) -> Check:
+    return lambda v: None if v in choices else f"one of {list(choices)}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def int_list(lo: int, distinct: bool = False, what: str = "integers") -> Check:
+    """A non-empty list of ints >= lo (distinct ones if asked)."""
+
+    def check(v: list) -> str | None:
+        allowed = f"a non-empty list of {'distinct ' if distinct else ''}{what} >= {lo}"
+        if not v or not all(_is_int(x) and x >= lo for x in v):
+            return allowed
+        if distinct and len(set(v)) != len(v):
+            return allowed
+        return None
+
+    return check
+
+
+def int_or_auto(lo: int) -> Check:
+    return lambda v: (
+        None if v == "auto" or (_is_int(v) and v >= lo) else f"'auto' or an int >= {lo}"
+    )
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in types)
+
+
+def _type_ok(value: Any, spec: Param) -> bool:
+    if value is None:
+        return spec.nullable
+    types = spec.types if isinstance(spec.types, tuple) else (spec.types,)
+    # bool is an int subclass in Python; a YAML `true` must not pass as an epoch count.
+    if isinstance(value, bool) and bool not in types:
+        return False
+    if float in types and _is_int(value):
+        return True
+    return isinstance(value, types)
+
+
+def defaults(schema: Mapping[str, Param]) -> dict[str, Any]:
+    """The section as it is when params.yaml leaves every key out."""
+    return {key: spec.default for key, spec in schema.items() if not spec.required}
+
+
+def validate_section(
+    section: str, raw: Mapping[str, Any] | None, schema: Mapping[str, Param]
+) -> dict[str, Any]:
+    """Check one params section against its schema; return it with defaults filled in.
+
+    Raises PipelineError naming `section.key`, the value and what is allowed.
+    """
+    raw = dict(raw or {})
+    for key in raw:
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise PipelineError(
+                f"params.yaml: unknown key '{section}.{key}'{hint} "
+                f"(valid keys: {', '.join(sorted(schema))})"
+            )
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        if key not in raw:
+            if spec.required:
+                raise PipelineError(f"params.yaml: '{section}.{key}' is required")
+            out[key] = spec.default
+            continue
+        value = raw[key]
+        if not _type_ok(value, spec):
+            allowed = _type_name(spec.types) + (" or null" if spec.nullable else "")
+            raise PipelineError(
+                f"params.yaml: '{section}.{key}' = {value!r} has the wrong type; expected {allowed}"
+            )
+        if value is not None and spec.check is not None:
+            problem = spec.check(value)
+            if problem:
+                raise PipelineError(
+                    f"params.yaml: '{section}.{key}' = {value!r} is out of range; "
+                    f"expected {problem}"
+                )
+        out[key] = value
+    return out
+
+
+def read_params_file(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The whole params file as a mapping of sections, with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: params file not found; run from the project root")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({first_line(exc)})") from None
+    if not isinstance(doc, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections at the top level")
+    return doc
+
+
+def load_params(
+    section: str, schema: Mapping[str, Param], path: str | Path = "params.yaml"
+) -> dict[str, Any]:
+    """Read and validate one section of a params file (the stage's own, nothing else)."""
+    sec = read_params_file(path).get(section)
+    if sec is not None and not isinstance(sec, dict):
+        raise PipelineError(f"{path}: section '{section}' must be a mapping")
+    return validate_section(section, sec, schema)

@@ -1,0 +1,64 @@
+"""Which pictures a prepared dataset keeps, and the checks every source's classes pass."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from confusion_embeddings.core.errors import PipelineError
+
+SPLITS = ("train", "test")
+
+
+def subset(n: int, k: int | None, seed: int, split: str, cls: str) -> list[int]:
+    """Indices (ascending) of a seeded random sample of min(n, k) out of n.
+
+    The generator is keyed by split and class name, so adding or removing another class
+    does not change which pictures this one keeps.
+    """
+    if k is None or n <= k:
+        return list(range(n))
+    rng = np.random.default_rng([seed, zlib.crc32(f"{split}/{cls}".encode())])
+    return sorted(int(i) for i in rng.permutation(n)[:k])
+
+
+def _check_class_name(where: str, name: str) -> None:
+    """A class name must be usable as a word downstream: the predictions file and the
+    word2vec text format refuse whitespace, and outputs are UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PipelineError(
+            f"{where}: class name {name!r} is not valid UTF-8 text; rename it"
+        ) from None
+    if not name or any(ch.isspace() for ch in name):
+        fixed = "_".join(name.split()) or "a name"
+        raise PipelineError(
+            f"{where}: class name {name!r} is empty or contains whitespace, which the later "
+            f"stages refuse (class names are words); rename it, e.g. to {fixed!r}"
+        )
+
+
+def check_classes(where: str, per_split: dict[str, dict[str, int]]) -> None:
+    """Both splits must have the same classes, each non-empty, and at least two of them."""
+    for cls in sorted(set(per_split["train"]) | set(per_split["test"])):
+        _check_class_name(where, cls)
+    for split in SPLITS:
+        for cls, n in per_split[split].items():
+            if n == 0:
+                raise PipelineError(
+                    f"{where}: {split}/{cls} is an empty class; add pictures or remove it"
+                )
+    train, test = set(per_split["train"]), set(per_split["test"])
+    for cls in sorted(train ^ test):
+        has, lacks = ("train", "test") if cls in train else ("test", "train")
+        raise PipelineError(
+            f"{where}: class '{cls}' has pictures in {has} but none in {lacks}; "
+            f"add {lacks} pictures or remove the class"
+        )
+    if len(train) < 2:
+        raise PipelineError(
+            f"{where}: found {len(train)} class(es) {sorted(train)}; a classifier needs at "
+            "least two"
+        )

@@ -1,0 +1,298 @@
+"""Host setup and data parallelism over every local device (and every host, when launched so).
+
+Reads and writes nothing. One mesh axis, "data": batches are split along it, parameters are
+replicated; the same code runs on 1 CPU, 8 GPUs or a TPU slice. On CPU the host can be split
+into several JAX devices (`use_cpu_devices`), and glibc is told to reuse freed memory
+(`reuse_host_memory`); docs/design/cpu-host.md has the measurements behind both.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from confusion_embeddings.core.cli import progress
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import Param, int_or_auto
+
+_initialized = False
+
+# The params key of every stage that runs the network (see use_cpu_devices).
+CPU_DEVICES = Param((str, int), "auto", int_or_auto(1))
+
+
+def _int_env(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise PipelineError(f"environment: {name}={value!r} is not an integer") from None
+
+
+def distributed_request() -> dict | None:
+    """What `jax.distributed.initialize` should be called with here, or None (one process).
+
+    A job is multi-process when JAX_COORDINATOR_ADDRESS or JAX_NUM_PROCESSES is set, or a
+    cluster manager that JAX detects by itself launched several processes (SLURM with
+    SLURM_NTASKS > 1, Open MPI). JAX_NUM_PROCESSES / JAX_PROCESS_ID, when set, are passed
+    on; everything else is left to JAX's own cluster detection.
+    """
+    num, pid = _int_env("JAX_NUM_PROCESSES"), _int_env("JAX_PROCESS_ID")
+    cluster = (_int_env("SLURM_NTASKS") or 1) > 1 or "OMPI_MCA_orte_hnp_uri" in os.environ
+    if "JAX_COORDINATOR_ADDRESS" not in os.environ and num is None and not cluster:
+        return None
+    if (num is None) != (pid is None):
+        raise PipelineError(
+            "environment: JAX_NUM_PROCESSES and JAX_PROCESS_ID go together; "
+            "set both, or neither and let a cluster manager (SLURM, Open MPI) "
+            "say them"
+        )
+    if num is not None and "JAX_COORDINATOR_ADDRESS" not in os.environ and not cluster:
+        raise PipelineError(
+            "environment: JAX_NUM_PROCESSES is set but JAX_COORDINATOR_ADDRESS "
+            "is not; set it to process 0's host:port"
+        )
+    return {} if num is None else {"num_processes": num, "process_id": pid}
+
+
+def init_distributed() -> None:
+    """Join a multi-process job if the environment describes one; a no-op otherwise."""
+    global _initialized
+    if _initialized:
+        return
+    request = distributed_request()
+    if request is None:
+        return
+    try:
+        jax.distributed.initialize(**request)
+    except ValueError as exc:  # JAX found no cluster to fill in what is missing
+        raise PipelineError(
+            f"environment: JAX_COORDINATOR_ADDRESS is set but the job's size is unknown "
+            f"({exc}); set JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under SLURM or "
+            "Open MPI"
+        ) from None
+    _initialized = True
+
+
+def is_primary() -> bool:
+    """Whether this process writes the stage's outputs: process 0 of a multi-host job."""
+    return jax.process_index() == 0
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_isa() -> str:
+    """The CPU's vector instruction sets that decide which kernels XLA and oneDNN pick (and
+    so the last bits of every result), e.g. "x86_64 avx2 avx512f avx512_bf16"."""
+    machine = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next(
+                (
+                    line.split(":", 1)[1].split()
+                    for line in fh
+                    if line.startswith(("flags", "Features"))
+                ),
+                [],
+            )
+    except OSError:
+        return machine
+    levels = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "sve", "asimd")
+    return " ".join([machine, *(f for f in levels if f in flags)])
+
+
+def auto_cpu_devices(cores: int, batch_sizes: Sequence[int]) -> int:
+    """The largest device count <= cores that divides every batch size (1 at worst)."""
+    return max(d for d in range(1, max(1, cores) + 1) if all(b % d == 0 for b in batch_sizes))
+
+
+def use_cpu_devices(
+    setting: int | str, batch_sizes: Sequence[int], one_per_core: bool = True
+) -> int | None:
+    """Split the host CPU into several JAX devices; return the count set, or None.
+
+    `setting` "auto" picks the largest count <= the number of cores that divides every
+    batch size (so sharding never fails), or 1 when `one_per_core` is False; an int is
+    used as given. It only takes effect before JAX starts its backends. Left alone: a
+    device count already forced through XLA_FLAGS, and a process whose JAX is already
+    running (a test calling a stage in-process keeps the devices it has).
+    """
+    if re.search(r"xla_force_host_platform_device_count", os.environ.get("XLA_FLAGS", "")):
+        return None
+    if setting == "auto":
+        n = auto_cpu_devices(cpu_cores(), batch_sizes) if one_per_core else 1
+    else:
+        n = int(setting)
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # JAX's backends are already up: this process keeps its devices
+        return None
+    return n
+
+
+# glibc's mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def reuse_host_memory() -> bool:
+    """Make glibc keep freed memory for reuse; call before JAX starts. True if applied.
+
+    XLA:CPU allocates a program's temporary buffers afresh on every run; without this,
+    glibc maps and unmaps them each time and every train step page-faults its whole
+    working set again. One heap (M_ARENA_MAX=1), no mmap (M_MMAP_MAX=0), no trimming:
+    the process keeps its peak memory until it exits, which suits a stage process. A
+    no-op (False) outside glibc and in a process whose JAX is already running.
+    """
+    if sys.platform != "linux" or _backends_running():
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (not musl)
+    except (OSError, AttributeError):
+        return False
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def _backends_running() -> bool:
+    from jax._src import xla_bridge  # no public API tells whether the backends are up
+
+    # Private, so guard against its disappearance in a later JAX: assume "not yet" (the
+    # settings then apply as in a fresh process); tests/test_train.py checks the no-op.
+    check = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(check()) if check is not None else False
+
+
+@dataclass(frozen=True)
+class HostSetup:
+    """What `prepare_host` changed: see `reuse_host_memory` and `use_cpu_devices`."""
+
+    memory_reused: bool
+    cpu_devices: int | None
+
+
+def prepare_host(
+    cpu_devices: int | str, batch_sizes: Sequence[int], conv_impl: str = "onednn"
+) -> HostSetup:
+    """Set up this process's CPU for XLA; the first thing a stage that runs the network does.
+
+    `cpu_devices: auto` means one device per core unless the convolutions are oneDNN's
+    (`conv_impl`, see cnn/conv.py), which spread each convolution over every core
+    themselves and ran faster on one device.
+    """
+    memory_reused = reuse_host_memory()
+    return HostSetup(
+        memory_reused, use_cpu_devices(cpu_devices, batch_sizes, one_per_core=conv_impl != "onednn")
+    )
+
+
+@contextmanager
+def data_parallel(n_devices: int | None = None) -> Iterator[Mesh]:
+    """`data_mesh()`, also set as the mesh that jitted functions traced inside see.
+
+    Custom calls such as cnn/onednn.py's convolutions read it to run per device on the
+    device's slice of the batch; XLA alone would gather the whole batch onto each device.
+    """
+    mesh = data_mesh(n_devices)
+    with jax.set_mesh(mesh):
+        yield mesh
+
+
+def data_mesh(n_devices: int | None = None) -> Mesh:
+    """A data-parallel mesh over every device, or over the first `n_devices` of them."""
+    # Auto axes: XLA propagates the batch sharding through the step by itself, so the
+    # model code stays free of sharding annotations.
+    auto = (jax.sharding.AxisType.Auto,)
+    if n_devices is not None:
+        return Mesh(np.array(jax.devices()[:n_devices]), ("data",), axis_types=auto)
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=auto)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def local_slice(global_batch: int) -> slice:
+    """Which rows of a global batch this host feeds (all of them on one host)."""
+    per_host = global_batch // jax.process_count()
+    start = jax.process_index() * per_host
+    return slice(start, start + per_host)
+
+
+def shard_batch(mesh: Mesh, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Put host arrays (this host's rows) on the devices, split along the data axis."""
+    sharding = batch_sharded(mesh)
+    return tuple(jax.make_array_from_process_local_data(sharding, a) for a in arrays)
+
+
+def map_batches(
+    fn: Callable[[jax.Array], jax.Array],
+    rows: np.ndarray,
+    batch_size: int,
+    mesh: Mesh,
+    show_progress: bool = False,
+    desc: str = "",
+) -> np.ndarray:
+    """Apply a jitted `fn` to `rows` batch by batch, sharded over the mesh.
+
+    The last batch is padded with zeros to `batch_size` (and the padding dropped from the
+    result) so that `fn` sees one static shape and compiles once.
+    """
+    out = []
+    starts = range(0, len(rows), batch_size)
+    host_rows = local_slice(batch_size)
+    for start in progress(starts, desc, unit="batch", enabled=show_progress):
+        xb = np.asarray(rows[start : start + batch_size])
+        n = len(xb)
+        if n < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
+        (xs,) = shard_batch(mesh, xb[host_rows])
+        out.append(_to_host(fn(xs))[:n])
+    return np.concatenate(out)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a batch-sharded result on every host (each holds only its rows)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def enable_compilation_cache(path: str = ".cache/jax") -> None:
+    """Keep compiled XLA programs on disk so that a rerun of a stage skips compilation."""
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def check_batch_size(batch_size: int, where: str) -> None:
+    n = jax.device_count()
+    if batch_size % n:
+        raise PipelineError(
+            f"params.yaml: '{where}' = {batch_size} must be divisible by the {n} devices "
+            f"JAX sees ({jax.default_backend()}); pick a multiple of {n}"
+        )

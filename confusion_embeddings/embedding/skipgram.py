@@ -1,0 +1,144 @@
+"""A directed skip-gram in JAX, trained on the (true class -> guess) pair counts.
+
+The paper feeds word2vec directed pairs (input: the true class; output: a top-k guess);
+gensim can only take each pair as a two-word sentence, which trains both directions. This
+trains the directed model itself:
+
+    p(guess = j | true = i) = softmax_j(W_in[i] . W_out[j])          W_in, W_out: [C, dim]
+    loss = - sum_ij F[i, j] log p(j | i) + l2 * (|W_in|^2 + |W_out|^2) / C
+
+with F = count / P, the mean over the P pairs written on the C x C count matrix (exact:
+equal pairs have equal loss terms). One step costs C * C * dim whatever the number of
+pictures, every step is full-batch, and the result is a deterministic function of (F, seed,
+hyperparameters). W_in (the true class's side) are the class vectors. `objective="negative"`
+minimises the expected negative-sampling loss in closed form instead (Levy & Goldberg 2014).
+
+l2 > 0 is required: without it any invertible mix of the dimensions fits equally well (the
+cosines are then whatever the optimiser's path left), and unseen pairs push the norms to
+infinity. With it every optimum is a balanced factorisation, fixed up to a rotation, which
+leaves the cosines unchanged. The objective is still not convex for dim < C, so seeds can
+end in different local optima. Full-batch Adam with a cosine decay, one jitted loop
+(lax.fori_loop). docs/design/embedding-engines.md has the measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+OBJECTIVES = ("softmax", "negative")
+INIT_STD = 0.1
+NOISE_POWER = 0.75  # word2vec's unigram ** 0.75 noise distribution
+
+
+def count_matrix(true: np.ndarray, guess: np.ndarray, n_classes: int) -> np.ndarray:
+    """Directed pair counts: [C, C] int64, row = true class, column = guess (not symmetrised)."""
+    flat = true.astype(np.int64) * n_classes + guess.astype(np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+@dataclass(frozen=True)
+class SkipGram:
+    """One trained model: input and output vectors [C, dim], and how the training ended."""
+
+    w_in: np.ndarray
+    w_out: np.ndarray
+    loss: float  # final objective, penalty included
+    grad_norm: float  # its gradient's norm at the end: ~0 at convergence
+
+    def probs(self) -> np.ndarray:
+        """p(guess = j | true = i) under the softmax model, [C, C]."""
+        logits = self.w_in.astype(np.float64) @ self.w_out.T.astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def _objective(
+    params: dict, freq: jax.Array, noise: jax.Array, l2: jax.Array, negative: jax.Array, kind: str
+):
+    w_in, w_out = params["w_in"], params["w_out"]
+    logits = w_in @ w_out.T  # [C, C]
+    if kind == "softmax":
+        data = -jnp.sum(freq * jax.nn.log_softmax(logits, axis=1))
+    else:  # expected negative-sampling loss (module docstring)
+        rows = freq.sum(axis=1, keepdims=True)
+        data = jnp.sum(freq * jax.nn.softplus(-logits)) + negative * jnp.sum(
+            rows * noise[None, :] * jax.nn.softplus(logits)
+        )
+    # Per class (mean over the C rows), so that l2 weighs the same against the data whatever C is.
+    return data + l2 * (jnp.sum(w_in**2) + jnp.sum(w_out**2)) / w_in.shape[0]
+
+
+@functools.partial(jax.jit, static_argnames=("dim", "kind"))
+def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str):
+    """Init from `key`, then `steps` full-batch Adam steps; one compilation per (C, dim, kind)."""
+    c = freq.shape[0]
+    k_in, k_out = jax.random.split(key)
+    params = {
+        "w_in": INIT_STD * jax.random.normal(k_in, (c, dim), jnp.float32),
+        "w_out": INIT_STD * jax.random.normal(k_out, (c, dim), jnp.float32),
+    }
+    total = jnp.maximum(steps, 1).astype(jnp.float32)
+
+    def schedule(count):
+        return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count / total, 1.0)))
+
+    opt = optax.adam(schedule)
+    loss_grad = jax.value_and_grad(_objective)
+
+    def body(_, state):
+        p, s = state
+        _, g = loss_grad(p, freq, noise, l2, negative, kind)
+        updates, s = opt.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    params, _ = jax.lax.fori_loop(0, steps, body, (params, opt.init(params)))
+    loss, grad = loss_grad(params, freq, noise, l2, negative, kind)
+    grad_norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grad)))
+    return params["w_in"], params["w_out"], loss, grad_norm
+
+
+def train_skipgram(
+    counts: np.ndarray,
+    seed: int,
+    *,
+    dim: int,
+    steps: int,
+    lr: float,
+    l2: float,
+    objective: str = "softmax",
+    negative: int = 5,
+) -> SkipGram:
+    """Train one directed skip-gram on a [C, C] count matrix (row = input/true word)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("the count matrix is empty")
+    freq = counts / total
+    noise = counts.sum(axis=0) ** NOISE_POWER
+    noise /= max(noise.sum(), np.finfo(np.float64).tiny)
+    w_in, w_out, loss, grad_norm = _train(
+        jax.random.key(seed),
+        jnp.asarray(freq, jnp.float32),
+        jnp.asarray(noise, jnp.float32),
+        jnp.int32(steps),
+        jnp.float32(lr),
+        jnp.float32(l2),
+        jnp.float32(negative),
+        dim=dim,
+        kind=objective,
+    )
+    return SkipGram(
+        w_in=np.asarray(w_in, np.float32),
+        w_out=np.asarray(w_out, np.float32),
+        loss=float(loss),
+        grad_norm=float(grad_norm),
+    )

@@ -1,0 +1,1 @@
+"""How well class vectors reflect the confusions: scores, the report and the plots."""

@@ -1,0 +1,115 @@
+"""The evaluate stage's pictures: heatmap, dendrogram and 2-D class map (PNG).
+
+Writes into the folder it is given; reads nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from scipy.cluster import hierarchy
+
+from confusion_embeddings.evaluation.scores import Evaluation, classical_mds, ranked_neighbours
+
+# Presentation limits, not hyperparameters: beyond them labels stop being readable.
+PLOT_LABEL_MAX_CLASSES = 60
+DENDROGRAM_MAX_LEAVES = 50
+
+
+def _group_colours(ev: Evaluation) -> list[tuple[float, ...]]:
+    """One colour per class: its group's, grey outside every group."""
+    cmap = colormaps["tab10" if len(ev.groups or {}) <= 10 else "tab20"]
+    return [cmap(g % cmap.N) if g >= 0 else (0.6, 0.6, 0.6, 1.0) for g in ev.group_labels]
+
+
+def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
+    names, c = ev.classes, len(ev.classes)
+    labelled = c <= PLOT_LABEL_MAX_CLASSES
+    side = min(max(6.0, 0.45 * c), 16.0) if labelled else 10.0
+
+    order = ev.leaf_order
+    fig = Figure(figsize=(side + 1.5, side))
+    ax = fig.subplots()
+    image = ax.imshow(ev.mean[np.ix_(order, order)], vmin=-1, vmax=1, cmap="RdBu_r")
+    fig.colorbar(image, ax=ax, label="mean cosine similarity")
+    if labelled:
+        ax.set_xticks(range(c), [names[i] for i in order], rotation=90)
+        ax.set_yticks(range(c), [names[i] for i in order])
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if c <= params["table_max_classes"]:
+        for r, i in enumerate(order):
+            for k, j in enumerate(order):
+                value = ev.mean[i, j]
+                ax.text(
+                    k,
+                    r,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if abs(value) > 0.6 else "black",
+                )
+    ax.set_title("Class similarity (ordered by average-linkage clustering)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "similarity_heatmap.png", dpi=120)
+
+    fig = Figure(figsize=(max(8.0, min(0.35 * c, 16.0)), 5))
+    ax = fig.subplots()
+    truncate = (
+        {"truncate_mode": "lastp", "p": DENDROGRAM_MAX_LEAVES} if c > DENDROGRAM_MAX_LEAVES else {}
+    )
+    hierarchy.dendrogram(ev.linkage, labels=list(names), ax=ax, leaf_rotation=90, **truncate)
+    ax.set_ylabel("1 - cosine similarity (average linkage)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "dendrogram.png", dpi=120)
+
+    coords = classical_mds(np.clip(1.0 - ev.mean, 0.0, 2.0))
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
+    colours = _group_colours(ev)
+    ax.scatter(coords[:, 0], coords[:, 1], c=colours, s=40 if labelled else 8)
+    if labelled:
+        for (x, y), name in zip(coords, names, strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    if ev.groups and len(ev.groups) <= 20:
+        for g, group in enumerate(ev.groups):
+            first = int(np.flatnonzero(ev.group_labels == g)[0])
+            ax.scatter([], [], color=colours[first], label=group)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_title("Class map (classical MDS of 1 - mean cosine)")
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(out_dir / "class_map.png", dpi=120)
+
+
+# Up to this many classes the plot data holds every ordered pair; beyond, each class's
+# top_n neighbours (a 1,000-class table would be a million rows no plot can show).
+TABLE_ALL_PAIRS_MAX_CLASSES = 50
+
+
+def similarity_rows(ev: Evaluation, top_n: int) -> list[tuple[str, str, float, float]]:
+    """(class, neighbour, mean cosine, std) rows, neighbours most similar first: the long
+    table DVC draws as a heatmap (dvc.yaml's `similarity` plot) and `dvc plots diff`
+    compares between experiments."""
+    c = len(ev.classes)
+    n = c - 1 if c <= TABLE_ALL_PAIRS_MAX_CLASSES else min(top_n, c - 1)
+    rows = []
+    for i, name in enumerate(ev.classes):
+        for j in ranked_neighbours(ev.mean, i)[:n]:
+            rows.append(
+                (name, ev.classes[j], round(float(ev.mean[i, j]), 4), round(float(ev.std[i, j]), 4))
+            )
+    return rows
+
+
+def write_similarity_csv(ev: Evaluation, path: Path, top_n: int) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["class", "neighbour", "cosine", "std"])
+        writer.writerows(similarity_rows(ev, top_n))

@@ -1,0 +1,235 @@
+"""(true class, k-th guess) pairs from a classifier's top-k guesses, and the pairs file.
+
+Reads: a predictions file (format: predictions.py) and the `pairs` params:
+    predictions  path of the predictions file (required)
+    top_k        guesses per picture, 1 <= top_k < C (and <= k of a `topk` file); default 3
+    block_size   pictures per top-k block; bounds memory whatever N is; default 65536
+
+Writes (write_pairs, into the folder the pairs stage names):
+  pairs.npz         P = N * top_k pairs, picture-major (picture i's pairs are rows
+                    i*top_k .. i*top_k + top_k - 1, in rank order):
+                      true     int32 [P]  true class index
+                      guess    int32 [P]  the class guessed at `rank`
+                      rank     int8  [P]  1 = most probable (int16 if top_k > 127)
+                      prob     float32 [P] the guess's probability (softmax of logits);
+                                           NaN for a `topk` file, which has none
+                      split    int8  [P]  index into `splits`, -1 when unknown
+                      classes  str [C], splits str [S] (S may be 0)
+                      groups   str []     JSON {group: [classes]} from the predictions
+                                           file, or "null"
+                    Written without timestamps, so equal inputs give equal bytes.
+  confusion.csv     header `actual,predicted`, one row per picture (its top-1 guess),
+                    class names as values: the data of DVC's `confusion` plot template.
+pairs_metrics: {"pictures", "classes", "top_k", "pairs", "top1_accuracy": {"all",
+<split>...}, "topk_accuracy": {...}}
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.files import save_npz
+from confusion_embeddings.core.params import Param, at_least
+from confusion_embeddings.predictions import Predictions
+
+SCHEMA = {
+    "predictions": Param(str, required=True),
+    "top_k": Param(int, 3, at_least(1)),
+    "block_size": Param(int, 65536, at_least(1)),
+}
+
+PAIRS_FILE = "pairs.npz"
+CONFUSION_FILE = "confusion.csv"
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """The pairs of one predictions file (see the module docstring for each array)."""
+
+    true: np.ndarray
+    guess: np.ndarray
+    rank: np.ndarray
+    prob: np.ndarray
+    split: np.ndarray
+    classes: tuple[str, ...]
+    splits: tuple[str, ...]
+    groups: dict[str, list[str]] | None
+    top_k: int
+
+    @property
+    def n_pictures(self) -> int:
+        return self.true.shape[0] // self.top_k
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+# --------------------------------------------------------------------------- core
+
+
+@functools.partial(jax.jit, static_argnames=("k", "from_logits"))
+def _topk_block(scores: jax.Array, k: int, from_logits: bool) -> tuple[jax.Array, jax.Array]:
+    """Top-k class indices and their probabilities for one [block_size, C] block."""
+    values, indices = jax.lax.top_k(scores, k)  # ties: the lower class index first
+    if from_logits:
+        values = jnp.exp(values - jax.nn.logsumexp(scores, axis=-1, keepdims=True))
+    return indices, values
+
+
+def _check_top_k(top_k: int, pred: Predictions) -> None:
+    if top_k >= pred.n_classes:
+        raise PipelineError(
+            f"params.yaml: 'pairs.top_k' = {top_k} must be smaller than the number of classes "
+            f"C = {pred.n_classes} in {pred.path}"
+        )
+    if pred.kind == "topk" and top_k > pred.width:
+        raise PipelineError(
+            f"params.yaml: 'pairs.top_k' = {top_k} exceeds the k = {pred.width} guesses per "
+            "picture "
+            f"stored in {pred.path} ('topk'); lower pairs.top_k or store more guesses"
+        )
+
+
+def build_pairs(pred: Predictions, top_k: int, block_size: int) -> Pairs:
+    """Form the top_k pairs of every picture, reading the scores block by block.
+
+    Dense scores go through one jitted top-k whose input is always [min(block_size, N), C]
+    (the last block is zero-padded), so it compiles once and memory stays flat whatever N is.
+    """
+    _check_top_k(top_k, pred)
+    n, k = pred.n, top_k
+    guess = np.empty((n, k), np.int32)
+    prob = np.empty((n, k), np.float32)
+    start = 0
+    if pred.kind == "topk":
+        for block in pred.blocks(block_size):
+            guess[start : start + len(block)] = block[:, :k]
+            start += len(block)
+        prob.fill(np.nan)
+    else:
+        rows = min(block_size, n)  # fixed for the whole run, so still one compilation
+        padded = np.zeros((rows, pred.n_classes), np.float32)
+        for block in pred.blocks(rows):
+            b = len(block)
+            padded[:b] = block
+            padded[b:] = 0.0
+            idx, val = _topk_block(padded, k=k, from_logits=pred.kind == "logits")
+            # np.asarray waits for the result, so `padded` is free to be refilled next.
+            guess[start : start + b] = np.asarray(idx)[:b]
+            prob[start : start + b] = np.asarray(val)[:b]
+            start += b
+
+    split = (
+        np.full(n * k, -1, np.int8)
+        if pred.split is None
+        else np.repeat(pred.split.astype(np.int8), k)
+    )
+    return Pairs(
+        true=np.repeat(pred.labels.astype(np.int32), k),
+        guess=guess.reshape(-1),
+        rank=np.tile(np.arange(1, k + 1, dtype=np.int8 if k <= 127 else np.int16), n),
+        prob=prob.reshape(-1),
+        split=split,
+        classes=pred.classes,
+        splits=pred.splits,
+        groups=pred.groups,
+        top_k=k,
+    )
+
+
+def pairs_metrics(pairs: Pairs) -> dict:
+    """Counts, and top-1 / top-k accuracy overall and per split (6 decimals)."""
+    k = pairs.top_k
+    true = pairs.true.reshape(-1, k)[:, 0]
+    hits = pairs.guess.reshape(-1, k) == true[:, None]
+    top1, topk = hits[:, 0], hits.any(axis=1)
+    split = pairs.split.reshape(-1, k)[:, 0]
+
+    def rate(correct: np.ndarray, mask: np.ndarray | None) -> float | None:
+        chosen = correct if mask is None else correct[mask]
+        return round(float(chosen.mean()), 6) if chosen.size else None
+
+    def per_split(correct: np.ndarray) -> dict[str, float | None]:
+        out = {"all": rate(correct, None)}
+        for i, name in enumerate(pairs.splits):
+            out[name] = rate(correct, split == i)
+        return out
+
+    return {
+        "pictures": pairs.n_pictures,
+        "classes": pairs.n_classes,
+        "top_k": k,
+        "pairs": int(pairs.true.shape[0]),
+        "top1_accuracy": per_split(top1),
+        "topk_accuracy": per_split(topk),
+    }
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_pairs(pairs: Pairs, out_dir: Path) -> None:
+    """Write pairs.npz and confusion.csv into an (empty) directory."""
+    save_npz(
+        out_dir / PAIRS_FILE,
+        {
+            "true": pairs.true,
+            "guess": pairs.guess,
+            "rank": pairs.rank,
+            "prob": pairs.prob,
+            "split": pairs.split,
+            "classes": np.array(pairs.classes, dtype=str),
+            "splits": np.array(pairs.splits, dtype=str),
+            "groups": np.array(json.dumps(pairs.groups)),
+        },
+    )
+    k, names = pairs.top_k, pairs.classes
+    actual = pairs.true[::k].tolist()
+    predicted = pairs.guess[::k].tolist()
+    with open(out_dir / CONFUSION_FILE, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((names[a], names[p]) for a, p in zip(actual, predicted, strict=True))
+
+
+def load_pairs(pairs_dir: str | Path) -> Pairs:
+    """Read <pairs_dir>/pairs.npz as written by this stage."""
+    path = Path(pairs_dir) / PAIRS_FILE
+    if not path.exists():
+        raise PipelineError(f"{path}: not found; run the pairs stage first (dvc repro pairs)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise PipelineError(
+            f"{path}: unreadable ({exc}); rerun the pairs stage (dvc repro -f pairs)"
+        ) from None
+    needed = ("true", "guess", "rank", "prob", "split", "classes", "splits", "groups")
+    missing = [key for key in needed if key not in arrays]
+    if missing:
+        raise PipelineError(
+            f"{path}: missing {', '.join(missing)}; rerun the pairs stage (dvc repro -f pairs)"
+        )
+    rank = arrays["rank"]
+    return Pairs(
+        true=arrays["true"],
+        guess=arrays["guess"],
+        rank=rank,
+        prob=arrays["prob"],
+        split=arrays["split"],
+        classes=tuple(arrays["classes"].tolist()),
+        splits=tuple(arrays["splits"].tolist()),
+        groups=json.loads(str(arrays["groups"].item())),
+        top_k=int(rank.max()) if rank.size else 0,
+    )
