@@ -108,7 +108,27 @@ def _train_jax(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
 
 
 def train_vectors(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
-    """Train one skip-gram model per seed; return float32 [S, C, dim] in class order."""
+    """Train one skip-gram model per seed on (one classifier's) pairs; return float32
+    [S, C, dim] in class order."""
     if params["engine"] == "jax":
         return _train_jax(pairs, params)
     return train_gensim(pairs, word_counts(pairs), params)
+
+
+def updates_per_class(pairs: Pairs, params: dict[str, Any]) -> float:
+    """How many pairs one epoch trains on, per class and classifier: every pair for the jax
+    engine; for gensim the pairs its down-sampling (`sample`) keeps, in expectation (word2vec
+    keeps an occurrence of a word of corpus share r with probability (sqrt(r/s) + 1) s/r)."""
+    m, c = len(pairs.classifiers), pairs.n_classes
+    if params["engine"] == "jax" or params["sample"] == 0:
+        return len(pairs.true) / (m * c)
+    counts = np.bincount(pairs.true, minlength=c) + np.bincount(pairs.guess, minlength=c)
+    share = counts / max(counts.sum(), 1)
+    s = params["sample"]
+    keep = np.minimum(1.0, (np.sqrt(share / s) + 1) * s / np.maximum(share, 1e-300))
+    return float((keep[pairs.true] * keep[pairs.guess]).sum() / (m * c))
+
+
+def train_all(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
+    """One vector set per classifier and seed: float32 [M, S, C, dim]."""
+    return np.stack([train_vectors(pairs.of(i), params) for i in range(len(pairs.classifiers))])
