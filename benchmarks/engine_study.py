@@ -118,8 +118,7 @@ def main() -> None:
     for spec in args.predictions:
         name, _, path = spec.partition("=")
         pairs = build_pairs(load_predictions(path), TOP_K, BLOCK, name)
-        results[name] = {"pictures": pairs.n_pictures, "classes": pairs.n_classes,
-                         **measure(pairs)}
+        results[name] = {"pictures": pairs.n_pictures, "classes": pairs.n_classes, **measure(pairs)}
         print(name, json.dumps(results[name]), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
 

@@ -45,6 +45,9 @@ from confusion_embeddings.core.params import Param, at_least
 from confusion_embeddings.predictions import Predictions
 
 SCHEMA = {
+    # A study's own predictions file (confusion_embeddings/study.py); the CIFAR-10 pipeline's
+    # pairs stage reads its classifiers' folder, named in dvc.yaml, and leaves this null.
+    "predictions": Param(str, None, nullable=True),
     "top_k": Param(int, 3, at_least(1)),
     "block_size": Param(int, 65536, at_least(1)),
 }

@@ -11,7 +11,12 @@ from __future__ import annotations
 from confusion_embeddings.core.cli import run_main, stage_args
 from confusion_embeddings.core.files import atomic_dir
 from confusion_embeddings.core.params import load_params
-from confusion_embeddings.embedding.engines import SCHEMA, train_all, updates_per_class
+from confusion_embeddings.embedding.engines import (
+    SCHEMA,
+    picture_reliability,
+    train_all,
+    updates_per_class,
+)
 from confusion_embeddings.embedding.store import write_vectors
 from confusion_embeddings.pairs import load_pairs
 
@@ -31,6 +36,9 @@ def main() -> None:
         "dim": params["dim"],
         "engine": params["engine"],
         "updates_per_class": round(updates_per_class(pairs, params), 1),
+        "picture_reliability": [
+            picture_reliability(pairs.of(i), params) for i in range(len(pairs.classifiers))
+        ],
     }
     with atomic_dir(args.out) as tmp:
         write_vectors(tmp, vectors, manifest)

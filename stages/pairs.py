@@ -29,6 +29,18 @@ def predictions_files(path: Path, seeds: list[int] | None) -> list[tuple[str, Pa
     return [(f"seed_{s}", path / f"seed_{s}.npz") for s in seeds]
 
 
+def remove_stale(folder: Path, seeds: list[int]) -> None:
+    """Delete the predictions of classifiers no longer in `seeds`: DVC leaves a removed
+    stage's output in place, and this folder is the pairs stage's dependency, so a stale
+    file would enter its hash (and a fresh clone, which never has it, would see pairs as
+    changed)."""
+    wanted = {f"seed_{s}.npz" for s in seeds}
+    for stale in sorted(folder.glob("seed_*.npz")):
+        if stale.name not in wanted:
+            stale.unlink()
+            print(f"pairs: removed {stale} (its seed is no longer in classifiers.seeds)")
+
+
 def main() -> None:
     args = stage_args(
         __doc__,
@@ -40,8 +52,15 @@ def main() -> None:
         seeds={"type": int, "nargs": "+", "help": "classifiers' seeds (files seed_<s>.npz)"},
     )
     params = load_params("pairs", SCHEMA, args.params)
+    if args.seeds is not None and args.predictions.is_dir():
+        remove_stale(args.predictions, args.seeds)
     parts = []
     for name, path in predictions_files(args.predictions, args.seeds):
+        if not path.exists() and params["predictions"] == str(args.predictions):
+            raise PipelineError(
+                f"params.yaml: 'pairs.predictions' = {params['predictions']!r} names no file; "
+                "point it at your predictions file (.npz, kept under inputs/)"
+            )
         # build_pairs checks each block of scores as it reads it: no separate pass here.
         pred = load_predictions(path, check_values=False)
         parts.append(build_pairs(pred, params["top_k"], params["block_size"], name))

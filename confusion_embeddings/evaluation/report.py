@@ -26,12 +26,14 @@ def _r(x: float | None) -> float | None:
 def metrics_dict(ev: Evaluation) -> dict:
     """Headline scalars only (tens, not hundreds, of `dvc exp show` columns): the tables
     themselves are plot data (plots.similarity_rows) and the report."""
-    return {
+    figures = {
         "classes": len(ev.classes),
         "classifiers": len(ev.classifiers),
         "seeds": ev.seeds,
         "classifier_agreement": _r(ev.classifier_agreement),
-        "classifier_spread": _r(_offdiag_mean(ev.classifier_std)),
+        "classifier_spread": (
+            _r(_offdiag_mean(ev.classifier_std)) if len(ev.classifiers) > 1 else None
+        ),
         "seed_spread": _r(_offdiag_mean(ev.seed_std)),
         "spearman_vs_confusion": _r(ev.spearman),
         "secondary_vs_confusion": _r(ev.secondary),
@@ -46,6 +48,10 @@ def metrics_dict(ev: Evaluation) -> dict:
         "group_nn_agreement": _r(ev.group_nn_agreement),
         "group_ari": _r(ev.group_ari),
     }
+    # A figure that does not apply (agreement with one classifier, group scores without
+    # groups) is left out rather than written as null: every column `dvc exp show` shows
+    # then has a value.
+    return {key: value for key, value in figures.items() if value is not None}
 
 
 def _offdiag_mean(m: np.ndarray) -> float:

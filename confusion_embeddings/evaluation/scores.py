@@ -38,11 +38,12 @@ SCHEMA = {
     "collapse_threshold": Param(float, 0.2, in_range(-1.0, 1.0)),
     "collapse_mean_cosine": Param(float, 0.8, in_range(-1.0, 1.0)),
     # "noisy" (a different thing from collapsed; docs/design/embedding-engines.md has the
-    # measurements): the split-half Spearman of the table over word2vec seeds below this...
+    # measurements): a split-half Spearman of the table, over word2vec seeds or over the
+    # pictures, below this...
     "noise_reliability": Param(float, 0.8, in_range(-1.0, 1.0)),
     # ... or fewer pairs per class and epoch than this reach the engine (after gensim's
     # down-sampling; see embedding/engines.py:updates_per_class).
-    "min_updates_per_class": Param(float, 100.0, at_least(0.0)),
+    "min_updates_per_class": Param(float, 50.0, at_least(0.0)),
     # A class whose runs' vectors sit farther than this (mean 1 - cosine) from its consensus
     # vector is flagged as not stable in the report (embedding/consensus.py).
     "unstable_dispersion": Param(float, 0.1, in_range(0.0, 2.0)),
@@ -196,7 +197,7 @@ def table_agreement(tables: np.ndarray) -> float | None:
     return float(np.mean(rhos))
 
 
-def test_pictures(pairs: Pairs) -> np.ndarray:
+def on_test_split(pairs: Pairs) -> np.ndarray:
     """Mask of the pairs of test-split pictures (all pairs when there is no test split)."""
     if "test" not in pairs.splits:
         return np.ones(len(pairs.true), bool)
@@ -205,18 +206,20 @@ def test_pictures(pairs: Pairs) -> np.ndarray:
 
 def top1_accuracy(pairs: Pairs) -> float | None:
     """Top-1 accuracy on the test pictures (all pictures without a test split)."""
-    first = (pairs.rank == 1) & test_pictures(pairs)
+    first = (pairs.rank == 1) & on_test_split(pairs)
     return float((pairs.true[first] == pairs.guess[first]).mean()) if first.any() else None
 
 
 def secondary_structure(pairs: Pairs, max_pairs: int | None = None) -> float | None:
     """What a classifier's lower-ranked guesses say on their own: Spearman, over the class
-    pairs, between the cosine of the classes' rows of the rank >= 2 pair counts (correct
-    guesses dropped) and the classifier's own top-1 mistakes on the test pictures
-    (symmetrised rates). Near 0 when the wrong classes' scores carry no order (label
-    smoothing flattens them); one classifier's pairs."""
-    c = pairs.n_classes
-    low = pairs.rank >= 2
+    pairs, between the cosine of the classes' rows of the rank >= 2 pair counts and the
+    classifier's own top-1 mistakes on the test pictures (symmetrised rates). Near 0 when
+    the wrong classes' scores carry no order (label smoothing flattens them); one
+    classifier's pairs. Only pictures whose top-1 guess is right count: elsewhere the top-1
+    mistake is the one class the lower ranks cannot name, which would leak its structure in."""
+    c, k = pairs.n_classes, pairs.top_k
+    right = np.repeat(pairs.guess[::k] == pairs.true[::k], k)
+    low = (pairs.rank >= 2) & right
     counts = (
         np.bincount(pairs.true[low].astype(np.int64) * c + pairs.guess[low], minlength=c * c)
         .reshape(c, c)
@@ -225,7 +228,7 @@ def secondary_structure(pairs: Pairs, max_pairs: int | None = None) -> float | N
     np.fill_diagonal(counts, 0.0)
     rows = counts / np.maximum(np.linalg.norm(counts, axis=1, keepdims=True), 1e-300)
     profile = rows @ rows.T
-    first = (pairs.rank == 1) & test_pictures(pairs)
+    first = (pairs.rank == 1) & on_test_split(pairs)
     mistakes = (
         np.bincount(pairs.true[first].astype(np.int64) * c + pairs.guess[first], minlength=c * c)
         .reshape(c, c)
@@ -329,10 +332,21 @@ def collapse_reasons(spearman: float | None, offdiag: float, params: dict) -> tu
 
 
 def noise_reasons(
-    reliability: float | None, updates: float | None, engine: str, params: dict
+    reliability: float | None,
+    updates: float | None,
+    engine: str,
+    params: dict,
+    picture_reliability: float | None = None,
 ) -> tuple[str, ...]:
     """Which noise criteria fire, each as a line for the warning and the report."""
     reasons = []
+    if picture_reliability is not None and picture_reliability < params["noise_reliability"]:
+        reasons.append(
+            f"the table's split-half reliability over the pictures is {picture_reliability:.2f} "
+            f"< evaluate.noise_reliability {params['noise_reliability']}: too few pictures for "
+            "the differences it ranks (two halves of them rank the class pairs differently); "
+            "add pictures, and read only the largest similarities"
+        )
     if reliability is not None and reliability < params["noise_reliability"]:
         reasons.append(
             f"the table's split-half reliability over word2vec seeds is {reliability:.2f} < "
@@ -356,6 +370,11 @@ def noise_reasons(
             )
         )
     return tuple(reasons)
+
+
+def _mean_of(values: list | None) -> float | None:
+    known = [v for v in values or [] if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def evaluate(
@@ -399,7 +418,11 @@ def evaluate(
         classifier_accuracy=tuple(top1_accuracy(p) for p in per_classifier),
         reliability=reliability,
         noise_reasons=noise_reasons(
-            reliability, manifest.get("updates_per_class"), manifest.get("engine", "?"), params
+            reliability,
+            manifest.get("updates_per_class"),
+            manifest.get("engine", "?"),
+            params,
+            _mean_of(manifest.get("picture_reliability")),
         ),
         consensus=consensus,
         consensus_agreement=(
