@@ -4,9 +4,11 @@
     .venv/bin/python -m benchmarks.engines --pairs some/dir --seeds 0 1 2
     .venv/bin/python benchmarks/engines.py --synthetic        # CIFAR-like synthetic pairs
 
-Reads <pairs>/pairs.npz (the pairs stage's output). If it does not exist (or --synthetic),
-generates CIFAR-like pairs instead: tests/synthetic.py's predictions (10 classes, the two
-CIFAR-10 groups confused within themselves) turned into top-3 pairs by stages/pairs.py.
+Reads <pairs>/pairs.npz (the pairs stage's output) and takes one classifier's pairs from it
+(--classifier, by default the first: the engines train on one classifier's pairs, as the
+embed stage does for each). If it does not exist (or --synthetic), generates CIFAR-like
+pairs instead: tests/synthetic.py's predictions (10 classes, the two CIFAR-10 groups
+confused within themselves) turned into top-3 pairs by stages/pairs.py.
 
 The embed params are params.yaml's `embed` section (defaults where it has none; seeds
 0..9 by default), once with engine gensim and once with engine jax. For each engine it
@@ -140,6 +142,9 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="override embed.seeds")
     ap.add_argument(
+        "--classifier", default=None, help="whose pairs (e.g. seed_1); default: the first"
+    )
+    ap.add_argument(
         "--synthetic", action="store_true", help="synthetic CIFAR-like pairs even if --pairs exists"
     )
     ap.add_argument("--n-per-class", type=int, default=6000, help="synthetic pictures per class")
@@ -158,8 +163,12 @@ def main() -> None:
         )
         pairs = synthetic_pairs(args.n_per_class, args.confusion_strength, seed=0)
     else:
-        source = str(pairs_path)
         pairs = load_pairs(args.pairs)
+        name = args.classifier or pairs.classifiers[0]
+        if name not in pairs.classifiers:
+            raise SystemExit(f"{pairs_path}: no classifier {name!r} (it has {pairs.classifiers})")
+        pairs = pairs.of(pairs.classifiers.index(name))
+        source = f"{pairs_path}, classifier {name}"
 
     print(
         f"pairs: {source}: {pairs.n_pictures} pictures, {pairs.n_classes} classes, "

@@ -141,13 +141,14 @@ def main() -> None:
         params.write_text(
             yaml.safe_dump(
                 {
-                    "pairs": {"predictions": str(pred), "top_k": args.top_k},
+                    "pairs": {"top_k": args.top_k},
                     "embed": {"seeds": list(range(args.seeds)), "dim": args.dim},
                     "evaluate": {"groups": None},
                 }
             )
         )
         p = ["--params", str(params)]
+        # One predictions file (no --seeds): one classifier, the pairs stage's single-file mode.
         stages = [
             (
                 "pairs",
@@ -179,6 +180,8 @@ def main() -> None:
                     f"{tmp}/plots",
                     "--matrices",
                     f"{tmp}/m.npz",
+                    "--vectors",
+                    f"{tmp}/class_vectors",
                     *p,
                 ],
             ),

@@ -1,7 +1,6 @@
 """(true class, k-th guess) pairs from a classifier's top-k guesses, and the pairs file.
 
-Reads: a predictions file (format: predictions.py) and the `pairs` params:
-    predictions  path of the predictions file (required)
+Reads: one predictions file per classifier (format: predictions.py) and the `pairs` params:
     top_k        guesses per picture, 1 <= top_k < C (and <= k of a `topk` file); default 3
     block_size   pictures per top-k block; bounds memory whatever N is; default 65536
 
@@ -17,8 +16,11 @@ Writes (write_pairs, into the folder the pairs stage names):
                       classes  str [C], splits str [S] (S may be 0)
                       groups   str []     JSON {group: [classes]} from the predictions
                                            file, or "null"
+                      classifier int16 [P] index into `classifiers`, whose pair it is
+                      classifiers str [M] one name per classifier (predictions file)
                     Written without timestamps, so equal inputs give equal bytes.
-  confusion.csv     header `actual,predicted`, one row per picture (its top-1 guess),
+  confusion.csv     header `actual,predicted`, one row per test picture and classifier
+                    (its top-1 guess; every picture where there is no test split),
                     class names as values: the data of DVC's `confusion` plot template.
 pairs_metrics: {"pictures", "classes", "top_k", "pairs", "top1_accuracy": {"all",
 <split>...}, "topk_accuracy": {...}}
@@ -30,7 +32,7 @@ import csv
 import functools
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jax
@@ -43,7 +45,9 @@ from confusion_embeddings.core.params import Param, at_least
 from confusion_embeddings.predictions import Predictions
 
 SCHEMA = {
-    "predictions": Param(str, required=True),
+    # A study's own predictions file (confusion_embeddings/study.py); the CIFAR-10 pipeline's
+    # pairs stage reads its classifiers' folder, named in dvc.yaml, and leaves this null.
+    "predictions": Param(str, None, nullable=True),
     "top_k": Param(int, 3, at_least(1)),
     "block_size": Param(int, 65536, at_least(1)),
 }
@@ -54,7 +58,8 @@ CONFUSION_FILE = "confusion.csv"
 
 @dataclass(frozen=True)
 class Pairs:
-    """The pairs of one predictions file (see the module docstring for each array)."""
+    """The pairs of one or more classifiers' predictions files (see the module docstring
+    for each array); `classifier` says whose each pair is."""
 
     true: np.ndarray
     guess: np.ndarray
@@ -65,14 +70,31 @@ class Pairs:
     splits: tuple[str, ...]
     groups: dict[str, list[str]] | None
     top_k: int
+    classifier: np.ndarray  # int16 [P], index into `classifiers`
+    classifiers: tuple[str, ...] = ("classifier",)
 
     @property
     def n_pictures(self) -> int:
+        """Pictures over all classifiers (a picture two classifiers predicted counts twice)."""
         return self.true.shape[0] // self.top_k
 
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def of(self, index: int) -> Pairs:
+        """The pairs of one classifier."""
+        keep = self.classifier == index
+        return replace(
+            self,
+            true=self.true[keep],
+            guess=self.guess[keep],
+            rank=self.rank[keep],
+            prob=self.prob[keep],
+            split=self.split[keep],
+            classifier=np.zeros(int(keep.sum()), np.int16),
+            classifiers=(self.classifiers[index],),
+        )
 
 
 # --------------------------------------------------------------------------- core
@@ -101,7 +123,7 @@ def _check_top_k(top_k: int, pred: Predictions) -> None:
         )
 
 
-def build_pairs(pred: Predictions, top_k: int, block_size: int) -> Pairs:
+def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None = None) -> Pairs:
     """Form the top_k pairs of every picture, reading the scores block by block.
 
     Dense scores go through one jitted top-k whose input is always [min(block_size, N), C]
@@ -145,7 +167,32 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int) -> Pairs:
         splits=pred.splits,
         groups=pred.groups,
         top_k=k,
+        classifier=np.zeros(n * k, np.int16),
+        classifiers=(name or pred.path.stem,),
     )
+
+
+def combine(parts: list[Pairs]) -> Pairs:
+    """The pairs of several classifiers as one; they must name the same classes, splits and
+    groups (each part's own `classifiers` name is kept)."""
+    first = parts[0]
+    for part in parts[1:]:
+        for what in ("classes", "splits", "groups", "top_k"):
+            if getattr(part, what) != getattr(first, what):
+                raise PipelineError(
+                    f"predictions of {part.classifiers[0]} and {first.classifiers[0]} differ "
+                    f"in their {what}; the classifiers of one study must predict the same "
+                    "classes and splits"
+                )
+    names = tuple(name for part in parts for name in part.classifiers)
+    if len(set(names)) != len(names):
+        raise PipelineError(f"two classifiers share a name in {list(names)}")
+    index = np.concatenate([np.full(len(part.true), i, np.int16) for i, part in enumerate(parts)])
+    joined = {
+        what: np.concatenate([getattr(part, what) for part in parts])
+        for what in ("true", "guess", "rank", "prob", "split")
+    }
+    return replace(first, **joined, classifier=index, classifiers=names)
 
 
 def pairs_metrics(pairs: Pairs) -> dict:
@@ -167,6 +214,7 @@ def pairs_metrics(pairs: Pairs) -> dict:
         return out
 
     return {
+        "classifiers": len(pairs.classifiers),
         "pictures": pairs.n_pictures,
         "classes": pairs.n_classes,
         "top_k": k,
@@ -192,11 +240,17 @@ def write_pairs(pairs: Pairs, out_dir: Path) -> None:
             "classes": np.array(pairs.classes, dtype=str),
             "splits": np.array(pairs.splits, dtype=str),
             "groups": np.array(json.dumps(pairs.groups)),
+            "classifier": pairs.classifier,
+            "classifiers": np.array(pairs.classifiers, dtype=str),
         },
     )
     k, names = pairs.top_k, pairs.classes
-    actual = pairs.true[::k].tolist()
-    predicted = pairs.guess[::k].tolist()
+    # The confusion plot: the test pictures' top-1 guesses (all pictures without a test split).
+    first = slice(None, None, k)
+    on_test = pairs.split[first] == (pairs.splits.index("test") if "test" in pairs.splits else -2)
+    rows = on_test if on_test.any() else np.ones(len(on_test), bool)
+    actual = pairs.true[first][rows].tolist()
+    predicted = pairs.guess[first][rows].tolist()
     with open(out_dir / CONFUSION_FILE, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["actual", "predicted"])
@@ -215,7 +269,18 @@ def load_pairs(pairs_dir: str | Path) -> Pairs:
         raise PipelineError(
             f"{path}: unreadable ({exc}); rerun the pairs stage (dvc repro -f pairs)"
         ) from None
-    needed = ("true", "guess", "rank", "prob", "split", "classes", "splits", "groups")
+    needed = (
+        "true",
+        "guess",
+        "rank",
+        "prob",
+        "split",
+        "classes",
+        "splits",
+        "groups",
+        "classifier",
+        "classifiers",
+    )
     missing = [key for key in needed if key not in arrays]
     if missing:
         raise PipelineError(
@@ -232,4 +297,6 @@ def load_pairs(pairs_dir: str | Path) -> Pairs:
         splits=tuple(arrays["splits"].tolist()),
         groups=json.loads(str(arrays["groups"].item())),
         top_k=int(rank.max()) if rank.size else 0,
+        classifier=arrays["classifier"],
+        classifiers=tuple(arrays["classifiers"].tolist()),
     )

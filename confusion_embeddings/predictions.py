@@ -310,9 +310,9 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     if not path.exists():
         raise _fail(
             path,
-            "predictions file not found; run the predict stage (dvc repro predict) or point "
-            "params.yaml 'pairs.predictions' at your own .npz (format: "
-            "confusion_embeddings/predictions.py)",
+            "predictions file not found; run `dvc repro` (the predict stages write the CNNs' "
+            "files), or in a study point params.yaml 'pairs.predictions' at your .npz "
+            "(format: confusion_embeddings/predictions.py)",
         )
     if path.is_file() and not zipfile.is_zipfile(path):
         # np.load would try it as a pickle and suggest allow_pickle=True: never that.

@@ -135,14 +135,23 @@ p_case("prepare", "image_size", 5000, "test_named_bad_values")
 p_case("evaluate", "groups", ["animals"], "test_named_bad_values")
 p_case("evaluate", "collapse_threshold", 1.5, "test_named_bad_values")
 p_case("predict", "splits", ["test", "test"], "test_named_bad_values")
+p_case("train", "crossfit_folds", 1, "test_named_bad_values")
 p_case(
-    "pairs",
-    "predictions",
-    None,
-    "test_missing_required_key",
-    "`pairs.predictions` missing",
-    drop=True,
+    "train",
+    "seed",
+    0,
+    "test_named_bad_values",
+    "`train.seed: 0` (a key that is gone: `classifiers.seeds`)",
 )
+for seed in (-1, 2**70):
+    n += 1
+    seeds = params_with("classifiers", "seeds", [seed])
+    row(
+        "Parameters",
+        f"`classifiers.seeds: [{seed}]` (train's `--seed {seed}`)",
+        stage_main("train", stage_argv("train", seeds), seeds, TMP / f"p{n}"),
+        TP + "test_train_seed_out_of_range",
+    )
 n += 1
 row(
     "Parameters",
@@ -159,12 +168,16 @@ row(
 )
 
 # cross-field
+from stages.pairs import predictions_files
+
 proj = TMP / "cross"
-(proj / "data").mkdir(parents=True)
-write_predictions(
-    proj / "data" / "predictions.npz",
-    make_synthetic_predictions(30, CIFAR10, CIFAR10_GROUPS, 2.0, seed=0),
-)
+SEEDS = [int(s) for s in stage_options("pairs")["--seeds"].split()]
+# One predictions file per classifier, where predict@<seed> writes it.
+for s, (_, path) in enumerate(
+    predictions_files(proj / stage_options("pairs")["--predictions"], SEEDS)
+):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(path, make_synthetic_predictions(30, CIFAR10, CIFAR10_GROUPS, 2.0, seed=s))
 row(
     "Parameters",
     "`pairs.top_k: 10` with 10 classes",
@@ -286,6 +299,24 @@ row(
     "file missing",
     raises(load_predictions, TMP / "nope.npz"),
     "tests/test_pairs.py::test_missing_file_names_the_param",
+)
+one_missing = TMP / "one-missing"
+for s in SEEDS[:-1]:  # the last classifier's file is missing
+    (one_missing / "data" / "predictions").mkdir(parents=True, exist_ok=True)
+    write_predictions(
+        one_missing / "data" / "predictions" / f"seed_{s}.npz",
+        make_synthetic_predictions(5, CIFAR10, None, 2.0, seed=s),
+    )
+row(
+    "Predictions file",
+    f"a classifier's file missing (`--seeds {' '.join(map(str, SEEDS))}`, no seed_{SEEDS[-1]}.npz)",
+    stage_main(
+        "pairs",
+        stage_argv("pairs", predictions=one_missing / "data" / "predictions"),
+        DEFAULT,
+        one_missing,
+    ),
+    "tests/test_pairs.py::test_a_missing_seed_file_is_one_line_naming_it",
 )
 (TMP / "x.npz").write_text("hello")
 row(

@@ -25,9 +25,12 @@ from confusion_embeddings.cnn.network import count_flops
 from confusion_embeddings.cnn.resume import Resume, fingerprint
 from confusion_embeddings.cnn.training import (
     SCHEMA,
+    SEED_RANGE,
     check_batch_sizes,
     check_geometry,
+    holdout,
     train_and_evaluate,
+    training_rows,
 )
 from confusion_embeddings.core.cli import run_main, stage_args, stage_deps
 from confusion_embeddings.core.errors import PipelineError
@@ -61,18 +64,26 @@ def main() -> None:
             "--live": "dvclive folder for per-epoch curves",
             "--checkpoints": "folder of the resume checkpoint",
         },
+        seed={"type": int, "required": True, "help": "the classifier's seed"},
     )
     t_stage = time.perf_counter()
     p = load_params("train", SCHEMA, args.params)
-    seed = p["seed"]
+    seed = args.seed
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise PipelineError(
+            f"params.yaml: 'classifiers.seeds' holds {seed}; seeds must be in "
+            f"[{SEED_RANGE[0]}, {SEED_RANGE[1]}]"
+        )
+    left_out = holdout(p, seed)
     choice = process.start(
         p["conv_impl"], p["cpu_devices"], [p["batch_size"], p["eval_batch_size"]]
     )
 
     data = load_prepared(args.prepared, ["train", "test"])
-    check_batch_sizes(p, len(data.splits["train"].labels))  # before any output is touched
+    n_train = len(training_rows(data.splits["train"].labels, left_out))
+    check_batch_sizes(p, n_train)  # before any output is touched
     check_geometry(data.image_hw, p)
-    deps = stage_deps("train", params=read_params_file(args.params))
+    deps = stage_deps("train", item=seed, params=read_params_file(args.params))
     resume = Resume(args.checkpoints, fingerprint(p, seed, choice.impl, deps))
     primary = devices.is_primary()
     live = open_live(str(args.live)) if primary else None
@@ -94,6 +105,7 @@ def main() -> None:
         "tta_flip": p["tta_flip"],
         "tta_translate": p["tta_translate"],
         "cpu_devices": p["cpu_devices"],
+        "holdout": left_out,  # the training fold it never saw (cross-fitting), or None
     }
     save_model(
         args.model,
@@ -113,7 +125,7 @@ def main() -> None:
         "backend": jax.default_backend(),
         "cpu": devices.cpu_isa(),
     }
-    images = (len(data.splits["train"].labels) // p["batch_size"]) * p["batch_size"] * p["epochs"]
+    images = (n_train // p["batch_size"]) * p["batch_size"] * p["epochs"]
     timings = {
         "train_seconds": round(trained.train_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t_stage, 1),

@@ -244,28 +244,56 @@ def dvc_stages() -> dict[str, dict[str, Any]]:
 _PLACEHOLDER = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
 
 
-def fill_placeholders(text: str, params: Mapping[str, Any] | None = None) -> str:
-    """`${section.key}` replaced by its value in `params` (default: the project's params.yaml)."""
-    values = default_params() if params is None else params
+def _render(value: Any) -> str:
+    """A value as DVC writes it into a command: a dict unpacks to `--key value ...` (a list
+    value to its items, DVC's default `nargs`), anything else to its string."""
+    if isinstance(value, Mapping):
+        parts = []
+        for key, item in value.items():
+            items = item if isinstance(item, list) else [item]
+            parts.append(" ".join([f"--{key}", *map(str, items)]))
+        return " ".join(parts)
+    return str(value)
+
+
+def fill_placeholders(text: str, params: Mapping[str, Any] | None = None, item: Any = None) -> str:
+    """`${section.key}` / `${section}` replaced by its value in `params` (default: the
+    project's params.yaml) as DVC renders it, `${item}` by `item` (a foreach stage's)."""
+    values = {**(default_params() if params is None else params), "item": item}
 
     def lookup(match: re.Match) -> str:
         node: Any = values
         for part in match.group(1).split("."):
             node = node[part]
-        return str(node)
+        return _render(node)
 
     return _PLACEHOLDER.sub(lookup, text)
+
+
+def stage_entry(stage: str, params: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
+    """(dvc.yaml entry, foreach item) of `stage`: "train@3" is the foreach stage train's
+    entry for item 3; plain "train" means its first item (params `classifiers.seeds`)."""
+    name, _, wanted = stage.partition("@")
+    entry = dvc_stages()[name]
+    if "foreach" not in entry:
+        return entry, None
+    items = yaml.safe_load(fill_placeholders(entry["foreach"], params))
+    item = type(items[0])(wanted) if wanted else items[0]
+    return entry["do"], item
 
 
 def stage_argv(stage: str, params: Mapping[str, Any] | None = None, **paths: str) -> list[str]:
     """The arguments dvc.yaml's `cmd` passes to `python -m stages.<stage>`.
 
     `${section.key}` placeholders are filled from `params` (a whole params doc; default: the
-    project's params.yaml). Keyword arguments replace the value of an option the command
-    already has (`model="m2"` replaces `--model`'s value); an option it lacks is an error,
-    so a test cannot silently pass an argument dvc.yaml does not.
+    project's params.yaml), `${item}` from the stage name ("train@1", or the first seed).
+    Keyword arguments replace the value of an option the command already has
+    (`model="m2"` replaces `--model`'s value); an option it lacks is an error, so a test
+    cannot silently pass an argument dvc.yaml does not.
     """
-    cmd = shlex.split(fill_placeholders(dvc_stages()[stage]["cmd"], params))
+    entry, item = stage_entry(stage, params)
+    cmd = shlex.split(fill_placeholders(entry["cmd"], params, item))
+    stage = stage.partition("@")[0]
     head = ["python", "-m", f"stages.{stage}"]
     assert cmd[:3] == head, f"dvc.yaml: stage {stage} does not run {' '.join(head)}: {cmd}"
     args = cmd[3:]
@@ -277,11 +305,17 @@ def stage_argv(stage: str, params: Mapping[str, Any] | None = None, **paths: str
 
 
 def stage_options(stage: str, params: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """{option: value} of the stage's dvc.yaml command (every option takes one value)."""
+    """{option: value} of the stage's dvc.yaml command (an option with several values, such
+    as `--seeds 0 1 2`, maps to them joined by spaces)."""
     args = stage_argv(stage, params)
-    flags, values = args[0::2], args[1::2]
-    assert len(flags) == len(values) and all(f.startswith("--") for f in flags), args
-    return dict(zip(flags, values, strict=True))
+    options: dict[str, list[str]] = {}
+    for arg in args:
+        if arg.startswith("--"):
+            options[arg] = []
+        else:
+            assert options, args
+            options[list(options)[-1]].append(arg)
+    return {flag: " ".join(values) for flag, values in options.items()}
 
 
 def scratch_project(folder: Path, params: Mapping[str, Any] | str | None = None) -> Path:
@@ -318,10 +352,10 @@ def argv(stage: str, args: list[str]) -> Iterator[None]:
 def run_in_project(folder: Path, stage: str, **paths: str) -> None:
     """Run the stage's main() in this process as dvc would in the project `folder`: from
     that folder, with dvc.yaml's command line (placeholders from the folder's params.yaml,
-    `paths` replacing option values as in `stage_argv`)."""
+    `paths` replacing option values as in `stage_argv`; "train@1" is train's seed 1)."""
     params = yaml.safe_load((Path(folder) / "params.yaml").read_text())
     with contextlib.chdir(folder):
-        run_stage_main(stage, stage_argv(stage, params, **paths))
+        run_stage_main(stage.partition("@")[0], stage_argv(stage, params, **paths))
 
 
 def run_stage_main(stage: str, args: list[str]) -> None:

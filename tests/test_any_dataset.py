@@ -1,7 +1,8 @@
 """Not only CIFAR-10: a generated 4-class dataset of 16x16 pictures, prepare -> evaluate.
 
 Every stage runs through its entry point with dvc.yaml's command line, in a scratch project
-(the stages in this process, as `dvc repro` would run them one after the other).
+(the stages in this process, as `dvc repro` would run them one after the other): two
+classifiers (train@0, train@1, predict@0, predict@1), then pairs, embed and evaluate.
 """
 
 from __future__ import annotations
@@ -41,12 +42,19 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
             "lr": 0.01,
         }
     )
+    params["classifiers"] = {"seeds": [0, 1]}
     params["predict"].update({"batch_size": 16})
     params["pairs"].update({"top_k": 2, "block_size": 64})
     params["embed"].update({"seeds": [0, 1], "dim": 3})
     params["evaluate"].update({"groups": None})  # params.yaml's are CIFAR-10's
     project = scratch_project(tmp_path / "project", params)
+    seeds = params["classifiers"]["seeds"]
     o = {stage: stage_options(stage, params) for stage in STAGES}
+    o |= {
+        f"{st}@{s}": stage_options(f"{st}@{s}", params)
+        for st in ("train", "predict")
+        for s in seeds
+    }
     monkeypatch.chdir(project)  # the stages keep compiled programs under .cache/jax here
 
     run_in_project(project, "prepare", source=archive)
@@ -54,21 +62,28 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
     assert meta["classes"] == 4 and meta["image_shape"] == [16, 16, 3]
     assert meta["pictures"] == {"train": 4 * 48, "test": 4 * 12}
 
-    run_in_project(project, "train")
-    m = json.loads((project / o["train"]["--metrics"]).read_text())
-    assert m["test_accuracy"] >= 0.75, m
+    probs = []
+    for s in seeds:
+        run_in_project(project, f"train@{s}")
+        m = json.loads((project / o[f"train@{s}"]["--metrics"]).read_text())
+        assert m["test_accuracy"] >= 0.75, (s, m)
 
-    run_in_project(project, "predict")
-    pred = load_predictions(project / o["predict"]["--out"])
-    assert list(pred.classes) == classes and pred.n == 4 * 60
+        run_in_project(project, f"predict@{s}")
+        pred = load_predictions(project / o[f"predict@{s}"]["--out"])
+        assert list(pred.classes) == classes and pred.n == 4 * 60
+        probs.append(np.load(project / o[f"predict@{s}"]["--out"])["probs"])
+    assert not np.allclose(probs[0], probs[1])  # two classifiers, not one twice
+    assert len({o[f"train@{s}"]["--model"] for s in seeds}) == len(seeds)
 
     run_in_project(project, "pairs")
     pr = load_pairs(project / o["pairs"]["--out"])
-    assert len(pr.true) == 2 * 4 * 60 and set(np.unique(pr.rank)) == {1, 2}
+    assert pr.classifiers == tuple(f"seed_{s}" for s in seeds)
+    assert len(pr.true) == len(seeds) * 2 * 4 * 60 and set(np.unique(pr.rank)) == {1, 2}
 
     run_in_project(project, "embed")
     vectors, manifest = load_vectors(project / o["embed"]["--out"])
-    assert vectors.shape == (2, 4, 3) and manifest["classes"] == classes
+    assert vectors.shape == (len(seeds), 2, 4, 3) and manifest["classes"] == classes
+    assert manifest["classifiers"] == list(pr.classifiers)
 
     run_in_project(project, "evaluate")
     with np.load(project / o["evaluate"]["--matrices"], allow_pickle=False) as mat:
@@ -76,4 +91,5 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
         assert mat["classes"].tolist() == classes
     assert mean.shape == (4, 4) and np.allclose(np.diag(mean), 1.0, atol=1e-5)
     sim = json.loads((project / o["evaluate"]["--metrics"]).read_text())
-    assert sim["classes"] == 4 and sim["seeds"] == 2
+    assert sim["classes"] == 4 and sim["seeds"] == 2 and sim["classifiers"] == len(seeds)
+    assert sim["classifier_agreement"] is not None

@@ -1,7 +1,8 @@
 """Crash recovery and determinism of the whole pipeline, through the real `dvc repro`.
 
-A tiny configuration in temporary repositories (tests/test_dvc_pipeline.py's make_repo,
-with two training epochs so that the train stage's per-epoch checkpoint is exercised):
+A tiny configuration in temporary repositories (tests/test_dvc_pipeline.py's make_repo: two
+classifiers, so stages train@0, train@1, predict@0, predict@1; with two training epochs so
+that the train stage's per-epoch checkpoint is exercised):
 
 * reference: one uninterrupted `dvc repro` with a cold XLA compilation cache.
 * second: another uninterrupted run, in another repository, with that cache warm; it
@@ -12,7 +13,7 @@ with two training epochs so that the train stage's per-epoch checkpoint is exerc
   process group, so the stage's own process dies with it) at KILLS_PER_STAGE points inside
   every stage, chained: each kill is followed by a new `dvc repro` that picks up where the
   last one died. The kill times are fractions of the stage's measured duration drawn from a
-  seeded rng, one in each equal slice of the stage (early, middle, late); train gets one
+  seeded rng, one in each equal slice of the stage (early, middle, late); train@0 gets one
   more, the moment its first checkpoint appears, so that the later runs resume from it. When a
   stage has already completed (an earlier kill landed after its end), it is rerun with
   `dvc repro --force --single-item <stage>` to be killed while it replaces its own
@@ -45,20 +46,31 @@ import pytest
 import yaml
 
 from helpers import stage_argv, stage_options
-from test_dvc_pipeline import STAGES, _env, make_repo
+from test_dvc_pipeline import SEEDS, STAGES, _env, make_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 # Keys whose values are wall times (or derived from them): never in a metrics file (the
 # stages write them to --timings, reports/timings/, which differ from run to run).
 WALL_TIME_KEYS = {"seconds", "wall_seconds", "train_seconds", "images_per_second"}
-TIMINGS = {stage_options(stage)["--timings"] for stage in ("prepare", "train", "predict")}
+CLASSIFIER_STAGES = [f"{stage}@{s}" for stage in ("train", "predict") for s in SEEDS]
+TIMINGS = {stage_options(stage)["--timings"] for stage in ("prepare", *CLASSIFIER_STAGES)}
 # dvclive's summary: after a resumed training run its keys come in another order (see
 # test_resumed_training_writes_the_same_dvclive_summary); compared as parsed JSON.
-SAME_JSON_OUTS = {"reports/train/metrics.json"}
+SAME_JSON_OUTS = {f"{stage_options(f'train@{s}')['--live']}/metrics.json" for s in SEEDS}
 CONFIG = {"train": {"epochs": 2}}  # a checkpoint after epoch 1, so a kill can resume from it
-# Kill points per stage; train, by far the longest, gets two to keep the file near 2 minutes.
-KILLS_PER_STAGE = {"prepare": 3, "train": 2, "predict": 3, "pairs": 3, "embed": 3, "evaluate": 3}
+# Kill points per stage; train, by far the longest, gets two (the first classifier's; the
+# others' one, as their predict's) to keep the file near a few minutes.
+KILLS_PER_STAGE = {
+    "prepare": 3,
+    **{f"train@{s}": 2 if s == SEEDS[0] else 1 for s in SEEDS},
+    **{f"predict@{s}": 3 if s == SEEDS[0] else 1 for s in SEEDS},
+    "pairs": 3,
+    "embed": 3,
+    "evaluate": 3,
+}
+# ... and one more at the moment its first checkpoint appears.
+CHECKPOINT_KILLS = {f"train@{SEEDS[0]}"}
 KILL_SEED = 20261128
 
 
@@ -172,12 +184,12 @@ def wall_time_keys(obj) -> set[str]:
 
 
 def metrics_of(repo: Path) -> dict[str, str]:
-    """{file name: its text}; a metrics file holding a wall time fails the test."""
+    """{path under metrics/: its text}; a metrics file holding a wall time fails the test."""
     out = {}
-    for path in sorted((repo / "metrics").glob("*.json")):
+    for path in sorted((repo / "metrics").rglob("*.json")):
         text = path.read_text()
         assert not wall_time_keys(json.loads(text)), (path, text)
-        out[path.name] = text
+        out[path.relative_to(repo / "metrics").as_posix()] = text
     return out
 
 
@@ -290,7 +302,7 @@ def test_two_runs_are_byte_identical(reference, second):
         "pairs.json",
         "prepare.json",
         "similarity.json",
-        "train.json",
+        *(f"train/seed_{s}.json" for s in SEEDS),
     ]
     assert out_hashes(repo) == out_hashes(ref)
     for path in SAME_JSON_OUTS:  # no resume here, so byte-identical
@@ -306,7 +318,7 @@ def kill_plan(durations: dict[str, float]) -> list[tuple[str, float | None]]:
         k = KILLS_PER_STAGE[stage]
         fractions = (np.arange(k) + rng.uniform(0.1, 0.9, k)) / k
         plan += [(stage, float(f) * durations[stage]) for f in fractions]
-        if stage == "train":  # and once right after the epoch-1 checkpoint is written
+        if stage in CHECKPOINT_KILLS:  # and once right after the epoch-1 checkpoint is written
             plan.insert(len(plan) - k, (stage, None))
     return plan
 
@@ -330,7 +342,7 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
             started = repro.wait_for_stage(stage, timeout=300)
             assert started is not None, repro.output
         if delay is None:  # train: as soon as its checkpoint exists
-            while not list((repo / stage_options("train")["--checkpoints"]).glob("*.msgpack")):
+            while not list((repo / stage_options(stage)["--checkpoints"]).glob("*.msgpack")):
                 assert repro.proc.poll() is None, repro.output
                 time.sleep(0.005)
         else:

@@ -1,9 +1,12 @@
 """End to end through the real `dvc` CLI, on a tiny configuration in a temporary repository.
 
-One test walks the workflow the README promises: repro runs every stage; a second repro
-runs nothing; changing `embed.dim` reruns only embed and evaluate; `dvc params diff` and
-`dvc metrics diff` show the change, `dvc plots show` draws the similarity table with the
-project's own template; push to a remote, wipe cache and outputs, pull, clean.
+One test walks the workflow the README promises, with two classifiers (params
+`classifiers.seeds` [0, 1]: stages train@0, train@1, predict@0, predict@1): repro runs
+every stage; a second repro runs nothing; changing `embed.dim` reruns only embed and
+evaluate; `dvc params diff` and `dvc metrics diff` show the change, `dvc plots show` draws
+the similarity table with the project's own template; adding a seed trains and predicts
+only that classifier (then pairs, embed, evaluate), removing it again retrains nothing;
+push to a remote, wipe cache and outputs, pull, clean.
 
 The scratch repository holds what the project's own does: the stages, the library they
 import, dvc.yaml, the custom plot template (.dvc/plots/) and .dvcignore.
@@ -12,6 +15,7 @@ import, dvc.yaml, the custom plot template (.dvc/plots/) and .dvcignore.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +25,12 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import copy_code, make_dataset, make_tar_gz, stage_options
+from helpers import copy_code, fill_placeholders, make_dataset, make_tar_gz, stage_options
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TINY = {
+    "classifiers": {"seeds": [0, 1]},
     "train": {
         "epochs": 1,
         "batch_size": 16,
@@ -37,7 +42,16 @@ TINY = {
     "predict": {"batch_size": 16},
     "embed": {"seeds": [0, 1]},
 }
-STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
+# The stages as `dvc repro` runs (and names) them under TINY, in pipeline order.
+SEEDS = TINY["classifiers"]["seeds"]
+STAGES = [
+    "prepare",
+    *(f"train@{s}" for s in SEEDS),
+    *(f"predict@{s}" for s in SEEDS),
+    "pairs",
+    "embed",
+    "evaluate",
+]
 
 
 def _env() -> dict:
@@ -60,7 +74,24 @@ def run(repo: Path, *args: str) -> str:
 
 
 def ran(output: str) -> set[str]:
-    return {s for s in STAGES if f"Running stage '{s}'" in output}
+    """The stages `dvc repro` ran ("Running stage 'train@2':"), whichever they are."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def redone(output: str) -> set[str]:
+    """The stages `dvc repro` ran or restored from its run cache ("Stage 'embed' is cached -
+    skipping run, checking out outputs": the same command on the same inputs ran before)."""
+    return ran(output) | set(re.findall(r"Stage '([^']+)' is cached", output))
+
+
+def repo_params(repo: Path) -> dict:
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
+def set_seeds(repo: Path, seeds: list[int]) -> None:
+    params = repo_params(repo)
+    params["classifiers"]["seeds"] = seeds
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def make_repo(tmp: Path) -> Path:
@@ -91,15 +122,24 @@ def make_repo(tmp: Path) -> Path:
 
 
 def outputs(repo: Path) -> list[str]:
-    """Every output path dvc.yaml names (outs, metrics, plots), placeholders aside."""
+    """Every output path dvc.yaml names (outs, metrics, plots), a foreach stage's for each
+    of the repo's classifier seeds."""
+    params = repo_params(repo)
     doc = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    return [
-        path
-        for entry in doc.values()
-        for key in ("outs", "metrics", "plots")
-        for item in entry.get(key, [])
-        for path in ([item] if isinstance(item, str) else item)
-    ]
+    paths = []
+    for entry in doc.values():
+        items = [None]
+        if "foreach" in entry:
+            items = yaml.safe_load(fill_placeholders(entry["foreach"], params))
+            entry = entry["do"]
+        for item in items:
+            paths += [
+                fill_placeholders(path, params, item)
+                for key in ("outs", "metrics", "plots")
+                for listed in entry.get(key, [])
+                for path in ([listed] if isinstance(listed, str) else listed)
+            ]
+    return paths
 
 
 def similarity_table(repo: Path) -> list[dict[str, str]]:
@@ -111,28 +151,43 @@ def similarity_table(repo: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def model_bytes(repo: Path) -> dict[str, bytes]:
+    """Every trained model's and predictions file's bytes, by path."""
+    files = [*repo.glob("models/cnn/seed_*/*"), *repo.glob("data/predictions/*.npz")]
+    return {str(f.relative_to(repo)): f.read_bytes() for f in sorted(files)}
+
+
 @pytest.mark.slow
 def test_dvc_workflow_end_to_end(tmp_path):
     repo = make_repo(tmp_path)
+    params = repo_params(repo)
 
     out = run(repo, "dvc", "repro")
     assert ran(out) == set(STAGES), out
     for path in [
         "data/prepared/meta.json",
-        "models/cnn/model.msgpack",
-        "data/predictions.npz",
+        *(f"models/cnn/seed_{s}/model.msgpack" for s in SEEDS),
+        *(f"data/predictions/seed_{s}.npz" for s in SEEDS),
         "data/pairs/pairs.npz",
         "data/embed/manifest.json",
         "metrics/similarity.json",
         "reports/similarity.md",
-        "metrics/train.json",
+        *(f"metrics/train/seed_{s}.json" for s in SEEDS),
         "metrics/pairs.json",
         *outputs(repo),
     ]:
         assert (repo / path).exists(), path
-    for stage in ("prepare", "train", "predict"):  # wall times: beside the metrics, not in them
-        assert (repo / stage_options(stage)["--timings"]).exists(), stage
+    # wall times: beside the metrics, not in them; one file per classifier
+    for stage in ("prepare", *(f"{st}@{s}" for st in ("train", "predict") for s in SEEDS)):
+        assert (repo / stage_options(stage, params)["--timings"]).exists(), stage
     assert {r["class"] for r in similarity_table(repo)} == set(CIFAR10)
+    pairs_metrics = yaml.safe_load((repo / "metrics" / "pairs.json").read_text())
+    assert pairs_metrics["classifiers"] == len(SEEDS)
+    sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())
+    assert sim["classifiers"] == len(SEEDS)
+    # Two classifiers, trained each on its own: different models.
+    models = [(repo / f"models/cnn/seed_{s}/model.msgpack").read_bytes() for s in SEEDS]
+    assert models[0] != models[1]
 
     out = run(repo, "dvc", "repro")
     assert ran(out) == set(), out
@@ -155,6 +210,37 @@ def test_dvc_workflow_end_to_end(tmp_path):
     table = stage_options("evaluate")["--table"]
     plots = run(repo, "dvc", "plots", "show", "--json", table)
     assert table in plots and "DVC_METRIC_DATA" not in plots, plots[:2000]
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "dim 3")
+
+    # A classifier added: only it trains and predicts; the tables are made again.
+    before = model_bytes(repo)
+    set_seeds(repo, [*SEEDS, 2])
+    out = run(repo, "dvc", "repro")
+    assert ran(out) == {"train@2", "predict@2", "pairs", "embed", "evaluate"}, out
+    after = model_bytes(repo)
+    assert {k: v for k, v in after.items() if k in before} == before  # the others untouched
+    assert "data/predictions/seed_2.npz" in after
+    assert yaml.safe_load((repo / "metrics" / "pairs.json").read_text())["classifiers"] == 3
+    embed_manifest = yaml.safe_load((embed_out / "manifest.json").read_text())
+    assert embed_manifest["classifiers"] == ["seed_0", "seed_1", "seed_2"]
+    assert "classifiers.seeds" in run(repo, "dvc", "params", "diff")
+    out = run(repo, "dvc", "repro")
+    assert ran(out) == set(), out
+
+    # ... and removed again: nothing trains or predicts, the tables are made again without it
+    # (embed may come from DVC's run cache: its pairs are those of before the seed came).
+    set_seeds(repo, list(SEEDS))
+    out = run(repo, "dvc", "repro")
+    assert redone(out) == {"pairs", "embed", "evaluate"}, out
+    assert {"pairs", "evaluate"} <= ran(out), out
+    assert model_bytes(repo).items() >= before.items()
+    embed_manifest = yaml.safe_load((embed_out / "manifest.json").read_text())
+    assert embed_manifest["classifiers"] == [f"seed_{s}" for s in SEEDS]
+    assert yaml.safe_load((repo / "metrics" / "pairs.json").read_text())["classifiers"] == 2
+    assert not (repo / "data" / "predictions" / "seed_2.npz").exists()  # pairs removed it
+    out = run(repo, "dvc", "repro")
+    assert ran(out) == set(), out
 
     remote = tmp_path / "remote"
     run(repo, "dvc", "remote", "add", "-d", "tmp", str(remote))
@@ -165,34 +251,45 @@ def test_dvc_workflow_end_to_end(tmp_path):
         "models",
         "data/pairs",
         "data/embed",
-        "data/predictions.npz",
         "reports/similarity_matrices.npz",
+        *(str(f.relative_to(repo)) for f in (repo / "data" / "predictions").glob("*.npz")),
     ]:
         p = repo / path
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     run(repo, "dvc", "pull")
+    for s in SEEDS:
+        assert (repo / "models" / "cnn" / f"seed_{s}" / "model.msgpack").exists()
+        assert (repo / "data" / "predictions" / f"seed_{s}.npz").exists()
+    # The removed classifier's file went with pairs' rerun, so nothing here differs from a
+    # fresh clone's checkout.
     status = run(repo, "dvc", "status")
     assert "up to date" in status, status
-    assert (repo / "models" / "cnn" / "model.msgpack").exists()
 
 
 @pytest.mark.slow
 def test_bring_your_own_predictions_through_dvc(tmp_path):
-    """The README's example: a user's own predictions file, `dvc repro evaluate`, no CNN."""
+    """A user's own predictions, one file per classifier where predict@<seed> would write it
+    (data/predictions/seed_<s>.npz, params `classifiers.seeds`), and the method's three
+    stages only: `dvc repro --downstream pairs` runs pairs -> embed -> evaluate, trains and
+    predicts nothing, and leaves the user's files alone."""
     from synthetic import make_synthetic_predictions, write_predictions
 
     repo = make_repo(tmp_path)
     classes = ["cat", "dog", "car", "truck"]
-    arrays = make_synthetic_predictions(
-        n_per_class=50,
-        classes=classes,
-        groups={"animals": ["cat", "dog"], "vehicles": ["car", "truck"]},
-        confusion_strength=2.0,
-        seed=0,
-    )
-    write_predictions(repo / "my_predictions.npz", arrays)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["pairs"]["predictions"] = "my_predictions.npz"
+    params["classifiers"]["seeds"] = [0, 1]
+    files = {}
+    for s in params["classifiers"]["seeds"]:
+        arrays = make_synthetic_predictions(
+            n_per_class=50,
+            classes=classes,
+            groups={"animals": ["cat", "dog"], "vehicles": ["car", "truck"]},
+            confusion_strength=2.0,
+            seed=s,
+        )
+        path = repo / stage_options(f"predict@{s}", params)["--out"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files[path] = write_predictions(path, arrays).read_bytes()
     params["pairs"]["top_k"] = 2
     params["evaluate"]["groups"] = None  # use the groups stored in the file
     # 200 pictures are far too few for gensim's default down-sampling (it keeps ~1% of the
@@ -200,11 +297,12 @@ def test_bring_your_own_predictions_through_dvc(tmp_path):
     params["embed"]["engine"] = "jax"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    out = run(repo, "dvc", "repro", "evaluate")
+    out = run(repo, "dvc", "repro", "--downstream", "pairs")
     assert ran(out) == {"pairs", "embed", "evaluate"}, out
     assert not (repo / "models").exists() and not (repo / "data" / "prepared").exists()
+    assert {path: path.read_bytes() for path in files} == files
     sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())
-    assert sim["classes"] == len(classes)
+    assert sim["classes"] == len(classes) and sim["classifiers"] == 2
     assert sim["group_nn_agreement"] == 1.0
     rows = similarity_table(repo)
     assert sorted({r["class"] for r in rows}) == sorted(classes)

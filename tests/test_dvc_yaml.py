@@ -6,6 +6,9 @@ changes, and every path a stage touches is named in its entry.
 * every path on a stage's command line is one of the stage's deps, outs, metrics or plots
   (or the folder of some: train's --live), train's --checkpoints aside (a cache, not an
   output), and no command passes --params;
+* the `foreach` stages (train@<seed>, predict@<seed>, one per seed of params
+  `classifiers.seeds`) are checked item by item: each writes its own paths, and the pairs
+  stage reads exactly the predict@<seed> outputs through its folder dep and `--seeds`;
 * params.yaml spells out the schema defaults, so that every default lives in one place;
 * every path argument of every stage is required: no stage falls back on a path of its own.
 """
@@ -20,10 +23,19 @@ import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
+import yaml
 
 from confusion_embeddings.core.params import defaults
 
-from helpers import STAGES, default_params, dvc_stages, fill_placeholders, stage_argv
+from helpers import (
+    STAGES,
+    default_params,
+    dvc_stages,
+    fill_placeholders,
+    stage_argv,
+    stage_entry,
+    stage_options,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("stages", "confusion_embeddings")
@@ -32,6 +44,11 @@ KERNEL_SOURCE = "confusion_embeddings/cnn/onednn_conv.cc"
 CNN_STAGES = ("train", "predict")
 # Command-line paths that are no part of the stage's outputs.
 NOT_OUTPUTS = {("train", "--checkpoints")}  # the resume checkpoint: removed when train ends
+# Command-line options that are no paths: the classifier's seed (train@<seed>) and the seeds
+# whose predictions the pairs stage reads (DVC unpacks params `classifiers` to `--seeds ...`).
+NOT_PATHS = {("train", "--seed"), ("pairs", "--seeds")}
+# Options a stage may go without: pairs reads one predictions file without --seeds.
+OPTIONAL = {("pairs", "--seeds")}
 # Where each stage's params schema lives.
 SCHEMA_MODULES = {
     "prepare": "confusion_embeddings.data.prepare",
@@ -46,21 +63,41 @@ SCHEMA_MODULES = {
 PROJECT_VALUES = {("evaluate", "groups")}
 
 
-def _names(entries: list) -> list[str]:
+def expanded_stages() -> list[str]:
+    """Every stage as DVC runs it, in dvc.yaml's order: a `foreach` stage once per item
+    (train@0, train@1, ...), the others by their name."""
+    names = []
+    for name, entry in dvc_stages().items():
+        if "foreach" in entry:
+            items = yaml.safe_load(fill_placeholders(entry["foreach"]))
+            names += [f"{name}@{item}" for item in items]
+        else:
+            names.append(name)
+    return names
+
+
+def _names(entries: list, item=None) -> list[str]:
     """Paths of a deps/outs/metrics/plots list (items are strings or {path: options})."""
     out = []
-    for item in entries or []:
-        out += [item] if isinstance(item, str) else list(item)
-    return [fill_placeholders(p) for p in out]
+    for entry in entries or []:
+        out += [entry] if isinstance(entry, str) else list(entry)
+    return [fill_placeholders(p, item=item) for p in out]
 
 
 def deps(stage: str) -> list[str]:
-    return _names(dvc_stages()[stage].get("deps"))
+    """The deps of `stage` ("train@1"; a plain foreach name means its first item)."""
+    entry, item = stage_entry(stage)
+    return _names(entry.get("deps"), item)
 
 
 def outputs(stage: str) -> list[str]:
-    entry = dvc_stages()[stage]
-    return [p for key in ("outs", "metrics", "plots") for p in _names(entry.get(key))]
+    entry, item = stage_entry(stage)
+    return [p for key in ("outs", "metrics", "plots") for p in _names(entry.get(key), item)]
+
+
+def module(stage: str) -> str:
+    """The stage's module name: "train@1" runs stages/train.py."""
+    return stage.partition("@")[0]
 
 
 def covered(path: str, by: list[str]) -> bool:
@@ -144,25 +181,91 @@ def test_every_module_a_stage_imports_is_a_dependency(stage):
     files = lazily_imported(files)
     if stage in CNN_STAGES:
         files.add(KERNEL_SOURCE)
-    stage_deps = deps(stage)
-    missing = sorted(f for f in files if not covered(f, stage_deps))
-    assert not missing, f"dvc.yaml: stage {stage} reads {missing} but lists none of them in deps"
+    expanded = [s for s in expanded_stages() if module(s) == stage]
+    assert expanded, stage
+    for each in expanded:  # train@0, train@1, ...: every item lists them
+        stage_deps = deps(each)
+        missing = sorted(f for f in files if not covered(f, stage_deps))
+        assert not missing, f"dvc.yaml: stage {each} reads {missing} but lists none in deps"
 
 
 def test_the_kernel_source_is_a_dependency_of_the_stages_that_run_the_network():
     assert (ROOT / KERNEL_SOURCE).is_file()
-    for stage in CNN_STAGES:
-        assert covered(KERNEL_SOURCE, deps(stage)), stage
+    for stage in expanded_stages():
+        if module(stage) in CNN_STAGES:
+            assert covered(KERNEL_SOURCE, deps(stage)), stage
 
 
 def test_every_dependency_exists_or_is_made_by_an_earlier_stage():
-    """A dep is a path in the repo (code, raw data) or an output of a stage before it: a
-    dep renamed in the code but not in dvc.yaml would otherwise be silently stale."""
+    """A dep is a path in the repo (code; raw data, or its .dvc file where the data itself
+    is not checked out, as in a fresh clone or a git worktree) or an output of a stage
+    before it (or a folder holding some: pairs' data/predictions holds predict@*'s files):
+    a dep renamed in the code but not in dvc.yaml would otherwise be silently stale."""
     made: list[str] = []
-    for stage in dvc_stages():
+    for stage in expanded_stages():
         for dep in deps(stage):
-            assert (ROOT / dep).exists() or covered(dep, made), (stage, dep)
+            tracked = (ROOT / f"{dep}.dvc").is_file()
+            holds_outputs = any(PurePosixPath(dep) in PurePosixPath(m).parents for m in made)
+            assert (ROOT / dep).exists() or tracked or covered(dep, made) or holds_outputs, (
+                stage,
+                dep,
+            )
         made += outputs(stage)
+
+
+def test_the_foreach_stages_run_once_per_classifier_seed():
+    seeds = default_params()["classifiers"]["seeds"]
+    names = expanded_stages()
+    for stage in ("train", "predict"):
+        assert [n for n in names if module(n) == stage] == [f"{stage}@{s}" for s in seeds]
+    # In order: every predict@<seed> after its train@<seed>, pairs after every predict.
+    for s in seeds:
+        assert names.index(f"train@{s}") < names.index(f"predict@{s}") < names.index("pairs")
+
+
+def test_every_classifier_has_its_own_paths():
+    """No two stages share an output, and each seed's train and predict write (and train
+    checkpoints) under paths of their own: adding a seed leaves the others' files alone."""
+    everything = [out for stage in expanded_stages() for out in outputs(stage)]
+    assert len(everything) == len(set(everything)), everything
+    seeds = [0, 1, 7]  # any seeds: the entries are the same template
+    for stage in ("train", "predict"):
+        written = {s: [*outputs(f"{stage}@{s}"), *stage_argv(f"{stage}@{s}")[1::2]] for s in seeds}
+        for s in seeds:
+            mine = outputs(f"{stage}@{s}") + [
+                value
+                for flag, value in stage_options(f"{stage}@{s}").items()
+                if (stage, flag) in NOT_OUTPUTS
+            ]
+            others = [p for t in seeds if t != s for p in written[t]]
+            clash = [p for p in mine if covered(p, others) or any(covered(o, [p]) for o in others)]
+            assert not clash, (f"{stage}@{s}", clash)
+            assert all(f"seed_{s}" in path for path in mine), (f"{stage}@{s}", mine)
+
+
+def test_pairs_reads_exactly_the_predictions_of_the_classifier_seeds():
+    """pairs' folder dep data/predictions holds the predict@<seed> files, `--seeds` (DVC's
+    unpacking of params `classifiers`) names exactly params' seeds, and the files the stage
+    then reads are those predict@<seed> outputs: a seed added reruns pairs (the folder
+    changes) and a seed removed drops its file from the tables."""
+    from stages.pairs import predictions_files
+
+    seeds = default_params()["classifiers"]["seeds"]
+    options = stage_options("pairs")
+    folder = options["--predictions"]
+    assert folder in deps("pairs")
+    assert options["--seeds"] == " ".join(map(str, seeds))
+    read = [
+        PurePosixPath(path).as_posix()
+        for _, path in predictions_files(Path(folder), [int(s) for s in options["--seeds"].split()])
+    ]
+    assert read == [stage_options(f"predict@{s}")["--out"] for s in seeds]
+    for s, path in zip(seeds, read, strict=True):
+        assert path in outputs(f"predict@{s}")
+    # Nothing but the predict stages writes into the folder pairs depends on as a whole.
+    for stage in expanded_stages():
+        inside = [o for o in outputs(stage) if covered(o, [folder])]
+        assert not inside or module(stage) == "predict", (stage, inside)
 
 
 # --------------------------------------------------------------------------- (b) cmd paths
@@ -172,15 +275,18 @@ def test_every_stage_of_dvc_yaml_is_known_to_the_tests():
     assert list(dvc_stages()) == STAGES
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", expanded_stages())
 def test_every_path_on_the_command_line_is_named_in_the_stage(stage):
-    args = stage_argv(stage)
-    flags, values = args[0::2], args[1::2]
-    assert len(flags) == len(values) and all(f.startswith("--") for f in flags), args
-    assert "--params" not in flags, "the stages read params.yaml, the file dvc tracks"
+    options = stage_options(stage)
+    assert "--params" not in options, "the stages read params.yaml, the file dvc tracks"
     named = deps(stage) + outputs(stage)
-    for flag, value in zip(flags, values, strict=True):
-        if (stage, flag) in NOT_OUTPUTS:
+    values = []
+    for flag, value in options.items():
+        if (module(stage), flag) in NOT_PATHS:
+            continue
+        assert value and " " not in value, f"dvc.yaml: stage {stage}: {flag} takes one path"
+        values.append(value)
+        if (module(stage), flag) in NOT_OUTPUTS:
             assert value not in named and not covered(value, outputs(stage)), (flag, value)
             continue
         # A folder the stage writes several outputs into (train's --live: dvclive's summary
@@ -196,12 +302,34 @@ def test_every_path_on_the_command_line_is_named_in_the_stage(stage):
         assert covered(out, values), f"dvc.yaml: stage {stage}'s output {out} is on no option"
 
 
+def test_the_options_that_are_no_paths():
+    """train@<seed> passes its own seed; pairs passes params' seeds (and nothing else is a
+    non-path option)."""
+    seeds = default_params()["classifiers"]["seeds"]
+    for s in seeds:
+        assert stage_options(f"train@{s}")["--seed"] == str(s)
+    assert stage_options("pairs")["--seeds"] == " ".join(map(str, seeds))
+    found = {
+        (module(stage), flag)
+        for stage in expanded_stages()
+        for flag, value in stage_options(stage).items()
+        if all(v.isdigit() for v in value.split())
+    }
+    assert found == NOT_PATHS
+
+
 def test_the_resume_checkpoints_are_no_output():
     """train's --checkpoints is a cache folder that the stage removes when it ends (an
-    output there would make DVC cache a folder that should not outlive the run)."""
+    output there would make DVC cache a folder that should not outlive the run); each
+    classifier has its own (Resume.remove clears the whole folder)."""
     (flag,) = [f for s, f in NOT_OUTPUTS if s == "train"]
-    value = stage_argv("train")[stage_argv("train").index(flag) + 1]
-    assert value.startswith(".cache/")
+    seeds = default_params()["classifiers"]["seeds"]
+    values = [stage_options(f"train@{s}")[flag] for s in seeds]
+    assert all(v.startswith(".cache/") for v in values)
+    assert len(set(values)) == len(seeds)
+    for a in values:
+        for b in values:
+            assert a == b or not covered(a, [b]), (a, b)
 
 
 # --------------------------------------------------------------------------- (c) params
@@ -225,25 +353,44 @@ def test_params_yaml_spells_out_the_schema_defaults(stage):
         assert type(section[key]) is type(want[key]), (stage, key)
 
 
-def test_only_pairs_predictions_is_required():
+def test_no_params_key_is_required():
+    """Every key has a default (pairs.predictions, once the one required key, is optional:
+    the pipeline's pairs stage reads the classifiers' files through --predictions and
+    `classifiers.seeds`)."""
     req = {
         (stage, k)
         for stage in STAGES
         for k, spec in importlib.import_module(SCHEMA_MODULES[stage]).SCHEMA.items()
         if spec.required
     }
-    assert req == {("pairs", "predictions")}
+    assert req == set()
+
+
+def test_params_yaml_holds_a_section_per_stage_and_the_classifiers():
+    params = default_params()
+    assert set(params) == {*STAGES, "classifiers"}
+    seeds = params["classifiers"]["seeds"]
+    assert list(params["classifiers"]) == ["seeds"]  # `${classifiers}` unpacks to --seeds
+    assert seeds and len(set(seeds)) == len(seeds)
+    assert all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
 
 
 # --------------------------------------------------------------------------- (d) required
 
 
 def _without(args: list[str], flag: str) -> list[str]:
+    """args less `flag` and its value(s)."""
     i = args.index(flag)
-    return args[:i] + args[i + 2 :]
+    j = i + 1
+    while j < len(args) and not args[j].startswith("--"):
+        j += 1
+    return args[:i] + args[j:]
 
 
-@pytest.mark.parametrize("stage, flag", [(s, f) for s in STAGES for f in stage_argv(s)[0::2]])
+@pytest.mark.parametrize(
+    "stage, flag",
+    [(s, f) for s in STAGES for f in stage_options(s) if (s, f) not in OPTIONAL],
+)
 def test_every_path_argument_is_required(stage, flag, tmp_path, monkeypatch, capsys):
     """Leaving any path out stops the stage in argparse (exit code 2), before it reads or
     writes anything: no stage has a path of its own to fall back on."""
@@ -266,5 +413,5 @@ def test_no_arguments_at_all(stage, tmp_path, monkeypatch, capsys):
         importlib.import_module(f"stages.{stage}").main()
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    for flag in stage_argv(stage)[0::2]:
+    for flag in stage_options(stage):
         assert flag in err, (flag, err)

@@ -1,5 +1,6 @@
 """Tests of the embed stage (confusion_embeddings/embedding/, stages/embed.py) on tiny
-synthetic pairs with a planted structure."""
+synthetic pairs with a planted structure: one vector set per classifier and word2vec seed,
+and the word2vec / KeyedVectors exports (embedding/formats.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,25 @@ from gensim.models import KeyedVectors
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
-from confusion_embeddings.embedding.engines import SCHEMA, train_vectors
-from confusion_embeddings.embedding.store import load_vectors
-from confusion_embeddings.pairs import Pairs
+from confusion_embeddings.embedding.engines import (
+    SCHEMA,
+    train_all,
+    train_vectors,
+    updates_per_class,
+)
+from confusion_embeddings.embedding.formats import write_word2vec
+from confusion_embeddings.embedding.store import load_vectors, write_vectors
+from confusion_embeddings.pairs import Pairs, build_pairs, combine
+from confusion_embeddings.predictions import load_predictions
 
 from helpers import run_embed_stage
-from synthetic import PLANTED_CLASSES, planted_pairs
+from synthetic import (
+    PLANTED_CLASSES,
+    PLANTED_GROUPS,
+    make_synthetic_predictions,
+    planted_pairs,
+    write_predictions,
+)
 
 CLASSES = PLANTED_CLASSES
 
@@ -28,7 +42,8 @@ def pairs(tmp_path_factory) -> Pairs:
 
 
 def params(**overrides) -> dict:
-    return validate_section("embed", {"seeds": [0, 1, 2], **overrides}, SCHEMA)
+    """The gensim engine's params (tests/test_skipgram.py tests the jax engine)."""
+    return validate_section("embed", {"engine": "gensim", "seeds": [0, 1, 2], **overrides}, SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -56,19 +71,79 @@ def test_planted_pairs_are_nearest_on_average(vectors):
     assert nearest[2] == 3 and nearest[3] == 2
 
 
-def test_files_readable_by_gensim_and_byte_identical(tmp_path, pairs, vectors):
+@pytest.fixture(scope="module")
+def two_classifiers(tmp_path_factory, pairs) -> Pairs:
+    """The planted pairs and those of a second classifier (other noise), combined."""
+    path = tmp_path_factory.mktemp("pred2") / "seed_1.npz"
+    write_predictions(
+        path,
+        make_synthetic_predictions(1500, CLASSES, PLANTED_GROUPS, confusion_strength=2.0, seed=1),
+    )
+    other = build_pairs(load_predictions(path), top_k=2, block_size=4096)
+    return combine([pairs, other])
+
+
+def test_one_vector_set_per_classifier_and_seed(two_classifiers, vectors):
+    all_vectors = train_all(two_classifiers, params())
+    assert all_vectors.shape == (2, 3, len(CLASSES), 5) and all_vectors.dtype == np.float32
+    # Each classifier's vectors are those of its own pairs alone: the first is `vectors`.
+    np.testing.assert_array_equal(all_vectors[0], vectors)
+    np.testing.assert_array_equal(all_vectors[1], train_vectors(two_classifiers.of(1), params()))
+    assert not np.allclose(all_vectors[0], all_vectors[1])
+    # One classifier: [1, S, C, dim].
+    np.testing.assert_array_equal(train_all(two_classifiers.of(0), params()), vectors[None])
+
+
+def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_classifiers):
     p = params()
     one, two = (
-        run_embed_stage(tmp_path / name, pairs, seeds=p["seeds"]) for name in ("one", "two")
+        run_embed_stage(tmp_path / name, two_classifiers, engine=p["engine"], seeds=p["seeds"])
+        for name in ("one", "two")
     )
-    assert sorted(f.name for f in one.iterdir()) == sorted(f.name for f in two.iterdir())
-    assert sorted(f.name for f in one.iterdir()) == sorted(
-        [
-            "manifest.json",
-            "vectors.npy",
-            *(f"seed_{s}.{x}" for s in (0, 1, 2) for x in ("txt", "kv")),
-        ]
-    )
+    # Only these two: the word2vec exports are no longer the embed stage's.
+    assert sorted(f.name for f in one.iterdir()) == ["manifest.json", "vectors.npy"]
+    assert sorted(f.name for f in two.iterdir()) == ["manifest.json", "vectors.npy"]
+    for f in one.iterdir():
+        assert f.read_bytes() == (two / f.name).read_bytes(), f.name
+
+    loaded, manifest = load_vectors(one)
+    np.testing.assert_array_equal(loaded, train_all(two_classifiers, p))
+    # The vectors' contract (embedding/store.py); the manifest may record more about the
+    # training (e.g. how many pairs reached the engine), checked here where named.
+    expected = {
+        "classes": CLASSES,
+        "classifiers": ["pred", "seed_1"],
+        "seeds": [0, 1, 2],
+        "dim": 5,
+        "engine": "gensim",
+        "updates_per_class": round(updates_per_class(two_classifiers, p), 1),
+    }
+    assert {key: manifest.get(key) for key in expected} == expected
+    assert json.loads((one / "manifest.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_vectors_of_another_shape_than_the_manifest_are_refused(tmp_path, vectors):
+    """An embed folder from before the classifiers ([S, C, dim], no "classifiers" in the
+    manifest), or one whose manifest lists another number of them, asks for a rerun."""
+    manifest = {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "gensim"}
+    write_vectors(tmp_path, vectors, manifest)
+    with pytest.raises(PipelineError, match=r"shape \(3, 6, 5\) does not match.*rerun embed"):
+        load_vectors(tmp_path)
+    write_vectors(tmp_path, vectors[None], {**manifest, "classifiers": ["a", "b"]})
+    with pytest.raises(PipelineError, match=r"\(2, 3, 6, 5\); rerun embed"):
+        load_vectors(tmp_path)
+    write_vectors(tmp_path, vectors[None], {**manifest, "classifiers": ["a"]})
+    assert load_vectors(tmp_path)[0].shape == (1, 3, 6, 5)
+
+
+def test_word2vec_files_readable_by_gensim_and_byte_identical(tmp_path, vectors):
+    """embedding/formats.py: <stem>.txt (word2vec text) and <stem>.kv (KeyedVectors), as
+    gensim reads them back; equal vectors give equal bytes."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        write_word2vec(tmp_path / name, "seed_2", tuple(CLASSES), vectors[2])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(f.name for f in one.iterdir()) == ["seed_2.kv", "seed_2.txt"]
     for f in one.iterdir():
         assert f.read_bytes() == (two / f.name).read_bytes(), f.name
 
@@ -77,11 +152,6 @@ def test_files_readable_by_gensim_and_byte_identical(tmp_path, pairs, vectors):
     assert text.index_to_key == CLASSES and kv.index_to_key == CLASSES
     np.testing.assert_allclose(text.vectors, vectors[2], rtol=1e-6)
     np.testing.assert_array_equal(kv.vectors, vectors[2])
-
-    loaded, manifest = load_vectors(one)
-    np.testing.assert_array_equal(loaded, vectors)
-    assert manifest == {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "gensim"}
-    assert json.loads((one / "manifest.json").read_text())["seeds"] == [0, 1, 2]
 
 
 def test_class_in_no_pair_is_refused(pairs):

@@ -1,9 +1,11 @@
 """Tests of the evaluate stage (confusion_embeddings/evaluation/, stages/evaluate.py): the
-figures on hand-made inputs, then the whole chain."""
+figures on hand-made inputs, several classifiers (their agreement and spread), what the
+lower-ranked guesses say on their own, then the whole chain."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -16,7 +18,8 @@ from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
-from confusion_embeddings.embedding.engines import train_vectors
+from confusion_embeddings.embedding.engines import train_all
+from confusion_embeddings.evaluation import scores
 from confusion_embeddings.evaluation.plots import (
     TABLE_ALL_PAIRS_MAX_CLASSES,
     similarity_rows,
@@ -34,29 +37,50 @@ from confusion_embeddings.evaluation.scores import (
     evaluate,
     ranked_neighbours,
     resolve_groups,
+    secondary_structure,
     seed_mean_std,
     spearman_upper,
+    table_agreement,
+    top1_accuracy,
 )
-from confusion_embeddings.pairs import Pairs, build_pairs
+from confusion_embeddings.pairs import Pairs, build_pairs, combine
 from confusion_embeddings.predictions import load_predictions
 from stages import embed as embed_stage
 from stages import evaluate as evaluate_stage
 from stages import pairs as pairs_stage
 
-from helpers import stage_argv
+from helpers import stage_argv, stage_options
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
 
 # The headline figures, the only keys of the metrics file (the tables are plot data).
 HEADLINE = [
     "classes",
+    "classifiers",
     "seeds",
+    "classifier_agreement",
+    "classifier_spread",
+    "seed_spread",
     "spearman_vs_confusion",
+    "secondary_vs_confusion",
     "mean_offdiag_cosine",
     "collapsed",
+    "seed_reliability",
+    "noisy",
+    "consensus_vs_mean_table",
+    "consensus_max_diff",
+    "least_stable_dispersion",
     "group_separation",
     "group_nn_agreement",
     "group_ari",
 ]
+# Figures that apply to several classifiers only: left out of the metrics of one.
+SEVERAL_CLASSIFIERS = {"classifier_agreement", "classifier_spread"}
+
+
+def headline(m: dict, absent: set[str] = frozenset()) -> list[str]:
+    """HEADLINE in its order, less the figures that do not apply (left out, never null)."""
+    assert None not in m.values(), m
+    return [key for key in HEADLINE if key not in absent]
 
 
 def read_table(text: str) -> list[dict[str, str]]:
@@ -79,7 +103,8 @@ def eval_params(**overrides) -> dict:
     return validate_section("evaluate", overrides, SCHEMA)
 
 
-def hand_pairs(true, guess, k, classes, groups=None) -> Pairs:
+def hand_pairs(true, guess, k, classes, groups=None, name="c0") -> Pairs:
+    """One classifier's pairs, pictures without a split."""
     true, guess = np.asarray(true, np.int32), np.asarray(guess, np.int32)
     return Pairs(
         true=true,
@@ -91,6 +116,8 @@ def hand_pairs(true, guess, k, classes, groups=None) -> Pairs:
         splits=(),
         groups=groups,
         top_k=k,
+        classifier=np.zeros(len(true), np.int16),
+        classifiers=(name,),
     )
 
 
@@ -153,7 +180,7 @@ def test_unknown_class_in_groups_refused():
 def test_collapse_detection_fires_on_nearly_identical_vectors(capsys):
     rng = np.random.default_rng(0)
     base = rng.normal(size=5)
-    vectors = (base + 0.01 * rng.normal(size=(3, 4, 5))).astype(np.float32)
+    vectors = (base + 0.01 * rng.normal(size=(1, 3, 4, 5))).astype(np.float32)
     p = hand_pairs(np.repeat(np.arange(4), 2), [0, 1, 1, 0, 2, 3, 3, 2], 2, "abcd")
     ev = evaluate(p, vectors, eval_params())
     assert ev.collapsed and ev.mean_offdiag > 0.99
@@ -188,7 +215,7 @@ def planted(tmp_path_factory):
     pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
     # Few pairs per word here, so train on every pair (sample=0) with the shuffled corpus.
     embed = validate_section("embed", {"seeds": [0, 1, 2], "sample": 0.0}, EMBED_SCHEMA)
-    vectors = train_vectors(pairs, embed)
+    vectors = train_all(pairs, embed)  # [1, 3, C, dim]: one classifier
     return pairs, vectors
 
 
@@ -229,7 +256,8 @@ def test_report_tables_plots_and_metrics(tmp_path, planted):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     m = metrics_dict(ev)
-    assert list(m) == HEADLINE and m["classes"] == len(CLASSES) and m["seeds"] == 3
+    assert list(m) == headline(m, SEVERAL_CLASSIFIERS)
+    assert m["classes"] == len(CLASSES) and m["seeds"] == 3 and m["classifiers"] == 1
     # The tables: every ordered pair of distinct classes (12 <= TABLE_ALL_PAIRS_MAX_CLASSES),
     # neighbours most similar first, rounded to 4 decimals.
     write_similarity_csv(ev, tmp_path / "similarity.csv", params["top_n"])
@@ -258,7 +286,7 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     true = np.repeat(np.arange(c), 2 * k)
     guess = rng.integers(0, c, size=true.size)
     p = hand_pairs(true, guess, k, classes, groups={"a": classes[:30], "b": classes[30:]})
-    vectors = rng.normal(size=(2, c, 5)).astype(np.float32)
+    vectors = rng.normal(size=(1, 2, c, 5)).astype(np.float32)
     params = eval_params(top_n=4)
     ev = evaluate(p, vectors, params)
     report = render_report(ev, params)
@@ -266,7 +294,11 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     line = next(x for x in report.splitlines() if x.startswith("- **n0** (a):"))
     assert line.count("±") == 4
     m = metrics_dict(ev)
-    assert list(m) == HEADLINE and m["classes"] == c  # no tables in the metrics
+    # Two pictures per class: too few lower-ranked guesses for secondary_structure to rank
+    # the class pairs (None), so secondary_vs_confusion is left out.
+    assert ev.secondary is None
+    absent = SEVERAL_CLASSIFIERS | {"secondary_vs_confusion"}
+    assert list(m) == headline(m, absent) and m["classes"] == c  # no tables in the metrics
     # Beyond TABLE_ALL_PAIRS_MAX_CLASSES the table keeps each class's top_n neighbours.
     assert c > TABLE_ALL_PAIRS_MAX_CLASSES
     rows = similarity_rows(ev, params["top_n"])
@@ -280,20 +312,25 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
 
 
 def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys):
-    arrays = make_synthetic_predictions(
-        300, CIFAR10, CIFAR10_GROUPS, confusion_strength=1.5, seed=1
-    )
-    pred = write_predictions(tmp_path / "pred.npz", arrays)
+    # As dvc.yaml runs it: one predictions file per classifier seed, read through --seeds.
+    seeds = [int(s) for s in stage_options("pairs")["--seeds"].split()]
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    for s in seeds:
+        arrays = make_synthetic_predictions(
+            300, CIFAR10, CIFAR10_GROUPS, confusion_strength=1.5, seed=1 + s
+        )
+        write_predictions(folder / f"seed_{s}.npz", arrays)
     params = tmp_path / "params.yaml"
     params.write_text(
-        yaml.safe_dump(
-            {
-                "pairs": {"predictions": str(pred)},
-                "embed": {"seeds": [0, 1]},
-                "evaluate": {"groups": CIFAR10_GROUPS},
-            }
-        )
+        yaml.safe_dump({"embed": {"seeds": [0, 1]}, "evaluate": {"groups": CIFAR10_GROUPS}})
     )
+    monkeypatch.chdir(tmp_path)  # an option the test does not name writes here, not in the repo
+
+    def paths(stage: str, d, **named: str) -> dict[str, str]:
+        """Every option of the stage's command line pointed into d (`named` as given)."""
+        out = {f[2:]: f"{d}/{stage}_{f[2:]}" for f in stage_options(stage) if f != "--seeds"}
+        return {**out, **named}
 
     def run_chain(tag: str) -> dict[str, bytes]:
         d = tmp_path / tag
@@ -301,21 +338,35 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
             (
                 pairs_stage,
                 stage_argv(
-                    "pairs", predictions=pred, out=f"{d}/pairs", metrics=f"{d}/m/pairs.json"
+                    "pairs",
+                    **paths(
+                        "pairs",
+                        d,
+                        predictions=folder,
+                        out=f"{d}/pairs",
+                        metrics=f"{d}/m/pairs.json",
+                    ),
                 ),
             ),
-            (embed_stage, stage_argv("embed", pairs=f"{d}/pairs", out=f"{d}/embed")),
+            (
+                embed_stage,
+                stage_argv("embed", **paths("embed", d, pairs=f"{d}/pairs", out=f"{d}/embed")),
+            ),
             (
                 evaluate_stage,
                 stage_argv(
                     "evaluate",
-                    pairs=f"{d}/pairs",
-                    embed=f"{d}/embed",
-                    metrics=f"{d}/m/sim.json",
-                    table=f"{d}/r/sim.csv",
-                    report=f"{d}/r/sim.md",
-                    plots=f"{d}/r/plots",
-                    matrices=f"{d}/r/mat.npz",
+                    **paths(
+                        "evaluate",
+                        d,
+                        pairs=f"{d}/pairs",
+                        embed=f"{d}/embed",
+                        metrics=f"{d}/m/sim.json",
+                        table=f"{d}/r/sim.csv",
+                        report=f"{d}/r/sim.md",
+                        plots=f"{d}/r/plots",
+                        matrices=f"{d}/r/mat.npz",
+                    ),
                 ),
             ),
         ]
@@ -326,21 +377,44 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
 
     first, second = run_chain("a"), run_chain("b")
     assert first == second
-    assert {"r/plots/class_map.png", "r/mat.npz", "embed/seed_1.kv", "pairs/confusion.csv"} <= set(
-        first
-    )
+    assert not [
+        f for f in tmp_path.iterdir() if f.name not in ("a", "b", "predictions", "params.yaml")
+    ]
+    assert {
+        "r/plots/class_map.png",
+        "r/mat.npz",
+        "embed/vectors.npy",
+        "pairs/confusion.csv",
+    } <= set(first)
     assert "r/sim.csv" in first
     sim = json.loads(first["m/sim.json"])
-    assert list(sim) == HEADLINE
+    assert list(sim) == headline(sim, set() if len(seeds) > 1 else SEVERAL_CLASSIFIERS)
     assert sim["classes"] == 10 and sim["seeds"] == 2 and sim["group_ari"] is not None
+    assert sim["classifiers"] == len(seeds)
+    if len(seeds) > 1:
+        assert -1 <= sim["classifier_agreement"] <= 1 and sim["classifier_spread"] > 0
     report = first["r/sim.md"].decode()
     assert "### animals" in report and "### vehicles" in report
     assert "(5 dimensions)" in report  # the vectors' dimension: in the report, not the metrics
+    assert ("## Classifiers" in report) == (len(seeds) > 1)
     rows = read_table(first["r/sim.csv"].decode())
     assert len(rows) == 10 * 9 and {r["class"] for r in rows} == set(CIFAR10)
     with np.load(tmp_path / "a" / "r" / "mat.npz", allow_pickle=False) as mat:
-        assert mat["similarity_mean"].shape == (10, 10) and mat["confusion"].sum() == 3000
+        m = len(seeds)
+        assert mat["similarity_mean"].shape == (10, 10)
+        assert mat["confusion"].sum() == 3000 * m  # every classifier's top-1 guesses
         assert mat["classes"].tolist() == CIFAR10
+        assert mat["classifiers"].tolist() == [f"seed_{s}" for s in seeds]
+        assert mat["similarity_per_classifier"].shape == (m, 10, 10)
+        np.testing.assert_allclose(
+            mat["similarity_per_classifier"].mean(axis=0), mat["similarity_mean"], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            mat["similarity_per_classifier"].std(axis=0), mat["classifier_std"], atol=1e-6
+        )
+        assert mat["seed_std"].shape == (10, 10)
+        spread = mat["classifier_std"] if m > 1 else mat["seed_std"]
+        np.testing.assert_array_equal(mat["similarity_std"], spread)
         # The table holds the matrices' values, rounded.
         for r in rows:
             i, j = CIFAR10.index(r["class"]), CIFAR10.index(r["neighbour"])
@@ -373,3 +447,195 @@ def test_spearman_keeps_only_the_most_confused_pairs():
         emb[i, j] = emb[j, i] = (10.0 - rank) if strong else -0.01 * (1 + rank)
     assert spearman_upper(emb, conf, max_pairs=3) == pytest.approx(1.0)
     assert spearman_upper(emb, conf) < 0.5
+
+
+# --------------------------------------------------------------------------- several classifiers
+
+
+def test_table_agreement_identical_and_shuffled():
+    rng = np.random.default_rng(0)
+    c = 8
+    base = rng.uniform(-1, 1, (c, c))
+    base = (base + base.T) / 2
+    np.fill_diagonal(base, 1.0)
+    assert table_agreement(np.stack([base, base, base])) == pytest.approx(1.0)
+    assert table_agreement(base[None]) is None  # one classifier: nothing to agree with
+    # A table whose class pairs are shuffled ranks them otherwise.
+    iu = np.triu_indices(c, k=1)
+    shuffled = np.eye(c)
+    shuffled[iu] = rng.permutation(base[iu])
+    shuffled = shuffled + np.triu(shuffled, 1).T
+    two = table_agreement(np.stack([base, shuffled]))
+    assert two < 0.5
+    # The mean over pairs of tables: (1 + r + r) / 3 for base, base, shuffled.
+    assert table_agreement(np.stack([base, base, shuffled])) == pytest.approx((1 + 2 * two) / 3)
+    # Only the ranking counts: a monotone transform of a table agrees fully.
+    assert table_agreement(np.stack([base, 0.5 * base**3 + 0.1])) == pytest.approx(1.0)
+
+
+def _split_pairs(tmp_path, seed: int, name: str, **kwargs) -> Pairs:
+    """One classifier's top-3 pairs of a 10-class synthetic file with train/test splits."""
+    path = tmp_path / f"{name}.npz"
+    write_predictions(
+        path, make_synthetic_predictions(200, CIFAR10, CIFAR10_GROUPS, 1.5, seed=seed, **kwargs)
+    )
+    return build_pairs(load_predictions(path), top_k=3, block_size=4096)
+
+
+def test_identical_classifiers_have_no_spread(tmp_path):
+    one = _split_pairs(tmp_path, 0, "seed_0")
+    two = combine([one, dataclasses.replace(one, classifiers=("seed_1",))])
+    rng = np.random.default_rng(1)
+    runs = rng.normal(size=(1, 3, 10, 5)).astype(np.float32)  # 3 word2vec seeds
+    ev = evaluate(two, np.concatenate([runs, runs]), eval_params())
+    assert ev.classifiers == ("seed_0", "seed_1") and ev.seeds == 3 and ev.dim == 5
+    assert ev.tables.shape == (2, 10, 10)
+    np.testing.assert_array_equal(ev.classifier_std, 0.0)
+    np.testing.assert_array_equal(ev.std, ev.classifier_std)  # the quoted spread
+    assert ev.spread_of == "classifiers"
+    assert ev.classifier_agreement == pytest.approx(1.0)
+    # The seed spread is the single classifier's, and the mean its table.
+    alone = evaluate(one, runs, eval_params())
+    np.testing.assert_allclose(ev.seed_std, alone.seed_std, atol=1e-12)
+    np.testing.assert_allclose(ev.mean, alone.mean, atol=1e-12)
+    assert ev.seed_std[~np.eye(10, dtype=bool)].min() > 0
+    assert alone.classifier_agreement is None and alone.spread_of == "word2vec seeds"
+    np.testing.assert_array_equal(alone.std, alone.seed_std)
+    np.testing.assert_array_equal(alone.classifier_std, 0.0)
+    assert ev.classifier_accuracy == (alone.classifier_accuracy[0],) * 2
+
+
+def test_classifier_spread_mean_and_accuracy_by_hand(tmp_path):
+    """Two classifiers whose vectors differ: the mean of their tables, the population std
+    across them, the seed spread averaged over them, and each one's test accuracy."""
+    parts = [_split_pairs(tmp_path, s, f"seed_{s}", true_bonus=b) for s, b in ((0, 2.0), (1, 3.0))]
+    pairs = combine(parts)
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(2, 2, 10, 4)).astype(np.float32)
+    ev = evaluate(pairs, vectors, eval_params())
+    sims = cosine_matrices(vectors)  # [M, S, C, C]
+    tables = sims.mean(axis=1)
+    np.testing.assert_allclose(ev.tables, tables)
+    np.testing.assert_allclose(ev.mean, (tables[0] + tables[1]) / 2)
+    np.testing.assert_allclose(ev.classifier_std, np.abs(tables[0] - tables[1]) / 2, atol=1e-12)
+    np.testing.assert_allclose(ev.seed_std, (sims[0].std(axis=0) + sims[1].std(axis=0)) / 2)
+    for i, part in enumerate(parts):
+        first = (part.rank == 1) & (part.split == part.splits.index("test"))
+        expect = float((part.true[first] == part.guess[first]).mean())
+        assert ev.classifier_accuracy[i] == pytest.approx(expect)
+        assert top1_accuracy(part) == pytest.approx(expect)
+    assert ev.classifier_accuracy[0] < ev.classifier_accuracy[1]  # the larger true bonus
+    assert ev.n_pictures == 4000  # both classifiers' pictures
+
+
+def test_test_pictures_and_top1_accuracy_without_a_test_split():
+    p = hand_pairs([0, 0, 1, 1, 2, 2], [0, 1, 0, 2, 2, 1], 2, "abc")
+    assert scores.on_test_split(p).all()  # no test split: every picture
+    assert top1_accuracy(p) == pytest.approx(2 / 3)
+
+
+def test_report_and_metrics_of_several_classifiers(tmp_path):
+    parts = [_split_pairs(tmp_path, s, f"seed_{s}") for s in range(3)]
+    pairs = combine(parts)
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(3, 2, 10, 5)).astype(np.float32)
+    params = eval_params()
+    ev = evaluate(pairs, vectors, params)
+    report = render_report(ev, params)
+    assert "3 classifier(s) x 2 word2vec seed(s)" in report
+    assert "standard deviation across classifiers" in report
+    # Each cell: mean ± the spread across classifiers (not across seeds).
+    i, j = CIFAR10.index("cat"), ranked_neighbours(ev.mean, CIFAR10.index("cat"))[0]
+    cell = f"{CIFAR10[j]} {ev.mean[i, j]:.2f} ± {ev.classifier_std[i, j]:.2f}"
+    column = report.split("### animals")[1].split("###")[0]
+    assert cell in column
+    # The Classifiers table: one row per classifier, its test accuracy and its table's
+    # Spearman against the mean table.
+    section = report.split("## Classifiers")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| seed_")]
+    assert [r.split(" | ")[0] for r in rows] == ["| seed_0", "| seed_1", "| seed_2"]
+    for row, acc in zip(rows, ev.classifier_accuracy, strict=True):
+        assert f"| {acc:.4f} |" in row
+    m = metrics_dict(ev)
+    assert list(m) == headline(m)
+    assert m["classifiers"] == 3 and m["seeds"] == 2 and m["classes"] == 10
+    off = ~np.eye(10, dtype=bool)
+    assert m["classifier_spread"] == pytest.approx(ev.classifier_std[off].mean(), abs=1e-4)
+    assert m["seed_spread"] == pytest.approx(ev.seed_std[off].mean(), abs=1e-4)
+    assert m["classifier_agreement"] == pytest.approx(table_agreement(ev.tables), abs=1e-4)
+    assert m["secondary_vs_confusion"] == pytest.approx(ev.secondary, abs=1e-4)
+    json.dumps(m)  # plain JSON values only
+
+    # One classifier: no Classifiers table, the seeds' spread, no agreement.
+    alone = evaluate(parts[0], vectors[:1], params)
+    report = render_report(alone, params)
+    assert "## Classifiers" not in report and "across word2vec seeds" in report
+    m = metrics_dict(alone)
+    assert list(m) == headline(m, SEVERAL_CLASSIFIERS) and m["classifiers"] == 1
+    np.testing.assert_array_equal(alone.classifier_std, 0.0)
+
+
+# --------------------------------------------------------------------------- lower-ranked guesses
+
+# 20 classes in 4 groups of 5, a classifier about 93% right on top-1 whose mistakes stay in
+# the group: many class pairs, so the rank correlation is not at the mercy of a few.
+SECONDARY_CLASSES = [f"s{i:02d}" for i in range(20)]
+SECONDARY_GROUPS = {f"g{g}": SECONDARY_CLASSES[5 * g : 5 * g + 5] for g in range(4)}
+
+
+def _secondary_arrays(seed: int) -> dict[str, np.ndarray]:
+    return make_synthetic_predictions(
+        1500, SECONDARY_CLASSES, SECONDARY_GROUPS, confusion_strength=1.0, seed=seed, true_bonus=4.0
+    )
+
+
+def _random_lower_guesses(arrays: dict, seed: int) -> dict[str, np.ndarray]:
+    """The same top-1 guesses, the 2nd and 3rd drawn uniformly among the other wrong classes
+    (a `topk` predictions file): lower-ranked guesses that carry no structure."""
+    probs, labels = arrays["probs"], arrays["labels"]
+    n, c = probs.shape
+    top1 = probs.argmax(axis=1)
+    keys = np.random.default_rng(seed).random((n, c))
+    keys[np.arange(n), labels] = 2.0  # never the true class ...
+    keys[np.arange(n), top1] = -1.0  # ... and the top-1 guess first
+    out = {k: v for k, v in arrays.items() if k != "probs"}
+    out["topk"] = np.argsort(keys, axis=1)[:, :3].astype(np.int16)
+    return out
+
+
+def _pairs_of(tmp_path, arrays, name="pred") -> Pairs:
+    path = write_predictions(tmp_path / f"{name}.npz", arrays)
+    return build_pairs(load_predictions(path), top_k=3, block_size=65536)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_secondary_structure_follows_planted_lower_guesses(tmp_path, seed):
+    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    arrays = _secondary_arrays(seed)
+    planted = _pairs_of(tmp_path, arrays)
+    assert 0.85 < top1_accuracy(planted) < 0.97
+    assert secondary_structure(planted, max_pairs) > 0.5
+    flat = _pairs_of(tmp_path, _random_lower_guesses(arrays, seed), "flat")
+    np.testing.assert_array_equal(flat.guess[flat.rank == 1], planted.guess[planted.rank == 1])
+    assert abs(secondary_structure(flat, max_pairs)) < 0.3
+
+
+def test_secondary_structure_in_evaluate_is_the_mean_over_classifiers(tmp_path):
+    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    parts = [_pairs_of(tmp_path, _secondary_arrays(s), f"seed_{s}") for s in (0, 1)]
+    vectors = np.random.default_rng(0).normal(size=(2, 1, 20, 5)).astype(np.float32)
+    ev = evaluate(combine(parts), vectors, eval_params())
+    expect = np.mean([secondary_structure(p, max_pairs) for p in parts])
+    assert ev.secondary == pytest.approx(expect)
+
+
+def test_secondary_structure_ignores_top1_mistakes_for_a_weaker_classifier(tmp_path):
+    """Random lower-ranked guesses of a classifier right only ~63% of the time: still no
+    order among its wrong classes beyond the top-1, so near zero."""
+    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    for seed in (0, 1):
+        arrays = make_synthetic_predictions(
+            1500, SECONDARY_CLASSES, SECONDARY_GROUPS, 1.5, seed=seed, true_bonus=3.0
+        )
+        flat = _pairs_of(tmp_path, _random_lower_guesses(arrays, seed), "flat")
+        assert abs(secondary_structure(flat, max_pairs)) < 0.3

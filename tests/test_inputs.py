@@ -205,8 +205,16 @@ def test_gzip_cut_inside_its_header(tmp_path, keep):
 # --------------------------------------------------------------------------- stage inputs
 
 
-def test_evaluate_embed_and_pairs_disagree(tmp_path, monkeypatch, capsys):
-    """The embed folder was made from other pairs (other classes): evaluate refuses."""
+@pytest.mark.parametrize(
+    "embed_from, pairs_from",
+    [
+        ("four", "ten"),  # other classes
+        ("ten-two", "ten"),  # the same classes, fewer classifiers (a seed added since)
+    ],
+)
+def test_evaluate_embed_and_pairs_disagree(embed_from, pairs_from, tmp_path, monkeypatch, capsys):
+    """The embed folder was made from other pairs (other classes, or other classifiers):
+    evaluate refuses and writes nothing."""
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["embed"]["seeds"] = [0]
@@ -214,42 +222,58 @@ def test_evaluate_embed_and_pairs_disagree(tmp_path, monkeypatch, capsys):
     from stages import embed as embed_stage
     from stages import pairs as pairs_stage
 
-    for name, classes in (("ten", CIFAR10), ("four", ["w", "x", "y", "z"])):
-        write_predictions(
-            tmp_path / f"{name}.npz", make_synthetic_predictions(20, classes, None, 1.0, seed=0)
+    seeds = [int(s) for s in stage_options("pairs", params)["--seeds"].split()]
+    runs = {
+        "ten": (CIFAR10, seeds),
+        "four": (["w", "x", "y", "z"], seeds),
+        "ten-two": (CIFAR10, seeds[:-1]),
+    }
+    for name in (embed_from, pairs_from):
+        classes, which = runs[name]
+        Path(f"pred-{name}").mkdir()
+        for s in seeds:
+            write_predictions(
+                Path(f"pred-{name}") / f"seed_{s}.npz",
+                make_synthetic_predictions(20, classes, None, 1.0, seed=s),
+            )
+        args = stage_argv(
+            "pairs", params, predictions=f"pred-{name}", out=f"pairs-{name}", metrics=f"{name}.json"
         )
-        monkeypatch.setattr(
-            sys,
-            "argv",
-            [
-                "pairs",
-                *stage_argv(
-                    "pairs", predictions=f"{name}.npz", out=f"pairs-{name}", metrics=f"{name}.json"
-                ),
-            ],
-        )
+        i = args.index("--seeds")
+        args[i + 1 : i + 1 + len(seeds)] = map(str, which)
+        monkeypatch.setattr(sys, "argv", ["pairs", *args])
         pairs_stage.main()
     monkeypatch.setattr(
-        sys, "argv", ["embed", *stage_argv("embed", pairs="pairs-four", out="embed-four")]
+        sys,
+        "argv",
+        ["embed", *stage_argv("embed", pairs=f"pairs-{embed_from}", out=f"embed-{embed_from}")],
     )
     embed_stage.main()
     outputs = {
-        "metrics": "m.json",
-        "table": "t.csv",
-        "report": "r.md",
-        "plots": "plots",
-        "matrices": "x.npz",
+        flag[2:]: f"out-{flag[2:]}"
+        for flag in stage_options("evaluate")
+        if flag not in ("--pairs", "--embed")
     }
     monkeypatch.setattr(
         sys,
         "argv",
-        ["evaluate", *stage_argv("evaluate", pairs="pairs-ten", embed="embed-four", **outputs)],
+        [
+            "evaluate",
+            *stage_argv(
+                "evaluate", pairs=f"pairs-{pairs_from}", embed=f"embed-{embed_from}", **outputs
+            ),
+        ],
     )
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_main(evaluate_stage.main)
     assert exc.value.code == 2
-    assert "embed-four: its classes differ from those of pairs-ten" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        f"embed-{embed_from}: its classes or classifiers differ from those of pairs-{pairs_from}"
+        in err
+    )
+    assert "rerun embed" in err and err.count("\n") == 1
     assert not any(Path(p).exists() for p in outputs.values())
 
 

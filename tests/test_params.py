@@ -78,11 +78,13 @@ def project(tmp_path, monkeypatch) -> Path:
 
 
 def run_stage(stage: str, params: dict | str, monkeypatch, capsys) -> tuple[int, str]:
-    """Write params.yaml, run the stage's main like `python -m stages.<stage>`, return
+    """Write params.yaml, run the stage's main like `python -m stages.<stage>` with the
+    command line dvc.yaml gives it under these params (train: its first seed), return
     (exit code, stderr). The working directory is the project folder."""
     Path("params.yaml").write_text(params if isinstance(params, str) else yaml.safe_dump(params))
     module = importlib.import_module(f"stages.{stage}")
-    monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *stage_argv(stage)])
+    args = stage_argv(stage, params if isinstance(params, dict) else None)
+    monkeypatch.setattr(sys, "argv", [f"stages.{stage}", *args])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         run_main(module.main)
@@ -208,11 +210,14 @@ def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monk
         ("embed", "seeds", [], ["'embed.seeds' = [] is out of range", "non-empty list"]),
         ("embed", "seeds", [1, 1], ["'embed.seeds' = [1, 1]", "distinct"]),
         ("pairs", "top_k", 0, ["'pairs.top_k' = 0 is out of range; expected a number >= 1"]),
+        # The classifier's seed was train.seed before `classifiers.seeds`: a params.yaml
+        # that still holds it is refused by name, not silently ignored.
+        ("train", "seed", 0, ["unknown key 'train.seed'", "valid keys: batch_size"]),
         (
-            "pairs",
-            "predictions",
-            None,
-            ["'pairs.predictions' = None has the wrong type; expected str"],
+            "train",
+            "crossfit_folds",
+            1,
+            ["'train.crossfit_folds' = 1 is out of range; expected 0 or an int >= 2"],
         ),
         ("predict", "splits", ["test", "test"], ["'predict.splits'", "distinct split names"]),
         ("prepare", "image_size", 5000, ["'prepare.image_size' = 5000", "in [1, 4096]"]),
@@ -234,12 +239,20 @@ def test_named_bad_values(stage, key, value, fragments, project, monkeypatch, ca
     assert_refused(stage, with_value(stage, key, value), fragments, monkeypatch, capsys, project)
 
 
-def test_missing_required_key(project, monkeypatch, capsys):
-    params = default_params()
-    del params["pairs"]["predictions"]
-    assert_refused(
-        "pairs", params, ["'pairs.predictions' is required"], monkeypatch, capsys, project
-    )
+def test_missing_required_key():
+    """No stage's section has a required key any more (pairs.predictions, the one there
+    was, is optional: the pipeline's pairs stage reads the classifiers' folder dvc.yaml
+    names; the train stage's seed is its required --seed, tests/test_dvc_yaml.py): every
+    key left out takes its default. The mechanism stays for a schema that needs one."""
+    for stage in STAGES:
+        assert not [key for key, spec in schema(stage).items() if spec.required], stage
+        assert validate_section(stage, {}, schema(stage)) == validate_section(
+            stage, None, schema(stage)
+        )
+    needs = {"path": Param(str, required=True), "k": Param(int, 3)}
+    with pytest.raises(PipelineError, match=r"^params.yaml: 'mine.path' is required$"):
+        validate_section("mine", {"k": 4}, needs)
+    assert validate_section("mine", {"path": "x"}, needs) == {"path": "x", "k": 3}
 
 
 @pytest.mark.parametrize(
@@ -271,12 +284,16 @@ def test_missing_params_file(project, monkeypatch, capsys):
 
 @pytest.fixture
 def with_predictions(project) -> Path:
-    """The project with a 10-class CIFAR-like predictions file at pairs' --predictions
-    (params.yaml's pairs.predictions, data/predictions.npz)."""
-    path = project / stage_options("pairs")["--predictions"]
-    path.parent.mkdir(parents=True)
-    arrays = make_synthetic_predictions(30, CIFAR10, CIFAR10_GROUPS, 2.0, seed=0)
-    write_predictions(path, arrays)
+    """The project with a 10-class CIFAR-like predictions file per classifier seed in
+    pairs' --predictions folder (data/predictions/seed_<s>.npz, as predict@<s> writes)."""
+    from stages.pairs import predictions_files
+
+    options = stage_options("pairs")
+    seeds = [int(s) for s in options["--seeds"].split()]
+    for s, (_, path) in enumerate(predictions_files(project / options["--predictions"], seeds)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = make_synthetic_predictions(30, CIFAR10, CIFAR10_GROUPS, 2.0, seed=s)
+        write_predictions(path, arrays)
     return project
 
 
@@ -408,20 +425,29 @@ def test_validate_section_raises_pipeline_error_only():
 # --------------------------------------------------------------------------- known gaps
 
 
-# train.seed is range-checked and train.stem_patch / train.widths are checked against the
-# picture size, before anything is written (numpy's default_rng refuses a negative seed,
-# jax.random.key a seed over 64 bits, the stem's space-to-depth and the blocks' 2x2 pooling
-# a side they cannot divide).
-@pytest.mark.parametrize("seed", [-1, 2**70])
+# The classifier's seed (train's --seed, one of params `classifiers.seeds`) is range-checked
+# and train.stem_patch / train.widths are checked against the picture size, before anything
+# is written (numpy's default_rng refuses a negative seed, jax.random.key a seed over 64
+# bits, the stem's space-to-depth and the blocks' 2x2 pooling a side they cannot divide).
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**70])
 def test_train_seed_out_of_range(seed, project, monkeypatch, capsys):
+    params = with_value("classifiers", "seeds", [seed])
+    assert stage_options("train", params)["--seed"] == str(seed)  # as dvc.yaml passes it
     assert_refused(
         "train",
-        with_value("train", "seed", seed),
-        [f"'train.seed' = {seed} is out of range"],
+        params,
+        [f"'classifiers.seeds' holds {seed}; seeds must be in [0, {2**32 - 1}]"],
         monkeypatch,
         capsys,
         project,
     )
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1])
+def test_train_seed_range_ends_are_accepted(seed, project, monkeypatch, capsys):
+    """The ends of the range pass the seed check: the stage goes on to its (missing) data."""
+    code, err = run_stage("train", with_value("classifiers", "seeds", [seed]), monkeypatch, capsys)
+    assert code == 2 and "classifiers.seeds" not in err and "prepared" in err, err
 
 
 @pytest.mark.parametrize(

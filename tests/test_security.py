@@ -28,7 +28,14 @@ from confusion_embeddings.core.cli import run_main
 from stages import pairs as pairs_stage
 from stages import prepare as prep
 
-from helpers import make_cifar_tarball, make_dataset, make_tar_gz, stage_argv, tar_with
+from helpers import (
+    make_cifar_tarball,
+    make_dataset,
+    make_tar_gz,
+    stage_argv,
+    stage_options,
+    tar_with,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +158,11 @@ def test_pickle_payload_never_runs(box, capsys, name, member):
 def test_pickled_object_array_in_predictions_never_runs(box, monkeypatch, capsys):
     """An .npz whose `classes` is an object array pickling os.system: np.load must refuse
     it (allow_pickle=False) before anything is unpickled."""
-    path = box.work / "pred.npz"
+    # The first classifier's file in the folder the pairs stage reads (dvc.yaml's --seeds).
+    folder = box.work / "predictions"
+    folder.mkdir()
+    first = stage_options("pairs")["--seeds"].split()[0]
+    path = folder / f"seed_{first}.npz"
     evil = np.array([Gadget(os.system, f"touch {box.marker}"), "b"], dtype=object)
     np.savez(
         path,
@@ -159,9 +170,9 @@ def test_pickled_object_array_in_predictions_never_runs(box, monkeypatch, capsys
         classes=evil,
         probs=np.array([[0.6, 0.4], [0.3, 0.7]], np.float32),
     )
-    (box.work / "params.yaml").write_text(f"pairs:\n  predictions: {path}\n")
+    (box.work / "params.yaml").write_text("pairs:\n  top_k: 1\n")
     monkeypatch.chdir(box.work)
-    monkeypatch.setattr(sys, "argv", ["pairs", *stage_argv("pairs", predictions=path)])
+    monkeypatch.setattr(sys, "argv", ["pairs", *stage_argv("pairs", predictions=folder)])
     before = box.snapshot()
     with pytest.raises(SystemExit) as exc:
         run_main(pairs_stage.main)

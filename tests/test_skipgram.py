@@ -15,7 +15,8 @@ from gensim.models import KeyedVectors
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding import engines
-from confusion_embeddings.embedding.engines import SCHEMA, train_vectors
+from confusion_embeddings.embedding.engines import SCHEMA, train_vectors, updates_per_class
+from confusion_embeddings.embedding.formats import write_word2vec
 from confusion_embeddings.embedding.skipgram import _train, count_matrix, train_skipgram
 from confusion_embeddings.embedding.store import load_vectors
 from confusion_embeddings.evaluation.scores import cosine_matrices
@@ -50,6 +51,8 @@ def make_pairs(true: list[int], guess: list[int], classes: list[str]) -> Pairs:
         splits=(),
         groups=None,
         top_k=1,
+        classifier=np.zeros(n, np.int16),
+        classifiers=("hand",),
     )
 
 
@@ -171,7 +174,8 @@ def test_class_never_a_true_class_is_refused():
     p = make_pairs([0, 0, 1, 1], [0, 2, 1, 2], ["a", "b", "c"])
     with pytest.raises(PipelineError, match="c are never a true class"):
         train_vectors(p, params(seeds=[0]))
-    train_vectors(p, validate_section("embed", {"seeds": [0]}, SCHEMA))  # gensim trains it
+    gensim = validate_section("embed", {"engine": "gensim", "seeds": [0]}, SCHEMA)
+    train_vectors(p, gensim)  # gensim trains it
 
 
 def test_seed_beyond_32_bits_is_refused(pairs):
@@ -207,17 +211,30 @@ def test_files_same_format_as_gensim_and_readable(tmp_path, pairs, vectors):
     gensim_dir = run_embed_stage(tmp_path / "gensim", pairs, engine="gensim", seeds=[0, 1, 2])
     names = sorted(f.name for f in jax_dir.iterdir())
     assert names == sorted(f.name for f in gensim_dir.iterdir())
+    assert names == ["manifest.json", "vectors.npy"]
 
-    text = KeyedVectors.load_word2vec_format(str(jax_dir / "seed_1.txt"))
-    kv = KeyedVectors.load(str(jax_dir / "seed_1.kv"))
+    loaded, manifest = load_vectors(jax_dir)
+    np.testing.assert_array_equal(loaded, vectors[None])  # one classifier
+    # The vectors' contract (embedding/store.py); the manifest may record more about the
+    # training (e.g. how many pairs reached the engine), checked here where named.
+    expected = {
+        "classes": CLASSES,
+        "classifiers": list(pairs.classifiers),
+        "seeds": [0, 1, 2],
+        "dim": 5,
+        "engine": "jax",
+        "updates_per_class": round(updates_per_class(pairs, params()), 1),
+    }
+    assert {key: manifest.get(key) for key in expected} == expected
+
+    # The jax engine's vectors in gensim's formats (embedding/formats.py), as gensim reads them.
+    write_word2vec(tmp_path, "seed_1", tuple(CLASSES), loaded[0, 1])
+    text = KeyedVectors.load_word2vec_format(str(tmp_path / "seed_1.txt"))
+    kv = KeyedVectors.load(str(tmp_path / "seed_1.kv"))
     assert text.index_to_key == CLASSES and kv.index_to_key == CLASSES
     np.testing.assert_allclose(text.vectors, vectors[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(kv.vectors, vectors[1])
     assert kv.most_similar("c0", topn=1)[0][0] == "c1"
-
-    loaded, manifest = load_vectors(jax_dir)
-    np.testing.assert_array_equal(loaded, vectors)
-    assert manifest == {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "jax"}
 
 
 def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
@@ -240,8 +257,9 @@ def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
     embed.main()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "jax" and manifest["seeds"] == [3, 4] and manifest["dim"] == 4
-    assert np.load(out / "vectors.npy").shape == (2, len(CLASSES), 4)
-    assert {"seed_3.txt", "seed_3.kv", "seed_4.txt", "seed_4.kv"} <= {f.name for f in out.iterdir()}
+    assert manifest["classifiers"] == list(pairs.classifiers)
+    assert np.load(out / "vectors.npy").shape == (1, 2, len(CLASSES), 4)
+    assert sorted(f.name for f in out.iterdir()) == ["manifest.json", "vectors.npy"]
 
 
 # --------------------------------------------------------------------------- params
@@ -249,7 +267,7 @@ def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
 
 def test_defaults():
     p = validate_section("embed", {}, SCHEMA)
-    assert p["engine"] == "gensim"
+    assert p["engine"] == "jax"  # the default engine (gensim is the paper's)
     assert (p["jax_steps"], p["jax_lr"], p["jax_l2"], p["jax_objective"], p["jax_negative"]) == (
         4000,
         0.05,

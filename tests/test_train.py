@@ -39,6 +39,7 @@ from confusion_embeddings.data.prepared import load_prepared
 from stages import train as train_stage
 
 from helpers import (
+    default_params,
     make_prepared,
     run_stage_main,
     save_tiny_model,
@@ -305,6 +306,9 @@ def run_train_stage(folder: Path, monkeypatch, **paths) -> None:
 
 def test_smoke_one_epoch(tmp_path, monkeypatch):
     project = train_project(tmp_path, epochs=1)
+    seed = default_params()["classifiers"]["seeds"][0]
+    assert stage_argv("train")[stage_argv("train").index("--seed") + 1] == str(seed)
+    assert f"seed_{seed}" in OPTIONS["--model"]  # the first classifier's paths
     run_train_stage(project, monkeypatch)
     m = json.loads((project / OPTIONS["--metrics"]).read_text())
     # Headline figures only; wall times and speed in --timings.
@@ -335,7 +339,12 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert cfg.num_classes == 4 and cfg.widths == (8, 16) and cfg.conv_impl == m["conv_impl_used"]
     assert cfg.logit_scale == tiny_params()["logit_scale"]
     # What predict needs to run the network as train did, saved with it.
-    assert inference == {"tta_flip": True, "tta_translate": 1, "cpu_devices": "auto"}
+    assert inference == {
+        "tta_flip": True,
+        "tta_translate": 1,
+        "cpu_devices": "auto",
+        "holdout": None,  # train.crossfit_folds 0: every training picture (tests/test_crossfit.py)
+    }
     assert norm[0].shape == norm[1].shape == (3,)
     live = project / OPTIONS["--live"]
     assert (live / "plots" / "metrics" / "test" / "accuracy.tsv").exists()
@@ -350,7 +359,7 @@ def test_learns_the_synthetic_classes(tmp_path):
     trained = train_and_evaluate(
         load_prepared(prepared),
         p,
-        p["seed"],
+        0,
         conv_module.resolve(p["conv_impl"]).impl,
         on_epoch=seen.append,
         show_progress=False,
@@ -464,6 +473,25 @@ def test_resume_checkpoint_round_trip(tmp_path):
     resume.remove()
     assert not resume.exists()
     resume.remove()  # removing twice is fine (the stage removes it after every success)
+
+
+def test_resume_remove_clears_the_classifiers_folder(tmp_path):
+    """The folder is one classifier's (.cache/train/seed_<s>): a finished run removes every
+    checkpoint in it (an earlier computation's is stale), and nothing else, nor another
+    classifier's folder."""
+    from confusion_embeddings.cnn.resume import Resume
+
+    mine, other = tmp_path / "seed_0", tmp_path / "seed_1"
+    for folder in (mine, other):
+        folder.mkdir()
+        for name in ("old1.msgpack", "old2.msgpack"):
+            (folder / name).write_bytes(b"stale")
+    (mine / "notes.txt").write_text("kept")
+    resume = Resume(mine, "current")
+    resume.path.write_bytes(b"now")
+    resume.remove()
+    assert sorted(f.name for f in mine.iterdir()) == ["notes.txt"]
+    assert sorted(f.name for f in other.iterdir()) == ["old1.msgpack", "old2.msgpack"]
 
 
 # --------------------------------------------------------------------------- subprocess runs

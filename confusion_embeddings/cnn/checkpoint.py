@@ -2,8 +2,9 @@
 
 Writes (train) / reads (predict) a folder holding
     config.json    {"model": ModelConfig fields, "inference": {tta_flip, tta_translate,
-                    cpu_devices}, "pixel_mean": [3], "pixel_std": [3]}: everything predict
-                   needs to run the network as train ran it
+                    cpu_devices, holdout}, "pixel_mean": [3], "pixel_std": [3]}: everything
+                   predict needs to run the network as train ran it (holdout: the
+                   training fold it never saw under cross-fitting, or null)
     model.msgpack  the Flax state (parameters and batch-norm statistics) as plain arrays;
                    no pickle
 """

@@ -15,7 +15,8 @@ from flax import nnx
 
 from confusion_embeddings import devices
 from confusion_embeddings.core.params import Param, at_least
-from confusion_embeddings.data.prepared import Prepared
+from confusion_embeddings.data.prepared import Prepared, Split
+from confusion_embeddings.data.selection import crossfit_folds
 
 SCHEMA = {
     # Every picture by default, train and test, as in the paper.
@@ -73,7 +74,11 @@ def predict_splits(
     data: Prepared, model, splits: list[str], batch_size: int, show_progress: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run `model` = load_model(...)'s tuple over `splits`; return the predictions-file
-    arrays (predictions.py's contract) and a summary (pictures, top-1 accuracy per split)."""
+    arrays (predictions.py's contract) and a summary (pictures, top-1 accuracy per split).
+
+    A model trained under cross-fitting predicts only the training pictures it never saw
+    (its left-out fold, `holdout` in its saved settings); the other splits whole.
+    """
     graphdef, params, rest, _, inference, norm = model
     devices.check_batch_size(batch_size, "predict.batch_size")
     with devices.data_parallel() as mesh:  # the mesh the network's convolutions see
@@ -84,6 +89,12 @@ def predict_splits(
         labels, probs, split_ids, summary = [], [], [], {}
         for i, name in enumerate(splits):
             split = data.splits[name]
+            left_out = inference.get("holdout")
+            if name == "train" and left_out is not None:
+                rows = np.flatnonzero(
+                    crossfit_folds(split.labels, left_out["folds"]) == left_out["fold"]
+                )
+                split = Split(np.asarray(split.images[rows]), split.labels[rows])
             logits = devices.map_batches(
                 lambda x: infer(params, rest, x),
                 split.images,

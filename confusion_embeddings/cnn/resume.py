@@ -2,9 +2,10 @@
 
 Writes/reads `<dir>/<fingerprint>.msgpack` (the train state's leaves, the epoch history and
 the seconds trained so far), replaced atomically after every epoch and removed when training
-ends. The fingerprint names exactly the computation that would continue: the params, the
-seed, the convolution that runs, the device count, and the content of every path the train
-stage depends on (dvc.yaml's list: data, code, kernel source). Any change starts afresh.
+ends; `<dir>` belongs to one classifier. The fingerprint names exactly the computation that
+would continue: the params, the seed, the convolution that runs, the device count, and the
+content of every path the train stage depends on (dvc.yaml's list: data, code, kernel
+source). Any change starts afresh.
 """
 
 from __future__ import annotations
@@ -91,4 +92,7 @@ class Resume:
         return state, history, float(saved["train_seconds"])
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the checkpoint, and any other in the folder: the folder is this
+        classifier's, and a finished run makes every earlier computation's stale."""
+        for old in self.path.parent.glob("*.msgpack"):
+            old.unlink(missing_ok=True)

@@ -62,3 +62,16 @@ def check_classes(where: str, per_split: dict[str, dict[str, int]]) -> None:
             f"{where}: found {len(train)} class(es) {sorted(train)}; a classifier needs at "
             "least two"
         )
+
+
+def crossfit_folds(labels: np.ndarray, folds: int) -> np.ndarray:
+    """The cross-fitting fold (0 .. folds-1) of each picture, class-balanced: each class's
+    pictures are shuffled with a fixed seed and dealt out in turn. The same for every
+    classifier, so the classifiers that leave out different folds together cover every
+    picture exactly once."""
+    fold = np.empty(len(labels), np.int32)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        order = np.random.default_rng([0, int(c)]).permutation(len(idx))
+        fold[idx[order]] = np.arange(len(idx)) % folds
+    return fold

@@ -1,9 +1,10 @@
 """The class-vector files every later step reads: `vectors.npy` + `manifest.json`.
 
 Reads/writes, in the folder the embed stage names:
-    vectors.npy     float32 [S, C, dim]: one vector set per word2vec seed, classes in the
-                    pairs file's class order
-    manifest.json   {"classes", "seeds", "dim", "engine"}
+    vectors.npy     float32 [M, S, C, dim]: one vector set per classifier and word2vec
+                    seed, classes in the pairs file's class order
+    manifest.json   {"classes", "classifiers", "seeds", "dim", "engine",
+                    "updates_per_class": pairs one epoch trains on per class and classifier}
 numpy and json only, so that reading them (evaluate) does not import gensim.
 """
 
@@ -28,7 +29,7 @@ def write_vectors(out_dir: Path, vectors: np.ndarray, manifest: dict[str, Any]) 
 
 
 def load_vectors(embed_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read vectors.npy [S, C, dim] and manifest.json written by the embed stage."""
+    """Read vectors.npy [M, S, C, dim] and manifest.json written by the embed stage."""
     embed_dir = Path(embed_dir)
     manifest_path, vectors_path = embed_dir / MANIFEST_FILE, embed_dir / VECTORS_FILE
     for path in (manifest_path, vectors_path):
@@ -36,7 +37,12 @@ def load_vectors(embed_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
             raise PipelineError(f"{path}: not found; run the embed stage first (dvc repro embed)")
     manifest = json.loads(manifest_path.read_text())
     vectors = np.load(vectors_path, allow_pickle=False)
-    expected = (len(manifest["seeds"]), len(manifest["classes"]), manifest["dim"])
+    expected = (
+        len(manifest.get("classifiers", ())),
+        len(manifest["seeds"]),
+        len(manifest["classes"]),
+        manifest["dim"],
+    )
     if vectors.shape != expected:
         raise PipelineError(
             f"{vectors_path}: shape {vectors.shape} does not match {manifest_path} {expected}; "

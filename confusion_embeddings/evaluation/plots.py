@@ -13,7 +13,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy.cluster import hierarchy
 
-from confusion_embeddings.evaluation.scores import Evaluation, classical_mds, ranked_neighbours
+from confusion_embeddings.embedding.consensus import unit
+from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
 
 # Presentation limits, not hyperparameters: beyond them labels stop being readable.
 PLOT_LABEL_MAX_CLASSES = 60
@@ -69,23 +70,65 @@ def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
     fig.tight_layout()
     fig.savefig(out_dir / "dendrogram.png", dpi=120)
 
-    coords = classical_mds(np.clip(1.0 - ev.mean, 0.0, 2.0))
-    fig = Figure(figsize=(8, 7))
-    ax = fig.subplots()
+    _class_map(ev, out_dir / "class_map.png")
+
+
+def map_coordinates(ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
+    """2-D coordinates of the consensus vectors [C, 2] and of every aligned run [R, C, 2]:
+    both projected on the consensus unit vectors' two principal axes."""
+    centre = unit(ev.consensus.vectors)
+    mu = centre.mean(axis=0)
+    _, _, axes = np.linalg.svd(centre - mu, full_matrices=False)
+    basis = axes[:2].T
+    # An axis's sign is arbitrary: fix it so reruns draw the same picture.
+    proj = (centre - mu) @ basis
+    basis = basis * np.where(proj[np.abs(proj).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+    return (centre - mu) @ basis, (ev.consensus.aligned - mu) @ basis
+
+
+def _class_map(ev: Evaluation, path: Path) -> None:
+    """The consensus embedding in 2-D, every run's position of each class as faint points
+    around it; one panel per group when there are too many classes to label in one."""
+    names, c = ev.classes, len(ev.classes)
+    coords, runs = map_coordinates(ev)
     colours = _group_colours(ev)
-    ax.scatter(coords[:, 0], coords[:, 1], c=colours, s=40 if labelled else 8)
-    if labelled:
-        for (x, y), name in zip(coords, names, strict=True):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
-    if ev.groups and len(ev.groups) <= 20:
+    panels: list[tuple[str, np.ndarray]] = [("", np.arange(c))]
+    if c > PLOT_LABEL_MAX_CLASSES and ev.groups and len(ev.groups) <= 20:
+        panels = [(g, np.flatnonzero(ev.group_labels == i)) for i, g in enumerate(ev.groups)]
+    cols = min(len(panels), 4)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(8 * cols / (1 + (cols > 1)), 7 * rows / (1 + (rows > 1))))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, (title, members) in zip(axes, panels, strict=False):
+        labelled = len(members) <= PLOT_LABEL_MAX_CLASSES
+        for i in members:
+            ax.scatter(
+                runs[:, i, 0], runs[:, i, 1], color=colours[i], s=6, alpha=0.25, linewidths=0
+            )
+        ax.scatter(
+            coords[members, 0],
+            coords[members, 1],
+            c=[colours[i] for i in members],
+            s=40 if labelled else 8,
+            edgecolors="black",
+            linewidths=0.5,
+        )
+        if labelled:
+            for i in members:
+                ax.annotate(
+                    names[i], coords[i], textcoords="offset points", xytext=(4, 4), fontsize=9
+                )
+        ax.set_title(title or "Consensus class vectors (faint: each run's)", fontsize=10)
+        ax.set_aspect("equal", adjustable="datalim")
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    if len(panels) == 1 and ev.groups and len(ev.groups) <= 20:
         for g, group in enumerate(ev.groups):
             first = int(np.flatnonzero(ev.group_labels == g)[0])
-            ax.scatter([], [], color=colours[first], label=group)
-        ax.legend(loc="best", fontsize=8)
-    ax.set_title("Class map (classical MDS of 1 - mean cosine)")
-    ax.set_aspect("equal", adjustable="datalim")
+            axes[0].scatter([], [], color=colours[first], label=group)
+        axes[0].legend(loc="best", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "class_map.png", dpi=120)
+    fig.savefig(path, dpi=120)
 
 
 # Up to this many classes the plot data holds every ordered pair; beyond, each class's

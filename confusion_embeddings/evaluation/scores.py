@@ -15,6 +15,7 @@ otherwise):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,7 @@ from scipy.stats import spearmanr
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import Param, at_least, in_range
+from confusion_embeddings.embedding.consensus import Consensus, align_runs
 from confusion_embeddings.pairs import Pairs
 from confusion_embeddings.predictions import check_groups
 
@@ -35,16 +37,38 @@ SCHEMA = {
     "table_max_classes": Param(int, 20, at_least(1)),
     "collapse_threshold": Param(float, 0.2, in_range(-1.0, 1.0)),
     "collapse_mean_cosine": Param(float, 0.8, in_range(-1.0, 1.0)),
+    # "noisy" (a different thing from collapsed; docs/design/embedding-engines.md has the
+    # measurements): a split-half Spearman of the table, over word2vec seeds or over the
+    # pictures, below this...
+    "noise_reliability": Param(float, 0.8, in_range(-1.0, 1.0)),
+    # ... or fewer pairs per class and epoch than this reach the engine (after gensim's
+    # down-sampling; see embedding/engines.py:updates_per_class).
+    "min_updates_per_class": Param(float, 50.0, at_least(0.0)),
+    # A class whose runs' vectors sit farther than this (mean 1 - cosine) from its consensus
+    # vector is flagged as not stable in the report (embedding/consensus.py).
+    "unstable_dispersion": Param(float, 0.1, in_range(0.0, 2.0)),
 }
 
 
 @dataclass(frozen=True)
 class Evaluation:
     classes: tuple[str, ...]
+    classifiers: tuple[str, ...]
     seeds: int
     dim: int
-    mean: np.ndarray  # [C, C] cosine similarity averaged over seeds
-    std: np.ndarray  # [C, C]
+    tables: np.ndarray  # [M, C, C] each classifier's cosine similarity, averaged over seeds
+    mean: np.ndarray  # [C, C] the tables averaged over classifiers
+    classifier_std: np.ndarray  # [C, C] std of the tables across classifiers (0 for one)
+    seed_std: np.ndarray  # [C, C] std across word2vec seeds, averaged over classifiers
+    classifier_agreement: float | None  # mean pairwise Spearman of the tables (>= 2 of them)
+    secondary: float | None  # secondary_structure, averaged over classifiers
+    classifier_accuracy: tuple[float | None, ...]  # each classifier's top-1 test accuracy
+    reliability: float | None  # seed_reliability, averaged over classifiers
+    noise_reasons: tuple[str, ...]  # empty unless a noise criterion fired
+    consensus: Consensus  # every run aligned onto one embedding (embedding/consensus.py)
+    consensus_agreement: float | None  # Spearman, consensus cosine table vs `mean`
+    consensus_max_diff: float  # largest |consensus cosine - mean similarity|
+    unstable: tuple[int, ...]  # classes whose dispersion exceeds evaluate.unstable_dispersion
     confusion: np.ndarray  # [C, C] top-1 counts, actual x predicted
     confusion_sim: np.ndarray  # [C, C] symmetric, see module docstring
     spearman: float | None
@@ -64,9 +88,23 @@ class Evaluation:
     def collapsed(self) -> bool:
         return bool(self.collapse_reasons)
 
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise_reasons)
+
+    @property
+    def std(self) -> np.ndarray:
+        """The spread a similarity is quoted with: across classifiers when there are
+        several, across word2vec seeds otherwise (`spread_of` says which)."""
+        return self.classifier_std if len(self.classifiers) > 1 else self.seed_std
+
+    @property
+    def spread_of(self) -> str:
+        return "classifiers" if len(self.classifiers) > 1 else "word2vec seeds"
+
 
 def cosine_matrices(vectors: np.ndarray) -> np.ndarray:
-    """[S, C, dim] -> [S, C, C] cosine similarities, one matrix per seed."""
+    """[..., C, dim] -> [..., C, C] cosine similarities, one matrix per vector set."""
     v = vectors.astype(np.float64)
     v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), np.finfo(np.float64).tiny)
     return v @ np.swapaxes(v, -1, -2)
@@ -112,16 +150,93 @@ def spearman_upper(a: np.ndarray, b: np.ndarray, max_pairs: int | None = None) -
     the pairs that carry information. evaluate passes max_pairs = C * top_n, the pairs a
     reader of the neighbour lists would see; with ten classes that is every pair.
     """
-    iu = np.triu_indices_from(a, k=1)
-    x, y = a[iu], b[iu]
-    seen = y > 0
-    x, y = x[seen], y[seen]
-    if max_pairs is not None and y.size > max_pairs:
-        keep = np.argsort(-y, kind="stable")[:max_pairs]
-        x, y = x[keep], y[keep]
+    pairs = ranked_pairs(b, max_pairs)
+    x, y = a[pairs], b[pairs]
     if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     return float(spearmanr(x, y).statistic)
+
+
+def ranked_pairs(b: np.ndarray, max_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the class pairs i < j with b > 0, the `max_pairs` largest only when
+    given: the pairs spearman_upper ranks."""
+    rows, cols = np.triu_indices_from(b, k=1)
+    y = b[rows, cols]
+    keep = np.flatnonzero(y > 0)
+    if max_pairs is not None and keep.size > max_pairs:
+        keep = keep[np.argsort(-y[keep], kind="stable")[:max_pairs]]
+    return rows[keep], cols[keep]
+
+
+def seed_reliability(
+    sims: np.ndarray, reference: np.ndarray, max_pairs: int | None = None
+) -> float | None:
+    """How reproducible one classifier's table is over word2vec seeds: Spearman, over the
+    class pairs spearman_upper ranks against `reference`, between the mean table of the
+    even-numbered seeds and that of the odd-numbered ones ([S, C, C]; None below 2 seeds).
+    Low when the seed-to-seed noise is large against the differences the table ranks."""
+    if len(sims) < 2:
+        return None
+    pairs = ranked_pairs(reference, max_pairs)
+    x, y = sims[0::2].mean(axis=0)[pairs], sims[1::2].mean(axis=0)[pairs]
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def table_agreement(tables: np.ndarray) -> float | None:
+    """Mean pairwise Spearman correlation between [M, C, C] tables over the unordered class
+    pairs: how alike independent classifiers rank the class pairs (None for one table)."""
+    if len(tables) < 2:
+        return None
+    iu = np.triu_indices(tables.shape[1], k=1)
+    rhos = [
+        spearmanr(tables[a][iu], tables[b][iu]).statistic
+        for a, b in itertools.combinations(range(len(tables)), 2)
+    ]
+    return float(np.mean(rhos))
+
+
+def on_test_split(pairs: Pairs) -> np.ndarray:
+    """Mask of the pairs of test-split pictures (all pairs when there is no test split)."""
+    if "test" not in pairs.splits:
+        return np.ones(len(pairs.true), bool)
+    return pairs.split == pairs.splits.index("test")
+
+
+def top1_accuracy(pairs: Pairs) -> float | None:
+    """Top-1 accuracy on the test pictures (all pictures without a test split)."""
+    first = (pairs.rank == 1) & on_test_split(pairs)
+    return float((pairs.true[first] == pairs.guess[first]).mean()) if first.any() else None
+
+
+def secondary_structure(pairs: Pairs, max_pairs: int | None = None) -> float | None:
+    """What a classifier's lower-ranked guesses say on their own: Spearman, over the class
+    pairs, between the cosine of the classes' rows of the rank >= 2 pair counts and the
+    classifier's own top-1 mistakes on the test pictures (symmetrised rates). Near 0 when
+    the wrong classes' scores carry no order (label smoothing flattens them); one
+    classifier's pairs. Only pictures whose top-1 guess is right count: elsewhere the top-1
+    mistake is the one class the lower ranks cannot name, which would leak its structure in."""
+    c, k = pairs.n_classes, pairs.top_k
+    right = np.repeat(pairs.guess[::k] == pairs.true[::k], k)
+    low = (pairs.rank >= 2) & right
+    counts = (
+        np.bincount(pairs.true[low].astype(np.int64) * c + pairs.guess[low], minlength=c * c)
+        .reshape(c, c)
+        .astype(np.float64)
+    )
+    np.fill_diagonal(counts, 0.0)
+    rows = counts / np.maximum(np.linalg.norm(counts, axis=1, keepdims=True), 1e-300)
+    profile = rows @ rows.T
+    first = (pairs.rank == 1) & on_test_split(pairs)
+    mistakes = (
+        np.bincount(pairs.true[first].astype(np.int64) * c + pairs.guess[first], minlength=c * c)
+        .reshape(c, c)
+        .astype(np.float64)
+    )
+    np.fill_diagonal(mistakes, 0.0)
+    rate = mistakes / np.maximum(np.bincount(pairs.true[first], minlength=c), 1)[:, None]
+    return spearman_upper(profile, (rate + rate.T) / 2, max_pairs)
 
 
 def mean_offdiag(mean: np.ndarray) -> float:
@@ -216,24 +331,74 @@ def collapse_reasons(spearman: float | None, offdiag: float, params: dict) -> tu
     return tuple(reasons)
 
 
-def classical_mds(dist: np.ndarray, dims: int = 2) -> np.ndarray:
-    """Torgerson MDS: coordinates whose Euclidean distances approximate `dist`."""
-    n = len(dist)
-    centre = np.eye(n) - 1.0 / n
-    b = -0.5 * centre @ (dist**2) @ centre
-    values, vectors = np.linalg.eigh((b + b.T) / 2)
-    top = np.argsort(values)[::-1][:dims]
-    coords = vectors[:, top] * np.sqrt(np.maximum(values[top], 0.0))
-    # An eigenvector's sign is arbitrary: fix it so reruns draw the same picture.
-    signs = np.sign(coords[np.argmax(np.abs(coords), axis=0), np.arange(coords.shape[1])])
-    return coords * np.where(signs == 0, 1.0, signs)
+def noise_reasons(
+    reliability: float | None,
+    updates: float | None,
+    engine: str,
+    params: dict,
+    picture_reliability: float | None = None,
+) -> tuple[str, ...]:
+    """Which noise criteria fire, each as a line for the warning and the report."""
+    reasons = []
+    if picture_reliability is not None and picture_reliability < params["noise_reliability"]:
+        reasons.append(
+            f"the table's split-half reliability over the pictures is {picture_reliability:.2f} "
+            f"< evaluate.noise_reliability {params['noise_reliability']}: too few pictures for "
+            "the differences it ranks (two halves of them rank the class pairs differently); "
+            "add pictures, and read only the largest similarities"
+        )
+    if reliability is not None and reliability < params["noise_reliability"]:
+        reasons.append(
+            f"the table's split-half reliability over word2vec seeds is {reliability:.2f} < "
+            f"evaluate.noise_reliability {params['noise_reliability']}: the seed-to-seed spread "
+            "is large against the differences it ranks; "
+            + (
+                "use embed.engine: jax, or more pictures"
+                if engine == "gensim"
+                else "use more pictures, or more embed.seeds"
+            )
+        )
+    if updates is not None and updates < params["min_updates_per_class"]:
+        reasons.append(
+            f"only {updates:.0f} pairs per class and epoch reach the {engine} engine "
+            f"(< evaluate.min_updates_per_class {params['min_updates_per_class']:g}): too "
+            "few for it; "
+            + (
+                "use embed.engine: jax (it trains on every pair), or embed.sample: 0"
+                if engine == "gensim"
+                else "use more pictures"
+            )
+        )
+    return tuple(reasons)
 
 
-def evaluate(pairs: Pairs, vectors: np.ndarray, params: dict) -> Evaluation:
-    """All figures of the stage from the pairs and the [S, C, dim] vectors."""
-    mean, std = seed_mean_std(cosine_matrices(vectors))
+def _mean_of(values: list | None) -> float | None:
+    known = [v for v in values or [] if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def evaluate(
+    pairs: Pairs, vectors: np.ndarray, params: dict, manifest: dict | None = None
+) -> Evaluation:
+    """All figures of the stage from the pairs and the [M, S, C, dim] vectors (M
+    classifiers, S word2vec seeds); `manifest` (the embed stage's) names the engine and
+    how many pairs reached it."""
+    manifest = manifest or {}
+    sims = cosine_matrices(vectors)  # [M, S, C, C]
+    tables = sims.mean(axis=1)
+    mean = tables.mean(axis=0)
+    max_pairs = len(pairs.classes) * params["top_n"]
+    per_classifier = [pairs.of(i) for i in range(len(pairs.classifiers))]
+    secondary = [secondary_structure(p, max_pairs) for p in per_classifier]
+    secondary = [s for s in secondary if s is not None]
     conf_sim = confusion_similarity(pairs)
-    rho = spearman_upper(mean, conf_sim, max_pairs=len(pairs.classes) * params["top_n"])
+    rho = spearman_upper(mean, conf_sim, max_pairs=max_pairs)
+    reliabilities = [seed_reliability(s, conf_sim, max_pairs) for s in sims]
+    reliabilities = [r for r in reliabilities if r is not None]
+    reliability = float(np.mean(reliabilities)) if reliabilities else None
+    consensus = align_runs(vectors.reshape(-1, *vectors.shape[2:]))
+    iu = np.triu_indices(len(mean), k=1)
+    consensus_table = consensus.table()
     offdiag = mean_offdiag(mean)
     groups = resolve_groups(params["groups"], pairs.groups, pairs.classes)
     labels = group_labels(groups, pairs.classes)
@@ -241,10 +406,32 @@ def evaluate(pairs: Pairs, vectors: np.ndarray, params: dict) -> Evaluation:
     link = average_linkage(mean)
     return Evaluation(
         classes=pairs.classes,
-        seeds=vectors.shape[0],
-        dim=vectors.shape[2],
+        classifiers=pairs.classifiers,
+        seeds=vectors.shape[1],
+        dim=vectors.shape[3],
+        tables=tables,
         mean=mean,
-        std=std,
+        classifier_std=tables.std(axis=0),
+        seed_std=sims.std(axis=1).mean(axis=0),
+        classifier_agreement=table_agreement(tables),
+        secondary=float(np.mean(secondary)) if secondary else None,
+        classifier_accuracy=tuple(top1_accuracy(p) for p in per_classifier),
+        reliability=reliability,
+        noise_reasons=noise_reasons(
+            reliability,
+            manifest.get("updates_per_class"),
+            manifest.get("engine", "?"),
+            params,
+            _mean_of(manifest.get("picture_reliability")),
+        ),
+        consensus=consensus,
+        consensus_agreement=(
+            float(spearmanr(consensus_table[iu], mean[iu]).statistic) if len(iu[0]) > 1 else None
+        ),
+        consensus_max_diff=float(np.abs(consensus_table - mean)[iu].max()) if len(iu[0]) else 0.0,
+        unstable=tuple(
+            int(i) for i in np.flatnonzero(consensus.dispersion > params["unstable_dispersion"])
+        ),
         confusion=confusion_counts(pairs),
         confusion_sim=conf_sim,
         spearman=rho,

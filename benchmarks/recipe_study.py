@@ -1,0 +1,182 @@
+"""The classifier recipe study: which recipe gives ranked guesses the method can read.
+
+    python -m benchmarks.recipe_study --repo . --experiments ls0-e10-s0 ls0-e10-s1 ...
+    python -m benchmarks.recipe_study ... --tta --prepared data/prepared
+
+Reads DVC experiments of this pipeline, each one trained classifier (their names end in
+`-s<seed>`; the part before groups them into settings), from their dvc.lock in git and their
+outputs in the DVC cache. Per setting it reports, as evaluate computes them:
+  - test accuracy of every classifier (top-1 on the test split, as predict ran it);
+  - agreement between classifiers: the mean pairwise Spearman of their similarity tables
+    (each the mean over the embed params' 10 word2vec seeds), with engine jax and gensim;
+  - Spearman vs confusion of each classifier's table (jax), and the mean;
+  - secondary_vs_confusion: what the 2nd and 3rd guesses alone say (evaluation/scores.py).
+With --tta, every classifier of the settings is also run again from its saved weights with
+test-time augmentation off, flip only, and flip + translate, the same figures per variant.
+
+Writes benchmarks/recipe_study.json (or --out) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from confusion_embeddings.core.params import defaults, validate_section
+from confusion_embeddings.embedding.engines import SCHEMA as EMBED
+from confusion_embeddings.embedding.engines import train_vectors
+from confusion_embeddings.evaluation.scores import (
+    confusion_similarity,
+    cosine_matrices,
+    secondary_structure,
+    spearman_upper,
+    table_agreement,
+    top1_accuracy,
+)
+from confusion_embeddings.pairs import Pairs, build_pairs
+from confusion_embeddings.predictions import load_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+TTA = {"none": (False, 0), "flip": (True, 0), "flip+translate": (True, 1)}
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def experiment_refs(repo: Path) -> dict[str, str]:
+    refs = _git(repo, "for-each-ref", "--format=%(refname)", "refs/exps").split()
+    return {ref.rsplit("/", 1)[1]: ref for ref in refs if "/celery/" not in ref}
+
+
+def cached(repo: Path, md5: str) -> Path:
+    cache = Path(
+        subprocess.run(
+            ["dvc", "cache", "dir"], cwd=repo, check=True, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    return cache / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def outputs(repo: Path, ref: str) -> dict[str, str]:
+    """{output path: md5} of every stage in the experiment's dvc.lock."""
+    lock = yaml.safe_load(_git(repo, "show", f"{ref}:dvc.lock"))
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+def figures(pairs_list: list[Pairs]) -> dict:
+    tables = {}
+    for engine in ("jax", "gensim"):
+        params = validate_section("embed", {**defaults(EMBED), "engine": engine}, EMBED)
+        tables[engine] = np.stack(
+            [cosine_matrices(train_vectors(p, params)).mean(axis=0) for p in pairs_list]
+        )
+    vs_conf = [
+        spearman_upper(t, confusion_similarity(p))
+        for t, p in zip(tables["jax"], pairs_list, strict=True)
+    ]
+    secondary = [secondary_structure(p) for p in pairs_list]
+    return {
+        "test_accuracy": [round(top1_accuracy(p), 4) for p in pairs_list],
+        "agreement_jax": round(table_agreement(tables["jax"]), 4),
+        "agreement_gensim": round(table_agreement(tables["gensim"]), 4),
+        "spearman_vs_confusion": [round(v, 4) for v in vs_conf],
+        "secondary_vs_confusion": [round(v, 4) for v in secondary],
+        "mean_spearman_vs_confusion": round(float(np.mean(vs_conf)), 4),
+        "mean_secondary_vs_confusion": round(float(np.mean(secondary)), 4),
+    }
+
+
+def model_folder(repo: Path, md5: str) -> Path:
+    """A cached model folder (DVC's .dir listing) copied to a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="recipe-model-"))
+    for entry in json.loads(cached(repo, md5).read_text()):
+        shutil.copy(cached(repo, entry["md5"]), folder / entry["relpath"])
+    config = json.loads((folder / "config.json").read_text())
+    # Models saved before logit_scale and the inference settings were recorded: the values
+    # they were trained and run with.
+    config["model"].setdefault("logit_scale", 1 / 9)
+    config.setdefault(
+        "inference", {"tta_flip": True, "tta_translate": 1, "cpu_devices": "auto", "holdout": None}
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def tta_pairs(model: Path, prepared: Path, flip: bool, translate: int, name: str) -> Pairs:
+    from confusion_embeddings.cnn.checkpoint import load_model
+    from confusion_embeddings.cnn.inference import predict_splits
+    from confusion_embeddings.core.files import save_npz
+    from confusion_embeddings.data.prepared import load_prepared
+
+    loaded = list(load_model(model))
+    loaded[4] = {**loaded[4], "tta_flip": flip, "tta_translate": translate}
+    arrays, _ = predict_splits(
+        load_prepared(prepared, ["train", "test"]),
+        tuple(loaded),
+        ["train", "test"],
+        1000,
+        show_progress=False,
+    )
+    path = model / f"predictions-{flip}-{translate}.npz"
+    save_npz(path, arrays)
+    return build_pairs(load_predictions(path), 3, 65536, name)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", type=Path, default=ROOT)
+    ap.add_argument("--experiments", nargs="+", required=True)
+    ap.add_argument("--tta", action="store_true", help="also rerun predict with TTA variants")
+    ap.add_argument("--prepared", type=Path, help="the prepared data (for --tta)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "recipe_study.json")
+    args = ap.parse_args()
+    refs = experiment_refs(args.repo)
+    settings: dict[str, list[str]] = defaultdict(list)
+    for name in args.experiments:
+        settings[re.sub(r"-s\d+$", "", name)].append(name)
+    results = {}
+    for setting, names in settings.items():
+        outs = [outputs(args.repo, refs[n]) for n in names]
+        pairs = [
+            build_pairs(load_predictions(cached(args.repo, o["data/predictions.npz"])), 3, 65536, n)
+            for o, n in zip(outs, names, strict=True)
+        ]
+        results[setting] = {"classifiers": names, **figures(pairs)}
+        print(setting, json.dumps(results[setting]), flush=True)
+        if args.tta:
+            models = [model_folder(args.repo, o["models/cnn"]) for o in outs]
+            for variant, (flip, translate) in TTA.items():
+                variant_pairs = [
+                    tta_pairs(m, args.prepared, flip, translate, n)
+                    for m, n in zip(models, names, strict=True)
+                ]
+                key = f"{setting}, TTA {variant}"
+                results[key] = {"classifiers": names, **figures(variant_pairs)}
+                print(key, json.dumps(results[key]), flush=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        "\n| setting | test accuracy | agreement (jax / gensim) | Spearman vs confusion | "
+        "2nd-3rd guesses vs mistakes |\n|---|---|---|---|---|"
+    )
+    for key, r in results.items():
+        print(
+            f"| {key} | {', '.join(f'{a:.4f}' for a in r['test_accuracy'])} | "
+            f"{r['agreement_jax']:.3f} / {r['agreement_gensim']:.3f} | "
+            f"{r['mean_spearman_vs_confusion']:.3f} | {r['mean_secondary_vs_confusion']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

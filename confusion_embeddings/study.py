@@ -1,0 +1,156 @@
+"""A study of one's own predictions: a git + DVC repository running pairs -> embed -> evaluate.
+
+    python -m confusion_embeddings.study studies/digits --predictions digits.npz
+
+Creates the folder (it must not exist, or be empty) as a repository of its own, so that every
+DVC command run there (`dvc repro`, `dvc exp run -S ...`, `dvc exp show`, `dvc params diff`,
+`dvc metrics diff`, `dvc plots diff`) concerns that study alone:
+    inputs/predictions.npz  a copy of the file, tracked by DVC (inputs/predictions.npz.dvc),
+                            never by git
+    params.yaml             the pairs, embed and evaluate sections at their defaults, with
+                            pairs.predictions naming the file and evaluate.groups null (the
+                            file's own groups, if it has any)
+    dvc.yaml                the project's pairs, embed and evaluate stages, generated from its
+                            dvc.yaml: the same stage code (run by path from this checkout, and
+                            a dependency of every stage, so a change to it reruns them), the
+                            study's own data and outputs
+    .dvc/plots/             the similarity heatmap template
+then runs the pipeline once and commits the result as the study's baseline. The file is
+checked against the predictions-file contract (predictions.py) before anything is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.params import defaults
+from confusion_embeddings.embedding.engines import SCHEMA as EMBED
+from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
+from confusion_embeddings.pairs import SCHEMA as PAIRS
+from confusion_embeddings.predictions import load_predictions
+
+PROJECT = Path(__file__).resolve().parents[1]
+STAGES = ("pairs", "embed", "evaluate")
+INPUTS = "inputs"
+PREDICTIONS = f"{INPUTS}/predictions.npz"
+# The project's pairs stage reads its classifiers' folder; a study's reads its one file.
+CLASSIFIERS_ARGS = "--predictions data/predictions ${classifiers}"
+STUDY_ARGS = "--predictions ${pairs.predictions}"
+
+
+def study_params() -> dict[str, dict[str, Any]]:
+    pairs = {**defaults(PAIRS), "predictions": PREDICTIONS}
+    return {"pairs": pairs, "embed": defaults(EMBED), "evaluate": defaults(EVALUATE)}
+
+
+def study_pipeline(project: Path, study: Path) -> dict[str, Any]:
+    """The study's dvc.yaml, made from the project's: its pairs, embed and evaluate stages
+    with the code paths made relative to the study and the predictions read from inputs/."""
+    doc = yaml.safe_load((project / "dvc.yaml").read_text())
+    rel = Path(os.path.relpath(project, study)).as_posix()
+
+    def code(path: str) -> str:
+        top = path.split("/", 1)[0]
+        return f"{rel}/{path}" if top in ("stages", "confusion_embeddings") else path
+
+    stages = {}
+    for name in STAGES:
+        entry = dict(doc["stages"][name])
+        cmd = entry["cmd"].replace(f"python -m stages.{name}", f"python {rel}/stages/{name}.py")
+        entry["cmd"] = cmd.replace(CLASSIFIERS_ARGS, STUDY_ARGS)
+        # The inputs folder, not the file: a mistyped pairs.predictions then reaches the
+        # stage, which names the param, instead of stopping DVC with a bare missing path.
+        entry["deps"] = [INPUTS if d == "data/predictions" else code(d) for d in entry["deps"]]
+        stages[name] = entry
+    return {"stages": stages, "plots": doc.get("plots", [])}
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise PipelineError(
+            f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}): "
+            f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
+        )
+    return proc.stdout + proc.stderr
+
+
+def _git_identity(cwd: Path) -> list[str]:
+    """`-c` options naming a committer where git has none configured (a fresh CI machine)."""
+    known = subprocess.run(["git", "config", "user.email"], cwd=cwd, capture_output=True)
+    if known.returncode == 0 and known.stdout.strip():
+        return []
+    return ["-c", "user.name=confusion-embeddings study", "-c", "user.email=study@localhost"]
+
+
+def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT) -> Path:
+    """Create and run the study (module docstring); return its folder."""
+    folder, predictions = Path(folder), Path(predictions)
+    if not (project / "stages" / "pairs.py").exists():
+        raise PipelineError(
+            f"{project}: no stages/ here; create studies from a checkout of "
+            "the project (pip install -e .)"
+        )
+    load_predictions(predictions)  # the whole contract, before anything is created
+    if folder.exists() and any(folder.iterdir()):
+        raise PipelineError(f"{folder}: exists and is not empty; pick a new folder")
+    (folder / INPUTS).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(predictions, folder / PREDICTIONS)
+    _run(["git", "init", "-q"], folder)
+    _run(["dvc", "init", "-q"], folder)
+    shutil.copytree(project / ".dvc" / "plots", folder / ".dvc" / "plots")
+    (folder / ".gitignore").write_text("__pycache__/\n/.cache/\n")
+    (folder / ".dvcignore").write_text("__pycache__/\n")
+    (folder / "params.yaml").write_text(yaml.safe_dump(study_params(), sort_keys=False))
+    pipeline = study_pipeline(project, folder.resolve())
+    (folder / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    _run(["dvc", "add", "-q", PREDICTIONS], folder)
+    _run(["dvc", "repro"], folder)
+    _run(["git", "add", "-A"], folder)
+    _run(
+        [
+            "git",
+            *_git_identity(folder),
+            "commit",
+            "-q",
+            "-m",
+            f"Baseline study of {predictions.name}: pairs, embed, evaluate at default params",
+        ],
+        folder,
+    )
+    return folder
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path, help="the study's folder (new, or empty)")
+    ap.add_argument(
+        "--predictions",
+        type=Path,
+        required=True,
+        help="your predictions file (.npz; see confusion_embeddings/predictions.py)",
+    )
+    args = ap.parse_args()
+    folder = create(args.folder, args.predictions)
+    print(
+        f"study ready in {folder}: its baseline is committed; there, run `dvc exp run -S "
+        "embed.dim=10` (say), then `dvc exp show`"
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
