@@ -21,6 +21,7 @@ from flax import nnx
 
 from confusion_embeddings import devices as parallel
 from confusion_embeddings.cnn import conv as conv_module
+from confusion_embeddings.cnn import onednn
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
 from confusion_embeddings.cnn.conv import conv_dense, conv_matmul_grad, conv_xla
 from confusion_embeddings.cnn.inference import make_inference_fn
@@ -40,6 +41,7 @@ from stages import train as train_stage
 
 from helpers import (
     make_prepared,
+    run_in_project,
     run_stage_main,
     save_tiny_model,
     scratch_project,
@@ -314,12 +316,14 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
         "train_accuracy",
         "train_loss",
         "conv_impl_used",
+        "precision_used",
         "backend",
         "cpu",
     ]
     assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy_no_tta"] <= 1.0
     assert 0.0 <= m["train_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
     assert m["conv_impl_used"] == conv_module.resolve(tiny_params()["conv_impl"]).impl
+    assert m["precision_used"] == "f32"  # the default
     assert m["backend"] == jax.default_backend() and m["cpu"] == parallel.cpu_isa()
     t = json.loads((project / OPTIONS["--timings"]).read_text())
     assert list(t) == [
@@ -333,6 +337,7 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert t["images_per_second"] > 0 and t["gflops_per_image_train"] > 0
     graphdef, params, rest, cfg, inference, norm = load_model(project / OPTIONS["--model"])
     assert cfg.num_classes == 4 and cfg.widths == (8, 16) and cfg.conv_impl == m["conv_impl_used"]
+    assert cfg.precision == "f32"
     assert cfg.logit_scale == tiny_params()["logit_scale"]
     # What predict needs to run the network as train did, saved with it.
     assert inference == {"tta_flip": True, "tta_translate": 1, "cpu_devices": "auto"}
@@ -464,6 +469,117 @@ def test_resume_checkpoint_round_trip(tmp_path):
     resume.remove()
     assert not resume.exists()
     resume.remove()  # removing twice is fine (the stage removes it after every success)
+
+
+# --------------------------------------------------------------------------- precision
+
+NO_BF16 = "x86_64 avx2 avx512f"  # an AVX-512 CPU without bfloat16 instructions
+WITH_BF16 = "x86_64 avx2 avx512f avx512_bf16"
+KERNEL = onednn.available() and conv_module.resolve("auto").impl == "onednn"
+
+
+def _cpu(monkeypatch, isa: str) -> None:
+    monkeypatch.setattr(parallel, "cpu_isa", lambda: isa)
+
+
+@pytest.mark.parametrize(
+    "isa, want", [(NO_BF16, False), (WITH_BF16, True), ("x86_64 avx2 amx_bf16", True)]
+)
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, isa, want):
+    _cpu(monkeypatch, isa)
+    assert parallel.native_bf16() is want
+
+
+@pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
+def test_bf16_runs_where_the_cpu_and_the_kernel_allow(monkeypatch):
+    _cpu(monkeypatch, WITH_BF16)
+    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("onednn", None, "bf16")
+    assert conv_module.resolve("auto", "f32") == conv_module.ConvChoice("onednn", None, "f32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        conv_module.resolve("auto", "fp16")
+
+
+@pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
+def test_bf16_falls_back_to_f32_without_native_bf16_or_without_onednn(monkeypatch):
+    _cpu(monkeypatch, NO_BF16)
+    choice = conv_module.resolve("auto", "bf16")
+    assert (choice.impl, choice.precision) == ("onednn", "f32")
+    assert "\n" not in choice.warning and "precision bf16 unavailable" in choice.warning
+    assert "avx512_bf16" in choice.warning and NO_BF16 in choice.warning  # what it looked for
+    _cpu(monkeypatch, WITH_BF16)
+    choice = conv_module.resolve("matmul", "bf16")  # XLA's convolutions on CPU: f32
+    assert (choice.impl, choice.precision) == ("matmul", "f32")
+    assert "conv_impl matmul" in choice.warning and "\n" not in choice.warning
+
+
+@pytest.mark.skipif(not onednn.platform_supported(), reason="oneDNN's wheels: x86-64 Linux")
+def test_both_fallbacks_make_one_warning_line(monkeypatch):
+    def unavailable():
+        raise onednn.KernelUnavailable("no", reason="no C++ compiler ('g++' not found)")
+
+    monkeypatch.setattr(onednn, "load", unavailable)
+    monkeypatch.setattr(conv_module, "_cpu_only", lambda: True)
+    choice = conv_module.resolve("auto", "bf16")
+    assert (choice.impl, choice.precision) == ("matmul", "f32")
+    assert choice.warning.count("warning") == 1 and "\n" not in choice.warning
+    assert "g++" in choice.warning and "precision bf16 unavailable" in choice.warning
+
+
+def test_bf16_on_gpu_means_xla_bf16(monkeypatch):
+    monkeypatch.setattr(conv_module, "_cpu_only", lambda: False)
+    _cpu(monkeypatch, NO_BF16)  # the host CPU does not matter there
+    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("xla", None, "bf16")
+
+
+def _bf16_project(folder: Path, **over) -> Path:
+    project = train_project(folder, epochs=1, precision="bf16", **over)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["predict"]["batch_size"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+@pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
+def test_bf16_falls_back_through_the_train_stage_with_one_warning(tmp_path, monkeypatch, capsys):
+    """train.precision bf16 on a CPU without bf16 instructions (forced): one warning line,
+    and f32 is what runs, is reported and is saved with the model."""
+    _cpu(monkeypatch, NO_BF16)
+    project = _bf16_project(tmp_path)
+    capsys.readouterr()
+    run_in_project(project, "train")
+    warnings = _warnings(capsys.readouterr().err)
+    assert len(warnings) == 1 and "precision bf16 unavailable" in warnings[0], warnings
+    assert json.loads((project / OPTIONS["--metrics"]).read_text())["precision_used"] == "f32"
+    assert read_config(project / OPTIONS["--model"])["model"]["precision"] == "f32"
+
+
+@pytest.mark.skipif(
+    not (KERNEL and parallel.native_bf16()), reason="needs the oneDNN kernel and a bf16 CPU"
+)
+def test_bf16_train_and_predict_through_the_stages(tmp_path, monkeypatch, capsys):
+    """A tiny bf16 run end to end: train records bf16 in its metrics and in the saved model,
+    predict runs it in bf16 (no warning) and, on a CPU without bf16, in f32 with one."""
+    project = _bf16_project(tmp_path)
+    run_in_project(project, "train")
+    m = json.loads((project / OPTIONS["--metrics"]).read_text())
+    assert m["precision_used"] == "bf16" and m["conv_impl_used"] == "onednn"
+    assert np.isfinite(m["train_loss"]) and 0 <= m["test_accuracy"] <= 1
+    assert read_config(project / OPTIONS["--model"])["model"]["precision"] == "bf16"
+    out = project / stage_options("predict")["--out"]
+    capsys.readouterr()
+    run_in_project(project, "predict")
+    assert not _warnings(capsys.readouterr().err)
+    probs = np.load(out)["probs"]
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    _cpu(monkeypatch, NO_BF16)
+    run_in_project(project, "predict")
+    assert len(_warnings(capsys.readouterr().err)) == 1
+    # The same weights in f32: the same classes up to bf16 rounding of near-ties.
+    assert (np.load(out)["probs"].argmax(1) == probs.argmax(1)).mean() >= 0.9
 
 
 # --------------------------------------------------------------------------- subprocess runs
