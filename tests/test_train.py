@@ -531,6 +531,25 @@ def test_bf16_on_gpu_means_xla_bf16(monkeypatch):
     assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("xla", None, "bf16")
 
 
+@pytest.mark.skipif(
+    not (KERNEL and parallel.native_bf16()), reason="needs the oneDNN kernel and a bf16 CPU"
+)
+def test_bf16_learns_the_synthetic_classes(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    p = tiny_params(epochs=4)
+    trained = train_and_evaluate(
+        load_prepared(prepared), p, 0, "onednn", show_progress=False, precision="bf16"
+    )
+    assert trained.cfg.precision == "bf16"
+    assert trained.test_accuracy >= 0.9, trained.history
+    # The master weights and batch-norm statistics stay float32.
+    assert {a.dtype for a in jax.tree.leaves(trained.state)} <= {
+        jnp.dtype(jnp.float32),
+        jnp.dtype(jnp.int32),
+        jnp.dtype(jnp.uint32),
+    }
+
+
 def _bf16_project(folder: Path, **over) -> Path:
     project = train_project(folder, epochs=1, precision="bf16", **over)
     params = yaml.safe_load((project / "params.yaml").read_text())
