@@ -96,6 +96,23 @@ def test_custom_convolutions_match_xla_autodiff(conv, hw, kernel):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("hw, kernel", [((2, 2), 3), ((1, 1), 3), ((2, 3), 3), ((3, 4), 5)])
+def test_bf16_dense_convolution_matches_f32(hw, kernel):
+    """The 2x2 layer under bf16 (conv_dense through matmul_bf16): a bf16 result and input
+    gradient, a float32 kernel gradient, within bf16 rounding of XLA's f32 convolution."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (6, *hw, 5)).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, (kernel, kernel, 5, 7))
+    g = jax.random.normal(kg, (6, *hw, 7)).astype(jnp.bfloat16)
+    y, vjp = jax.vjp(conv_dense, x, w)
+    dx, dw = vjp(g)
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+    y_ref, vjp_ref = jax.vjp(conv_xla, x.astype(jnp.float32), w)
+    for got, want in zip((y, dx, dw), (y_ref, *vjp_ref(g.astype(jnp.float32))), strict=True):
+        got = np.asarray(got, np.float32)
+        assert np.linalg.norm(got - want) <= 1e-2 * np.linalg.norm(want)
+
+
 def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
     """The whole CNN, conv_impl onednn and matmul (2x2 layers dense) vs plain XLA autodiff."""
     dense_shapes = []
@@ -435,6 +452,7 @@ def test_resume_fingerprint_covers_the_content_of_every_dependency(tmp_path, mon
     assert fingerprint(tiny_params(lr=0.02), 0, "xla", deps) != base
     assert fingerprint(p, 1, "xla", deps) != base
     assert fingerprint(p, 0, "matmul", deps) != base
+    assert fingerprint(p, 0, "xla", deps, precision="bf16") != base
     (code / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")  # changes on every import
     assert fingerprint(p, 0, "xla", deps) == base
     (code / "a.py").write_text("x = 2\n")

@@ -87,8 +87,7 @@ def _bn(c: int, momentum: float, rngs: nnx.Rngs) -> nnx.BatchNorm:
 
 
 def _bn_gelu(bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
-    """GELU(BN(x)) in float32, handed on in x's type: one fused pass reading and writing
-    bfloat16 under bf16."""
+    """GELU(BN(x)) computed in float32, handed on in x's type (bfloat16 under bf16)."""
     return nnx.gelu(bn(x)).astype(x.dtype)
 
 

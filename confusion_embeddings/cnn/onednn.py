@@ -48,11 +48,7 @@ class KernelUnavailable(PipelineError):
 
 KINDS = ("Fwd", "BwdData", "BwdWeights")
 # Each call in float32 and, with the suffix Bf16, on bfloat16 activations (onednn_conv.cc).
-TARGETS = tuple(
-    f"OnednnConv{kind}{dtype}"
-    for kind in ("Fwd", "BwdData", "BwdWeights")
-    for dtype in ("", "Bf16")
-)
+TARGETS = tuple(f"OnednnConv{kind}{dtype}" for kind in KINDS for dtype in ("", "Bf16"))
 
 
 def _prefix_dirs() -> tuple[Path, Path]:
