@@ -26,6 +26,13 @@ repetition.
   an implementation skips) over peak_gflops.
 - predict_images_per_s: batched inference + top-3, JAX (jitted, `jax.lax.top_k`) vs PyTorch
   (`torch.topk` under `torch.inference_mode`); predict_ratio_vs_torch.
+- bfloat16 (`train.precision: bf16`, docs/design/bf16.md), in the same rounds as the float32
+  figures: the JAX step and inference in bf16 (`*_jax_bf16`) against JAX in float32
+  (train_ratio_bf16_vs_f32, predict_ratio_bf16_vs_f32) and against PyTorch under
+  `torch.autocast("cpu", torch.bfloat16)` in channels_last (`*_torch_bf16`;
+  train_ratio_vs_torch_bf16, predict_ratio_vs_torch_bf16). Skipped, with the reason, where
+  bf16 falls back to f32 (cnn/conv.py). machine.cpu_model and machine.bf16_isa say which
+  CPU the figures are from.
 - noop_repro_s: `dvc repro` when nothing changed; embed_only_repro_s: `dvc repro` after
   changing one embed param, with DVC's run cache off so that the two stages really run
   (params.yaml is restored afterwards and embed/evaluate are checked out again from DVC's
@@ -39,6 +46,7 @@ Writes benchmarks/results.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -148,8 +156,16 @@ def jax_train(
 
 
 def torch_train(
-    p: dict, cfg: ModelConfig, batch: np.ndarray, labels: np.ndarray, reps: int, channels_last: bool
+    p: dict,
+    cfg: ModelConfig,
+    batch: np.ndarray,
+    labels: np.ndarray,
+    reps: int,
+    channels_last: bool,
+    bf16: bool = False,
 ) -> dict:
+    import contextlib
+
     import torch
 
     from benchmarks.torch_reference import TorchCNN
@@ -172,9 +188,17 @@ def torch_train(
     )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=p["label_smoothing"])
 
+    def autocast():
+        # PyTorch's mixed precision: bf16 convolutions and matmuls, float32 weights.
+        if bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def one():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with autocast():
+            loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
 
     return rate(len(batch), timed(one, reps))
@@ -196,7 +220,7 @@ def jax_predict(
 
 
 def torch_predict(
-    cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last: bool, k: int = 3
+    cfg: ModelConfig, batch: np.ndarray, reps: int, channels_last: bool, k: int = 3, bf16=False
 ) -> dict:
     import torch
 
@@ -209,8 +233,8 @@ def torch_predict(
         x = x.contiguous(memory_format=torch.channels_last)
 
     def one():
-        with torch.inference_mode():
-            torch.topk(torch.softmax(model(x), 1), k)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            torch.topk(torch.softmax(model(x).float(), 1), k)
 
     return rate(len(batch), timed(one, reps))
 
@@ -330,6 +354,18 @@ def over_rounds(values: list[float]) -> dict:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def ratio_over_rounds(
     per_round: dict[str, list[dict]], jax_key: str, torch_keys: tuple[str, ...]
 ) -> dict:
@@ -359,11 +395,16 @@ def main() -> None:
     # As the train and predict stages do, before JAX starts: freed host memory reused (for
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
     choice = conv.resolve(p["conv_impl"])
+    bf16 = conv.resolve(p["conv_impl"], "bf16")  # the same convolution, or a warning why not
     host = devices.prepare_host(p["cpu_devices"], [p["batch_size"], 1000], choice.impl)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    # The float32 figures are float32 whatever params.yaml's precision; bf16 ones are named so.
     cfg = ModelConfig.from_params(p, num_classes=10, conv_impl=choice.impl)
+    cfg_bf16 = dataclasses.replace(cfg, precision="bf16") if bf16.precision == "bf16" else None
+    if cfg_bf16 is None:
+        print(f"skipping the bf16 figures: {bf16.warning}", flush=True)
     rng = np.random.default_rng(0)
     bs = p["batch_size"]
     batch = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
@@ -378,6 +419,10 @@ def main() -> None:
             "backend": jax.default_backend(),
             "devices": jax.device_count(),
             "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "cpu_isa": devices.cpu_isa(),
+            "bf16_isa": [f for f in devices.BF16_ISA if f in devices.cpu_isa().split()],
+            "bf16_figures": bf16.warning or "measured",
             "host_memory_reused": host.memory_reused,
         },
         "network": {"batch_size": bs, **cfg.to_dict(), "gflops_train_per_image": flops_train / 1e9},
@@ -387,6 +432,16 @@ def main() -> None:
     # ratio is the median over rounds of the ratio measured within the round.
     rounds = 2 if args.quick else 3
     print(f"measuring peak matmul and train steps ({rounds} rounds) ...", flush=True)
+    train_bf16 = {}
+    if cfg_bf16 is not None:
+        train_bf16 = {
+            "train_images_per_s_jax_bf16": lambda: jax_train(
+                p, cfg_bf16, batch, labels, reps, False
+            ),
+            "train_images_per_s_torch_bf16_channels_last": lambda: torch_train(
+                p, cfg, batch, labels, reps, channels_last=True, bf16=True
+            ),
+        }
     train = side_by_side(
         rounds,
         {
@@ -404,6 +459,7 @@ def main() -> None:
             "train_images_per_s_torch_contiguous": lambda: torch_train(
                 p, cfg, batch, labels, reps, channels_last=False
             ),
+            **train_bf16,
         },
     )
     res.update({k: pooled(v) for k, v in train.items()})
@@ -412,6 +468,13 @@ def main() -> None:
         "train_images_per_s_jax",
         ("train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"),
     )
+    if train_bf16:
+        res["train_ratio_bf16_vs_f32"] = ratio_over_rounds(
+            train, "train_images_per_s_jax_bf16", ("train_images_per_s_jax",)
+        )
+        res["train_ratio_vs_torch_bf16"] = ratio_over_rounds(
+            train, "train_images_per_s_jax_bf16", ("train_images_per_s_torch_bf16_channels_last",)
+        )
     res["train_gflops_jax"] = res["train_images_per_s_jax"]["median"] * flops_train / 1e9
     # Within each round too: the matmul peak moves with the machine's phases like the rest.
     res["train_fraction_of_peak"] = over_rounds(
@@ -423,6 +486,14 @@ def main() -> None:
 
     print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
     pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
+    predict_bf16 = {}
+    if cfg_bf16 is not None:
+        predict_bf16 = {
+            "predict_images_per_s_jax_bf16": lambda: jax_predict(cfg_bf16, pbatch, reps),
+            "predict_images_per_s_torch_bf16_channels_last": lambda: torch_predict(
+                cfg, pbatch, reps, channels_last=True, bf16=True
+            ),
+        }
     predict = side_by_side(
         rounds,
         {
@@ -436,6 +507,7 @@ def main() -> None:
             "predict_images_per_s_torch_contiguous": lambda: torch_predict(
                 cfg, pbatch, reps, channels_last=False
             ),
+            **predict_bf16,
         },
     )
     res.update({k: pooled(v) for k, v in predict.items()})
@@ -444,7 +516,18 @@ def main() -> None:
         "predict_images_per_s_jax",
         ("predict_images_per_s_torch_channels_last", "predict_images_per_s_torch_contiguous"),
     )
+    if predict_bf16:
+        res["predict_ratio_bf16_vs_f32"] = ratio_over_rounds(
+            predict, "predict_images_per_s_jax_bf16", ("predict_images_per_s_jax",)
+        )
+        res["predict_ratio_vs_torch_bf16"] = ratio_over_rounds(
+            predict,
+            "predict_images_per_s_jax_bf16",
+            ("predict_images_per_s_torch_bf16_channels_last",),
+        )
 
+    # Written now too: the network's figures survive a failure in the stages' timings below.
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     if not args.skip_repro:
         print("measuring dvc repro ...", flush=True)
         res.update(repro_times(3 if args.quick else 5))

@@ -120,6 +120,15 @@ def cpu_isa() -> str:
     return " ".join([machine, *(f for f in levels if f in flags)])
 
 
+BF16_ISA = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (oneDNN's bf16 kernels need one of
+    BF16_ISA; without, it emulates them, slower than float32)."""
+    return any(flag in cpu_isa().split() for flag in BF16_ISA)
+
+
 def auto_cpu_devices(cores: int, batch_sizes: Sequence[int]) -> int:
     """The largest device count <= cores that divides every batch size (1 at worst)."""
     return max(d for d in range(1, max(1, cores) + 1) if all(b % d == 0 for b in batch_sizes))

@@ -1,7 +1,7 @@
 """Stage predict: run the trained CNN over every picture of the chosen splits.
 
 Reads:  --prepared, --model (with the settings train saved beside it: convolution,
-        test-time augmentation, CPU devices), params.yaml's `predict:` section.
+        precision, test-time augmentation, CPU devices), params.yaml's `predict:` section.
 Writes: --out, a predictions file in the contract of confusion_embeddings/predictions.py
         (`labels`, `classes`, `probs`, `split`/`splits`, `groups`), and --timings.
 """
@@ -36,16 +36,17 @@ def main() -> None:
     p = load_params("predict", SCHEMA, args.params)
     saved = read_config(args.model)  # before JAX starts: it decides the host setup
     # The convolutions give the same numbers up to float rounding: where the model's own
-    # cannot run here, the fastest one that can does.
+    # cannot run here, the fastest one that can does (and f32 where bf16 cannot).
     saved_impl = saved["model"]["conv_impl"]
     choice = process.start(
         "auto" if saved_impl == "onednn" else saved_impl,
         saved["inference"]["cpu_devices"],
         [p["batch_size"]],
+        precision=saved["model"].get("precision", "f32"),
     )
 
     data = load_prepared(args.prepared, p["splits"])
-    model = load_model(args.model, conv_impl=choice.impl)
+    model = load_model(args.model, conv_impl=choice.impl, precision=choice.precision)
     if model[3].num_classes != len(data.classes):
         raise PipelineError(
             f"{args.model} predicts {model[3].num_classes} classes but {args.prepared} has "

@@ -76,7 +76,10 @@ def main() -> None:
         )
     left_out = holdout(p, seed)
     choice = process.start(
-        p["conv_impl"], p["cpu_devices"], [p["batch_size"], p["eval_batch_size"]]
+        p["conv_impl"],
+        p["cpu_devices"],
+        [p["batch_size"], p["eval_batch_size"]],
+        precision=p["precision"],
     )
 
     data = load_prepared(args.prepared, ["train", "test"])
@@ -84,7 +87,7 @@ def main() -> None:
     check_batch_sizes(p, n_train)  # before any output is touched
     check_geometry(data.image_hw, p)
     deps = stage_deps("train", item=seed, params=read_params_file(args.params))
-    resume = Resume(args.checkpoints, fingerprint(p, seed, choice.impl, deps))
+    resume = Resume(args.checkpoints, fingerprint(p, seed, choice.impl, deps, choice.precision))
     primary = devices.is_primary()
     live = open_live(str(args.live)) if primary else None
 
@@ -96,7 +99,9 @@ def main() -> None:
                 live.log_metric(k, v)
         live.next_step()
 
-    trained = train_and_evaluate(data, p, seed, choice.impl, resume, on_epoch=log_epoch)
+    trained = train_and_evaluate(
+        data, p, seed, choice.impl, resume, on_epoch=log_epoch, precision=choice.precision
+    )
     print(f"test accuracy with test-time augmentation: {trained.test_accuracy:.4f}", flush=True)
     if live is None:
         return
@@ -122,6 +127,7 @@ def main() -> None:
         "train_accuracy": last["train/accuracy"],
         "train_loss": last["train/loss"],
         "conv_impl_used": choice.impl,
+        "precision_used": choice.precision,
         "backend": jax.default_backend(),
         "cpu": devices.cpu_isa(),
     }

@@ -50,14 +50,53 @@ def test_forward_and_both_gradients_match_xla(n, h, w, cin, cout, k):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
 
+def _bf16(a):
+    return a.astype(jnp.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "n, h, w, cin, cout, k",
+    [
+        (4, 8, 8, 16, 32, 3),  # the network's case
+        (3, 5, 7, 3, 5, 3),  # odd, non-square image; channels that fit no vector width
+        (2, 4, 4, 128, 256, 3),  # wide and small, as the network's last blocks
+        (2, 6, 6, 4, 8, 5),  # a 5x5 kernel
+        (1, 3, 3, 1, 1, 1),  # 1x1 kernel, one channel
+        (2, 9, 9, 1, 7, 3),  # one input channel, odd sizes
+    ],
+)
+def test_bf16_forward_and_both_gradients_match_xla_f32(n, h, w, cin, cout, k):
+    """The *Bf16 calls: bfloat16 activations and output gradient, a float32 kernel; the
+    result and input gradient come back bfloat16, the kernel gradient float32, all within
+    bfloat16 rounding of XLA's float32 convolution of the same (bf16-representable) inputs."""
+    x, kern = _bf16(_random((n, h, w, cin), 0)), _random((k, k, cin, cout), 1)
+    g = _bf16(_random((n, h, w, cout), 2))
+    y, vjp = jax.vjp(jax.jit(onednn.conv), x, kern)
+    dx, dw = vjp(g)
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+    f32 = jnp.float32
+    y_ref, vjp_ref = jax.vjp(conv_xla, x.astype(f32), kern)
+    dx_ref, dw_ref = vjp_ref(g.astype(f32))
+    for got, want in zip((y, dx, dw), (y_ref, dx_ref, dw_ref), strict=True):
+        assert got.shape == want.shape
+        got, scale = np.asarray(got, np.float32), float(jnp.abs(want).max())
+        # The kernel and the results rounded to 8 significant bits (measured: 2-3e-3).
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=1e-2 * scale)
+        assert np.linalg.norm(got - want) <= 5e-3 * np.linalg.norm(want)
+    # x and g are exact in bf16 and the sums float32: the kernel gradient is float32-exact.
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-5 * float(jnp.abs(dw_ref).max()))
+
+
 def test_rejects_what_it_cannot_convolve():
     x = jnp.zeros((1, 4, 4, 3))
     with pytest.raises(ValueError, match="odd-sized"):
         onednn.conv(x, jnp.zeros((2, 2, 3, 4)))
     with pytest.raises(ValueError, match="odd-sized"):
         onednn.conv(x, jnp.zeros((3, 3, 5, 4)))  # channels disagree
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(ValueError, match="float32"):  # bf16 activations, but a bf16 kernel
         onednn.conv(x.astype(jnp.bfloat16), jnp.zeros((3, 3, 3, 4), jnp.bfloat16))
+    with pytest.raises(ValueError, match="float32"):
+        onednn.conv(x.astype(jnp.float16), jnp.zeros((3, 3, 3, 4)))
 
 
 # In a fresh interpreter with two CPU devices: the gradient of a conv-based loss on a
@@ -90,6 +129,19 @@ ref = grads(xla)(x, w)
 for n in (1, 2):
     for a, b in zip(out[n], ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+# bfloat16 activations: each device's float32 kernel gradient is summed in float32.
+xb = x.astype(jnp.bfloat16)
+def loss_bf16(x, w):
+    return jnp.sum(jnp.sin(onednn.conv(x, w).astype(jnp.float32)))
+got = {}
+for n in (1, 2):
+    with parallel.data_parallel(n) as mesh:
+        xs = jax.device_put(xb, parallel.batch_sharded(mesh))
+        ws = jax.device_put(w, parallel.replicated(mesh))
+        got[n] = jax.jit(jax.grad(loss_bf16, (0, 1)))(xs, ws)
+assert got[2][0].dtype == jnp.bfloat16 and got[2][1].dtype == jnp.float32
+for a, b in zip(got[1], got[2]):
+    np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=1e-2, atol=1e-2)
 print(json.dumps(seen))
 """
 

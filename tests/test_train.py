@@ -21,6 +21,7 @@ from flax import nnx
 
 from confusion_embeddings import devices as parallel
 from confusion_embeddings.cnn import conv as conv_module
+from confusion_embeddings.cnn import onednn
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
 from confusion_embeddings.cnn.conv import conv_dense, conv_matmul_grad, conv_xla
 from confusion_embeddings.cnn.inference import make_inference_fn
@@ -41,6 +42,7 @@ from stages import train as train_stage
 from helpers import (
     default_params,
     make_prepared,
+    run_in_project,
     run_stage_main,
     save_tiny_model,
     scratch_project,
@@ -93,6 +95,23 @@ def test_custom_convolutions_match_xla_autodiff(conv, hw, kernel):
     g_ref = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv_xla(x, w))), argnums=(0, 1))(x, w)
     for a, b in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hw, kernel", [((2, 2), 3), ((1, 1), 3), ((2, 3), 3), ((3, 4), 5)])
+def test_bf16_dense_convolution_matches_f32(hw, kernel):
+    """The 2x2 layer under bf16 (conv_dense through matmul_bf16): a bf16 result and input
+    gradient, a float32 kernel gradient, within bf16 rounding of XLA's f32 convolution."""
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (6, *hw, 5)).astype(jnp.bfloat16)
+    w = jax.random.normal(kw, (kernel, kernel, 5, 7))
+    g = jax.random.normal(kg, (6, *hw, 7)).astype(jnp.bfloat16)
+    y, vjp = jax.vjp(conv_dense, x, w)
+    dx, dw = vjp(g)
+    assert (y.dtype, dx.dtype, dw.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+    y_ref, vjp_ref = jax.vjp(conv_xla, x.astype(jnp.float32), w)
+    for got, want in zip((y, dx, dw), (y_ref, *vjp_ref(g.astype(jnp.float32))), strict=True):
+        got = np.asarray(got, np.float32)
+        assert np.linalg.norm(got - want) <= 1e-2 * np.linalg.norm(want)
 
 
 def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
@@ -318,12 +337,14 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
         "train_accuracy",
         "train_loss",
         "conv_impl_used",
+        "precision_used",
         "backend",
         "cpu",
     ]
     assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy_no_tta"] <= 1.0
     assert 0.0 <= m["train_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
     assert m["conv_impl_used"] == conv_module.resolve(tiny_params()["conv_impl"]).impl
+    assert m["precision_used"] == "f32"  # the default
     assert m["backend"] == jax.default_backend() and m["cpu"] == parallel.cpu_isa()
     t = json.loads((project / OPTIONS["--timings"]).read_text())
     assert list(t) == [
@@ -337,6 +358,7 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert t["images_per_second"] > 0 and t["gflops_per_image_train"] > 0
     graphdef, params, rest, cfg, inference, norm = load_model(project / OPTIONS["--model"])
     assert cfg.num_classes == 4 and cfg.widths == (8, 16) and cfg.conv_impl == m["conv_impl_used"]
+    assert cfg.precision == "f32"
     assert cfg.logit_scale == tiny_params()["logit_scale"]
     # What predict needs to run the network as train did, saved with it.
     assert inference == {
@@ -439,6 +461,7 @@ def test_resume_fingerprint_covers_the_content_of_every_dependency(tmp_path, mon
     assert fingerprint(tiny_params(lr=0.02), 0, "xla", deps) != base
     assert fingerprint(p, 1, "xla", deps) != base
     assert fingerprint(p, 0, "matmul", deps) != base
+    assert fingerprint(p, 0, "xla", deps, precision="bf16") != base
     (code / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")  # changes on every import
     assert fingerprint(p, 0, "xla", deps) == base
     (code / "a.py").write_text("x = 2\n")
@@ -492,6 +515,136 @@ def test_resume_remove_clears_the_classifiers_folder(tmp_path):
     resume.remove()
     assert sorted(f.name for f in mine.iterdir()) == ["notes.txt"]
     assert sorted(f.name for f in other.iterdir()) == ["old1.msgpack", "old2.msgpack"]
+
+
+# --------------------------------------------------------------------------- precision
+
+NO_BF16 = "x86_64 avx2 avx512f"  # an AVX-512 CPU without bfloat16 instructions
+WITH_BF16 = "x86_64 avx2 avx512f avx512_bf16"
+KERNEL = onednn.available() and conv_module.resolve("auto").impl == "onednn"
+
+
+def _cpu(monkeypatch, isa: str) -> None:
+    monkeypatch.setattr(parallel, "cpu_isa", lambda: isa)
+
+
+@pytest.mark.parametrize(
+    "isa, want", [(NO_BF16, False), (WITH_BF16, True), ("x86_64 avx2 amx_bf16", True)]
+)
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, isa, want):
+    _cpu(monkeypatch, isa)
+    assert parallel.native_bf16() is want
+
+
+@pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
+def test_bf16_runs_where_the_cpu_and_the_kernel_allow(monkeypatch):
+    _cpu(monkeypatch, WITH_BF16)
+    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("onednn", None, "bf16")
+    assert conv_module.resolve("auto", "f32") == conv_module.ConvChoice("onednn", None, "f32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        conv_module.resolve("auto", "fp16")
+
+
+@pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
+def test_bf16_falls_back_to_f32_without_native_bf16_or_without_onednn(monkeypatch):
+    _cpu(monkeypatch, NO_BF16)
+    choice = conv_module.resolve("auto", "bf16")
+    assert (choice.impl, choice.precision) == ("onednn", "f32")
+    assert "\n" not in choice.warning and "precision bf16 unavailable" in choice.warning
+    assert "avx512_bf16" in choice.warning and NO_BF16 in choice.warning  # what it looked for
+    _cpu(monkeypatch, WITH_BF16)
+    choice = conv_module.resolve("matmul", "bf16")  # XLA's convolutions on CPU: f32
+    assert (choice.impl, choice.precision) == ("matmul", "f32")
+    assert "conv_impl matmul" in choice.warning and "\n" not in choice.warning
+
+
+@pytest.mark.skipif(not onednn.platform_supported(), reason="oneDNN's wheels: x86-64 Linux")
+def test_both_fallbacks_make_one_warning_line(monkeypatch):
+    def unavailable():
+        raise onednn.KernelUnavailable("no", reason="no C++ compiler ('g++' not found)")
+
+    monkeypatch.setattr(onednn, "load", unavailable)
+    monkeypatch.setattr(conv_module, "_cpu_only", lambda: True)
+    choice = conv_module.resolve("auto", "bf16")
+    assert (choice.impl, choice.precision) == ("matmul", "f32")
+    assert choice.warning.count("warning") == 1 and "\n" not in choice.warning
+    assert "g++" in choice.warning and "precision bf16 unavailable" in choice.warning
+
+
+def test_bf16_on_gpu_means_xla_bf16(monkeypatch):
+    monkeypatch.setattr(conv_module, "_cpu_only", lambda: False)
+    _cpu(monkeypatch, NO_BF16)  # the host CPU does not matter there
+    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("xla", None, "bf16")
+
+
+@pytest.mark.skipif(
+    not (KERNEL and parallel.native_bf16()), reason="needs the oneDNN kernel and a bf16 CPU"
+)
+def test_bf16_learns_the_synthetic_classes(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    p = tiny_params(epochs=4)
+    trained = train_and_evaluate(
+        load_prepared(prepared), p, 0, "onednn", show_progress=False, precision="bf16"
+    )
+    assert trained.cfg.precision == "bf16"
+    assert trained.test_accuracy >= 0.9, trained.history
+    # The master weights and batch-norm statistics stay float32.
+    assert {a.dtype for a in jax.tree.leaves(trained.state)} <= {
+        jnp.dtype(jnp.float32),
+        jnp.dtype(jnp.int32),
+        jnp.dtype(jnp.uint32),
+    }
+
+
+def _bf16_project(folder: Path, **over) -> Path:
+    project = train_project(folder, epochs=1, precision="bf16", **over)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["predict"]["batch_size"] = 16
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+@pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
+def test_bf16_falls_back_through_the_train_stage_with_one_warning(tmp_path, monkeypatch, capsys):
+    """train.precision bf16 on a CPU without bf16 instructions (forced): one warning line,
+    and f32 is what runs, is reported and is saved with the model."""
+    _cpu(monkeypatch, NO_BF16)
+    project = _bf16_project(tmp_path)
+    capsys.readouterr()
+    run_in_project(project, "train")
+    warnings = _warnings(capsys.readouterr().err)
+    assert len(warnings) == 1 and "precision bf16 unavailable" in warnings[0], warnings
+    assert json.loads((project / OPTIONS["--metrics"]).read_text())["precision_used"] == "f32"
+    assert read_config(project / OPTIONS["--model"])["model"]["precision"] == "f32"
+
+
+@pytest.mark.skipif(
+    not (KERNEL and parallel.native_bf16()), reason="needs the oneDNN kernel and a bf16 CPU"
+)
+def test_bf16_train_and_predict_through_the_stages(tmp_path, monkeypatch, capsys):
+    """A tiny bf16 run end to end: train records bf16 in its metrics and in the saved model,
+    predict runs it in bf16 (no warning) and, on a CPU without bf16, in f32 with one."""
+    project = _bf16_project(tmp_path)
+    run_in_project(project, "train")
+    m = json.loads((project / OPTIONS["--metrics"]).read_text())
+    assert m["precision_used"] == "bf16" and m["conv_impl_used"] == "onednn"
+    assert np.isfinite(m["train_loss"]) and 0 <= m["test_accuracy"] <= 1
+    assert read_config(project / OPTIONS["--model"])["model"]["precision"] == "bf16"
+    out = project / stage_options("predict")["--out"]
+    capsys.readouterr()
+    run_in_project(project, "predict")
+    assert not _warnings(capsys.readouterr().err)
+    probs = np.load(out)["probs"]
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(1), 1, atol=1e-5)
+    _cpu(monkeypatch, NO_BF16)
+    run_in_project(project, "predict")
+    assert len(_warnings(capsys.readouterr().err)) == 1
+    # The same weights in f32: the same classes up to bf16 rounding of near-ties.
+    assert (np.load(out)["probs"].argmax(1) == probs.argmax(1)).mean() >= 0.9
 
 
 # --------------------------------------------------------------------------- subprocess runs

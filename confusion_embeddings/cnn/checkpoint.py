@@ -1,8 +1,9 @@
 """The trained model on disk: `<model>/config.json` + `<model>/model.msgpack`.
 
 Writes (train) / reads (predict) a folder holding
-    config.json    {"model": ModelConfig fields, "inference": {tta_flip, tta_translate,
-                    cpu_devices, holdout}, "pixel_mean": [3], "pixel_std": [3]}: everything
+    config.json    {"model": ModelConfig fields (conv_impl and precision: those that ran),
+                    "inference": {tta_flip, tta_translate, cpu_devices, holdout},
+                    "pixel_mean": [3], "pixel_std": [3]}: everything
                    predict needs to run the network as train ran it (holdout: the
                    training fold it never saw under cross-fitting, or null)
     model.msgpack  the Flax state (parameters and batch-norm statistics) as plain arrays;
@@ -69,13 +70,15 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(model_dir: str | Path, conv_impl: str | None = None):
+def load_model(model_dir: str | Path, conv_impl: str | None = None, precision: str | None = None):
     """Return (graphdef, params, rest, cfg, inference settings, (mean, std)); `conv_impl`
-    replaces the saved convolution (same numbers up to rounding, cnn/conv.py)."""
+    and `precision` replace the saved convolution and precision (cnn/conv.py)."""
     meta = read_config(model_dir)
     cfg = ModelConfig.from_dict(meta["model"])
     if conv_impl is not None:
         cfg = dataclasses.replace(cfg, conv_impl=conv_impl)
+    if precision is not None:
+        cfg = dataclasses.replace(cfg, precision=precision)
     graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
     blob = serialization.msgpack_restore((Path(model_dir) / WEIGHTS_FILE).read_bytes())
     nnx.replace_by_pure_dict(params, blob["params"])

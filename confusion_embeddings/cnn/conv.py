@@ -13,6 +13,13 @@ All give the same numbers up to float rounding; the choice is about speed only
 (docs/design/convolutions.md). With `onednn` and `matmul`, images smaller than the
 kernel's window (2x2 under 3x3) are convolved as one dense matmul (`conv_dense`).
 
+`train.precision` (saved with the model too), decided here with the convolution:
+- `f32` (default): float32 throughout.
+- `bf16`: bfloat16 convolutions and matmuls with float32 accumulation (cnn/network.py),
+  through oneDNN's bf16 kernel on CPU, XLA's own on GPU/TPU. On a CPU without native bf16
+  instructions (avx512_bf16, amx_bf16), or where the oneDNN kernel does not run, float32
+  with one warning line (docs/design/bf16.md).
+
     python -m confusion_embeddings.cnn.conv   # build the oneDNN kernel now and check it
 """
 
@@ -27,9 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from confusion_embeddings import devices
 from confusion_embeddings.cnn import onednn
 
 IMPLS = ("auto", "onednn", "matmul", "xla")
+PRECISIONS = ("f32", "bf16")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -72,6 +81,42 @@ def _matmul_grad_bwd(res, g):
 conv_matmul_grad.defvjp(_matmul_grad_fwd, _matmul_grad_bwd)
 
 
+@jax.custom_vjp
+def matmul_bf16(a: jax.Array, w: jax.Array) -> jax.Array:
+    """a [M, K] bfloat16 @ w [K, N] float32 as a bfloat16 multiply with float32 accumulation:
+    float32 result and weight gradient, bfloat16 input gradient (oneDNN's convolutions'
+    contract, for the matmul layers)."""
+    return _matmul_bf16_fwd(a, w)[0]
+
+
+def _dot_f32(a, b, dims):
+    return lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+
+def _matmul_bf16_fwd(a, w):
+    wb = w.astype(jnp.bfloat16)
+    # Written out, because XLA:CPU runs a bf16 x bf16 -> bf16 dot, and autodiff's dots of
+    # its transpose, in f32; only bf16 x bf16 -> f32 dots run natively.
+    return _dot_f32(a, wb, ((1,), (0,))), (a, wb)
+
+
+def _matmul_bf16_bwd(res, g):
+    a, wb = res
+    gb = g.astype(jnp.bfloat16)
+    da = _dot_f32(gb, wb, ((1,), (1,))).astype(a.dtype)
+    # Contracting over the batch, this one still runs in f32 on XLA:CPU (docs/design/bf16.md).
+    dw = _dot_f32(a, gb, ((0,), (0,)))
+    return da, dw
+
+
+matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
+
+
+def matmul(a: jax.Array, w: jax.Array) -> jax.Array:
+    """a @ w for a float32 weight w: matmul_bf16 when a is bfloat16, else float32."""
+    return matmul_bf16(a, w) if a.dtype == jnp.bfloat16 else a @ w
+
+
 def conv_dense(x: jax.Array, w: jax.Array) -> jax.Array:
     """'SAME' conv of a tiny image as one matmul with its dense [h*w*cin, h*w*cout] matrix.
 
@@ -89,18 +134,25 @@ def conv_dense(x: jax.Array, w: jax.Array) -> jax.Array:
     tap = np.where(inside, ti * kw + tj, kh * kw)  # [yi, xi, yo, xo]
     taps = jnp.concatenate([w.reshape(kh * kw, cin, cout), jnp.zeros((1, cin, cout), w.dtype)])
     dense = taps[tap].transpose(0, 1, 4, 2, 3, 5).reshape(h * wd * cin, h * wd * cout)
-    return (x.reshape(n, h * wd * cin) @ dense).reshape(n, h, wd, cout)
+    y = matmul(x.reshape(n, h * wd * cin), dense)
+    return y.reshape(n, h, wd, cout).astype(x.dtype)
 
 
 def conv(x: jax.Array, w: jax.Array, impl: str) -> jax.Array:
-    """'SAME' stride-1 convolution by the implementation `impl` (resolved, never `auto`)."""
-    if impl == "xla":
-        return conv_xla(x, w)
-    if x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]:
-        return conv_dense(x, w)
-    if impl == "onednn":
-        return onednn.conv(x, w) if onednn.available() else conv_xla(x, w)
-    return conv_matmul_grad(x, w)
+    """'SAME' stride-1 convolution by the implementation `impl` (resolved, never `auto`).
+
+    w is the float32 kernel; a bfloat16 x makes a bfloat16 convolution with a bfloat16
+    result (float32 accumulation) and a float32 weight gradient.
+    """
+    dense = x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]
+    if impl == "onednn" and not dense and onednn.available():
+        return onednn.conv(x, w)  # converts the kernel itself, inside the call
+    if impl != "xla" and dense:
+        return conv_dense(x, w)  # bf16 x float32 through matmul_bf16
+    w = w.astype(x.dtype)
+    if impl == "matmul":
+        return conv_matmul_grad(x, w)
+    return conv_xla(x, w)
 
 
 # --------------------------------------------------------------------------- the choice
@@ -108,10 +160,12 @@ def conv(x: jax.Array, w: jax.Array, impl: str) -> jax.Array:
 
 @dataclass(frozen=True)
 class ConvChoice:
-    """The implementation that will run, and why it differs from the one asked for."""
+    """The implementation and precision that will run, and why they differ from the ones
+    asked for (one line)."""
 
     impl: str
     warning: str | None = None
+    precision: str = "f32"
 
 
 def _cpu_only() -> bool:
@@ -131,12 +185,35 @@ def _cpu_only() -> bool:
     return not plugins or jax.default_backend() == "cpu"
 
 
-def resolve(requested: str) -> ConvChoice:
-    """Decide, before JAX starts where it can, which convolution `requested` means here.
+def resolve(requested: str, precision: str = "f32") -> ConvChoice:
+    """Decide, before JAX starts where it can, which convolution `requested` and which
+    precision mean here.
 
     `auto` falls back to XLA's fastest path with a warning where the oneDNN kernel cannot
-    be built or loaded; `onednn` raises onednn.KernelUnavailable there instead.
+    be built or loaded; `onednn` raises onednn.KernelUnavailable there instead. `bf16`
+    falls back to `f32` with a warning on a CPU without native bf16 or without the kernel.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    choice = _resolve_impl(requested)
+    if precision == "f32" or not _cpu_only():  # GPU/TPU: XLA's own bf16 convolutions
+        return ConvChoice(choice.impl, choice.warning, precision)
+    if choice.impl != "onednn":
+        reason = f"it needs oneDNN's convolutions, and conv_impl {choice.impl} runs here"
+    elif not devices.native_bf16():
+        reason = (
+            f"this CPU has no native bfloat16 instructions ({' or '.join(devices.BF16_ISA)}; "
+            f"it has {devices.cpu_isa()})"
+        )
+    else:
+        return ConvChoice(choice.impl, choice.warning, "bf16")
+    warning = f"warning: precision bf16 unavailable ({reason}); using f32"
+    if choice.warning:  # one line for both fallbacks
+        warning = f"{choice.warning}; {warning.removeprefix('warning: ')}"
+    return ConvChoice(choice.impl, warning, "f32")
+
+
+def _resolve_impl(requested: str) -> ConvChoice:
     if requested not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, not {requested!r}")
     if requested in ("matmul", "xla"):

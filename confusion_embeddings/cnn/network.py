@@ -6,6 +6,11 @@ Reads and writes nothing; cnn/training.py builds it from the train params
 Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv, BN, GELU)
 -> global max-pool -> linear. Each block halves the resolution, so three blocks take a
 32x32 picture (16x16 after a stem_patch of 2) to 2x2.
+
+Precision (`ModelConfig.precision`, resolved by cnn/conv.py): "f32" throughout, or "bf16":
+the convolutions and the head multiply in bfloat16 with float32 accumulation, activations
+travel between layers in bfloat16, while the weights, batch-norm statistics and arithmetic,
+GELU and the logits stay float32 (docs/design/bf16.md).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from confusion_embeddings.cnn.conv import conv
+from confusion_embeddings.cnn.conv import conv, matmul
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,13 @@ class ModelConfig:
     bn_momentum: float
     logit_scale: float  # the final linear layer's logits are scaled by this
     conv_impl: str  # resolved (cnn/conv.py): "onednn", "matmul" or "xla", never "auto"
+    # Resolved too: "f32" or "bf16", the precision that ran (models saved before it: f32).
+    precision: str = "f32"
 
     @classmethod
-    def from_params(cls, p: dict[str, Any], num_classes: int, conv_impl: str) -> ModelConfig:
+    def from_params(
+        cls, p: dict[str, Any], num_classes: int, conv_impl: str, precision: str = "f32"
+    ) -> ModelConfig:
         return cls(
             num_classes=num_classes,
             stem_width=p["stem_width"],
@@ -43,7 +52,13 @@ class ModelConfig:
             bn_momentum=p["bn_momentum"],
             logit_scale=p["logit_scale"],
             conv_impl=conv_impl,
+            precision=precision,
         )
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The activations' type between layers (and the multiplies' inputs)."""
+        return jnp.dtype(jnp.bfloat16 if self.precision == "bf16" else jnp.float32)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "widths": list(self.widths)}
@@ -66,15 +81,55 @@ class Conv(nnx.Module):
 
 
 def _bn(c: int, momentum: float, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # No learned scale (airbench): with weight decay it only fights the next conv.
+    # No learned scale (airbench): with weight decay it only fights the next conv. Its
+    # float32 statistics and bias promote a bfloat16 input: it computes and returns float32.
     return nnx.BatchNorm(c, momentum=momentum, epsilon=1e-5, use_scale=False, rngs=rngs)
+
+
+def _bn_gelu(bn: nnx.BatchNorm, x: jax.Array) -> jax.Array:
+    """GELU(BN(x)) computed in float32, handed on in x's type (bfloat16 under bf16)."""
+    return nnx.gelu(bn(x)).astype(x.dtype)
+
+
+def _windows(x: jax.Array) -> jax.Array:
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c)
 
 
 def _maxpool2(x: jax.Array) -> jax.Array:
     # A reshape + max rather than lax.reduce_window: the gradient of reduce_window is a
     # select-and-scatter that XLA:CPU runs several times slower than this fused mask.
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+    if x.dtype == jnp.bfloat16:
+        return _maxpool2_bf16(x)
+    return _windows(x).max(axis=(2, 4))
+
+
+@jax.custom_vjp
+def _maxpool2_bf16(x: jax.Array) -> jax.Array:
+    return _windows(x).max(axis=(2, 4))
+
+
+def _maxpool2_bf16_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = _maxpool2_bf16(x)
+    return y, (x, y)
+
+
+def _maxpool2_bf16_bwd(res, g: jax.Array) -> tuple[jax.Array]:
+    """Autodiff's gradient (each maximum of a window gets g / their count), bit for bit,
+    counted from four slices instead of a reduction: autodiff's bf16 form took 3x as long.
+    (Not used in f32, where it would move the fusions and so the last bits of the result.)"""
+    x, y = res
+    x6, top = _windows(x), y[:, :, None, :, None, :]
+    count = sum(
+        (x6[:, :, i : i + 1, :, j : j + 1] == top).astype(jnp.float32)
+        for i in (0, 1)
+        for j in (0, 1)
+    )
+    share = (g[:, :, None, :, None, :].astype(jnp.float32) / count).astype(x.dtype)
+    return (jnp.where(x6 == top, share, jnp.zeros((), x.dtype)).reshape(x.shape),)
+
+
+_maxpool2_bf16.defvjp(_maxpool2_bf16_fwd, _maxpool2_bf16_bwd)
 
 
 class Block(nnx.Module):
@@ -85,9 +140,8 @@ class Block(nnx.Module):
         self.bn2 = _bn(cout, cfg.bn_momentum, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _maxpool2(self.conv1(x))
-        x = nnx.gelu(self.bn1(x))
-        return nnx.gelu(self.bn2(self.conv2(x)))
+        x = _bn_gelu(self.bn1, _maxpool2(self.conv1(x)))
+        return _bn_gelu(self.bn2, self.conv2(x))
 
 
 class CNN(nnx.Module):
@@ -101,14 +155,16 @@ class CNN(nnx.Module):
         self.head = nnx.Linear(cfg.widths[-1], cfg.num_classes, use_bias=False, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: float images [N, H, W, 3], already normalised. Returns logits [N, C]."""
+        """x: float images [N, H, W, 3], already normalised. Returns float32 logits [N, C]."""
+        x = x.astype(self.cfg.dtype)
         if self.cfg.stem_patch > 1:
             x = space_to_depth(x, self.cfg.stem_patch)
-        x = nnx.gelu(self.stem_bn(self.stem(x)))
+        x = _bn_gelu(self.stem_bn, self.stem(x))
         for block in self.blocks:
             x = block(x)
         x = jnp.max(x, axis=(1, 2))
-        return self.head(x) * self.cfg.logit_scale
+        # Under bf16 a bfloat16 multiply with float32 accumulation: float32 logits.
+        return matmul(x, self.head.kernel.get_value()) * self.cfg.logit_scale
 
 
 def space_to_depth(x: jax.Array, k: int) -> jax.Array:

@@ -46,7 +46,9 @@ class KernelUnavailable(PipelineError):
         self.reason = reason
 
 
-TARGETS = ("OnednnConvFwd", "OnednnConvBwdData", "OnednnConvBwdWeights")
+KINDS = ("Fwd", "BwdData", "BwdWeights")
+# Each call in float32 and, with the suffix Bf16, on bfloat16 activations (onednn_conv.cc).
+TARGETS = tuple(f"OnednnConv{kind}{dtype}" for kind in KINDS for dtype in ("", "Bf16"))
 
 
 def _prefix_dirs() -> tuple[Path, Path]:
@@ -156,23 +158,25 @@ def _threads() -> int:
     return max(1, cpu_cores() // max(1, jax.local_device_count()))
 
 
-def _call(target: str, out_shape: tuple[int, ...], a: jax.Array, b: jax.Array) -> jax.Array:
+def _call(kind: str, out_shape, out_dtype, a: jax.Array, b: jax.Array) -> jax.Array:
+    """The float32 call `kind`, or its bfloat16 variant when the activation `a` is bf16."""
     load()
-    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
+    target = f"OnednnConv{kind}{'Bf16' if a.dtype == jnp.bfloat16 else ''}"
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, out_dtype))(
         a, b, threads=np.int64(_threads())
     )
 
 
 def _fwd(x, w):
-    return _call("OnednnConvFwd", (*x.shape[:3], w.shape[3]), x, w)
+    return _call("Fwd", (*x.shape[:3], w.shape[3]), x.dtype, x, w)
 
 
 def _bwd_data(g, w):
-    return _call("OnednnConvBwdData", (*g.shape[:3], w.shape[2]), g, w)
+    return _call("BwdData", (*g.shape[:3], w.shape[2]), g.dtype, g, w)
 
 
 def _bwd_weights(x, g, kernel_shape):
-    return _call("OnednnConvBwdWeights", kernel_shape, x, g)
+    return _call("BwdWeights", kernel_shape, jnp.float32, x, g)
 
 
 def _data_axes() -> tuple[str, ...] | None:
@@ -191,7 +195,12 @@ def _per_device(fn, in_specs, out_spec):
 
 @jax.custom_vjp
 def conv(x: jax.Array, w: jax.Array) -> jax.Array:
-    """'SAME' stride-1 convolution, x [N, H, W, C] float32, w [KH, KW, C, K] (odd KH, KW)."""
+    """'SAME' stride-1 convolution, x [N, H, W, C], w [KH, KW, C, K] (odd KH, KW) float32.
+
+    x float32: all float32. x bfloat16: the result and the input gradient are bfloat16,
+    computed in bfloat16 with float32 accumulation; w and its gradient stay float32 (oneDNN
+    converts w inside the call), so a float32 master copy needs no cast in the model.
+    """
     return _vjp_fwd(x, w)[0]
 
 
@@ -203,8 +212,10 @@ def _vjp_fwd(x, w):
         or not (w.shape[0] % 2 and w.shape[1] % 2)
     ):
         raise ValueError(f"conv: x {x.shape} and w {w.shape} are not NHWC and odd-sized HWIO")
-    if x.dtype != jnp.float32 or w.dtype != jnp.float32:
-        raise ValueError(f"conv: float32 only, got {x.dtype} and {w.dtype}")
+    if x.dtype not in (jnp.float32, jnp.bfloat16) or w.dtype != jnp.float32:
+        raise ValueError(
+            f"conv: x float32 or bfloat16 and w float32 only, got {x.dtype} and {w.dtype}"
+        )
     axes = _data_axes()
     if axes is None:
         y = _fwd(x, w)

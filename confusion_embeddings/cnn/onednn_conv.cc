@@ -1,11 +1,13 @@
-// 'SAME' stride-1 2-D convolutions through oneDNN, as XLA FFI handlers (CPU, float32).
+// 'SAME' stride-1 2-D convolutions through oneDNN, as XLA FFI handlers (CPU).
 //
-// Built and registered by confusion_embeddings/cnn/onednn.py, which documents the three calls:
+// Built and registered by confusion_embeddings/cnn/onednn.py, which documents the calls:
 //   OnednnConvFwd(x[N,H,W,C], w[KH,KW,C,K])        -> y[N,H,W,K]
 //   OnednnConvBwdData(dy[N,H,W,K], w[KH,KW,C,K])   -> dx[N,H,W,C]
 //   OnednnConvBwdWeights(x[N,H,W,C], dy[N,H,W,K])  -> dw[KH,KW,C,K]
 // each with an int64 attribute `threads`: the OpenMP threads oneDNN may use for the call.
-// Kernels are float32, activations contiguous NHWC, stride 1, padding kernel/2 each side.
+// Activations contiguous NHWC, stride 1, padding kernel/2 each side. All float32, or, in the
+// *Bf16 variants, bfloat16 activations (x, y, dx, dy) with float32 kernels w and dw: oneDNN
+// converts w to bfloat16 while reordering it, accumulates in float32 and writes dw in float32.
 //
 // Activations stay in XLA's NHWC layout (oneDNN's nhwc); only the kernel is reordered into
 // the layout the primitive prefers, which is small. Primitives (oneDNN JIT-compiles each
@@ -29,9 +31,10 @@ using dt = memory::data_type;
 namespace {
 
 enum Kind { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
-// (kind, n, h, w, c, k, kh, kw, threads): a primitive splits its work for the OpenMP thread
-// count in force when it is created, so the count is part of what it is.
-using Key = std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t>;
+// (kind, bf16, n, h, w, c, k, kh, kw, threads): a primitive splits its work for the OpenMP
+// thread count in force when it is created, so the count is part of what it is.
+using Key = std::tuple<int, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t>;
 
 dnnl::engine& engine() {
   static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
@@ -47,14 +50,17 @@ struct Entry {
   dnnl::stream strm;
 };
 
-Entry make(int kind, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k,
+Entry make(int kind, bool bf16, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k,
            int64_t kh, int64_t kw) {
   auto& eng = engine();
   memory::dims src_d{n, c, h, w}, dst_d{n, k, h, w}, wei_d{k, c, kh, kw};
   memory::dims strides{1, 1}, pad_l{kh / 2, kw / 2}, pad_r{kh / 2, kw / 2};
-  auto src = memory::desc(src_d, dt::f32, tag::nhwc);
-  auto dst = memory::desc(dst_d, dt::f32, tag::nhwc);
-  auto wei_any = memory::desc(wei_d, dt::f32, tag::any);
+  const dt act = bf16 ? dt::bf16 : dt::f32;
+  auto src = memory::desc(src_d, act, tag::nhwc);
+  auto dst = memory::desc(dst_d, act, tag::nhwc);
+  // The primitive's weights are bf16 in bf16 mode, except the weight gradient, which oneDNN
+  // can accumulate into float32 directly (no bf16 rounding of the update).
+  auto wei_any = memory::desc(wei_d, act, tag::any);
   auto wei_user = memory::desc(wei_d, dt::f32, tag::hwio);
   dnnl::primitive_attr attr;
   // A scratchpad owned by the cached entry: no allocation per call.
@@ -81,8 +87,8 @@ Entry make(int kind, int64_t n, int64_t h, int64_t w, int64_t c, int64_t k,
     e.scratch = memory(pd.scratchpad_desc(), eng);
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        eng, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pad_l, pad_r,
-        fwd_pd, attr);
+        eng, dnnl::algorithm::convolution_direct, src,
+        memory::desc(wei_d, dt::f32, tag::any), dst, strides, pad_l, pad_r, fwd_pd, attr);
     e.prim = dnnl::convolution_backward_weights(pd);
     e.w_prim = pd.diff_weights_desc();
     e.scratch = memory(pd.scratchpad_desc(), eng);
@@ -114,8 +120,8 @@ class Pool {
         return e;
       }
     }
-    auto [kind, n, h, w, c, k, kh, kw, threads] = key;
-    return std::make_unique<Entry>(make(kind, n, h, w, c, k, kh, kw));
+    auto [kind, bf16, n, h, w, c, k, kh, kw, threads] = key;
+    return std::make_unique<Entry>(make(kind, bf16, n, h, w, c, k, kh, kw));
   }
   void give_back(const Key& key, std::unique_ptr<Entry> e) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -134,18 +140,20 @@ Pool& pool() {
 
 // x_nhwc: the [n,h,w,c] side of the convolution (x, or dx for kBwdData); w_hwio: the kernel
 // (dw for kBwdWeights); y_nhwk: the [n,h,w,k] side (y, or dy for both backward kinds).
-ffi::Error run(int kind, float* x_nhwc, float* w_hwio, float* y_nhwk, int64_t n, int64_t h,
-               int64_t w, int64_t c, int64_t k, int64_t kh, int64_t kw, int64_t threads) {
+ffi::Error run(int kind, bool bf16, void* x_nhwc, float* w_hwio, void* y_nhwk, int64_t n,
+               int64_t h, int64_t w, int64_t c, int64_t k, int64_t kh, int64_t kw,
+               int64_t threads) {
   try {
     // OpenMP's thread count belongs to the calling thread: set it for this call.
     omp_set_num_threads(static_cast<int>(threads));
     auto& eng = engine();
-    Key key{kind, n, h, w, c, k, kh, kw, threads};
+    Key key{kind, bf16, n, h, w, c, k, kh, kw, threads};
     std::unique_ptr<Entry> entry = pool().take(key);
     Entry& e = *entry;
     dnnl::stream& strm = e.strm;
-    memory x(memory::desc({n, c, h, w}, dt::f32, tag::nhwc), eng, x_nhwc);
-    memory y(memory::desc({n, k, h, w}, dt::f32, tag::nhwc), eng, y_nhwk);
+    const dt act = bf16 ? dt::bf16 : dt::f32;
+    memory x(memory::desc({n, c, h, w}, act, tag::nhwc), eng, x_nhwc);
+    memory y(memory::desc({n, k, h, w}, act, tag::nhwc), eng, y_nhwk);
     memory wu(e.w_user, eng, w_hwio);
     memory wp = e.reorder_w ? e.w_buf : wu;
     if (kind == kFwd) {
@@ -169,29 +177,41 @@ ffi::Error run(int kind, float* x_nhwc, float* w_hwio, float* y_nhwk, int64_t n,
   }
 }
 
-ffi::Error Fwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<ffi::F32> y,
+// A: the activations' element type (F32 or BF16); kernels are float32 either way.
+template <ffi::DataType A>
+ffi::Error Fwd(ffi::Buffer<A> x, ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<A> y,
                int64_t threads) {
   auto xd = x.dimensions(); auto wd = wt.dimensions();
-  return run(kFwd, x.typed_data(), wt.typed_data(), y->typed_data(), xd[0], xd[1], xd[2], xd[3],
-             wd[3], wd[0], wd[1], threads);
+  return run(kFwd, A == ffi::BF16, x.untyped_data(), wt.typed_data(), y->untyped_data(), xd[0],
+             xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], threads);
 }
-ffi::Error BwdData(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> wt,
-                   ffi::ResultBuffer<ffi::F32> dx, int64_t threads) {
+template <ffi::DataType A>
+ffi::Error BwdData(ffi::Buffer<A> g, ffi::Buffer<ffi::F32> wt, ffi::ResultBuffer<A> dx,
+                   int64_t threads) {
   auto gd = g.dimensions(); auto wd = wt.dimensions();
-  return run(kBwdData, dx->typed_data(), wt.typed_data(), g.typed_data(), gd[0], gd[1], gd[2],
-             wd[2], wd[3], wd[0], wd[1], threads);
+  return run(kBwdData, A == ffi::BF16, dx->untyped_data(), wt.typed_data(), g.untyped_data(),
+             gd[0], gd[1], gd[2], wd[2], wd[3], wd[0], wd[1], threads);
 }
-ffi::Error BwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                      ffi::ResultBuffer<ffi::F32> dw, int64_t threads) {
+template <ffi::DataType A>
+ffi::Error BwdWeights(ffi::Buffer<A> x, ffi::Buffer<A> g, ffi::ResultBuffer<ffi::F32> dw,
+                      int64_t threads) {
   auto xd = x.dimensions(); auto dd = dw->dimensions();
-  return run(kBwdWeights, x.typed_data(), dw->typed_data(), g.typed_data(), xd[0], xd[1], xd[2],
-             xd[3], dd[3], dd[0], dd[1], threads);
+  return run(kBwdWeights, A == ffi::BF16, x.untyped_data(), dw->typed_data(), g.untyped_data(),
+             xd[0], xd[1], xd[2], xd[3], dd[3], dd[0], dd[1], threads);
 }
 
 }  // namespace
 
-#define BIND3 ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>() \
-    .Ret<ffi::Buffer<ffi::F32>>().Attr<int64_t>("threads")
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, Fwd, BIND3);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, BwdData, BIND3);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, BwdWeights, BIND3);
+#define BIND(A, B, R) ffi::Ffi::Bind().Arg<ffi::Buffer<A>>().Arg<ffi::Buffer<B>>() \
+    .Ret<ffi::Buffer<R>>().Attr<int64_t>("threads")
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, Fwd<ffi::F32>, BIND(ffi::F32, ffi::F32, ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, BwdData<ffi::F32>,
+                              BIND(ffi::F32, ffi::F32, ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, BwdWeights<ffi::F32>,
+                              BIND(ffi::F32, ffi::F32, ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwdBf16, Fwd<ffi::BF16>,
+                              BIND(ffi::BF16, ffi::F32, ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdDataBf16, BwdData<ffi::BF16>,
+                              BIND(ffi::BF16, ffi::F32, ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeightsBf16, BwdWeights<ffi::BF16>,
+                              BIND(ffi::BF16, ffi::BF16, ffi::F32));

@@ -9,11 +9,13 @@ from confusion_embeddings import devices
 from confusion_embeddings.cnn import conv
 
 
-def start(conv_impl: str, cpu_devices: int | str, batch_sizes: Sequence[int]) -> conv.ConvChoice:
-    """Decide the convolution (one warning line when it falls back), set up the host for
-    it (memory reuse, CPU devices), join a multi-host job if launched as one, and keep
-    compiled programs on disk. Returns the convolution that will run."""
-    choice = conv.resolve(conv_impl)
+def start(
+    conv_impl: str, cpu_devices: int | str, batch_sizes: Sequence[int], precision: str = "f32"
+) -> conv.ConvChoice:
+    """Decide the convolution and precision (one warning line when either falls back), set
+    up the host for it (memory reuse, CPU devices), join a multi-host job if launched as
+    one, and keep compiled programs on disk. Returns the convolution that will run."""
+    choice = conv.resolve(conv_impl, precision)
     if choice.warning:
         print(choice.warning, file=sys.stderr)
     devices.prepare_host(cpu_devices, batch_sizes, choice.impl)

@@ -3,9 +3,9 @@
 Writes/reads `<dir>/<fingerprint>.msgpack` (the train state's leaves, the epoch history and
 the seconds trained so far), replaced atomically after every epoch and removed when training
 ends; `<dir>` belongs to one classifier. The fingerprint names exactly the computation that
-would continue: the params, the seed, the convolution that runs, the device count, and the
-content of every path the train stage depends on (dvc.yaml's list: data, code, kernel
-source). Any change starts afresh.
+would continue: the params, the seed, the convolution and precision that run, the device
+count, and the content of every path the train stage depends on (dvc.yaml's list: data,
+code, kernel source). Any change starts afresh.
 """
 
 from __future__ import annotations
@@ -41,14 +41,18 @@ def _hash_path(h: hashlib._Hash, path: Path) -> None:
             h.update(chunk)
 
 
-def fingerprint(p: dict[str, Any], seed: int, conv_impl: str, deps: Iterable[Path]) -> str:
+def fingerprint(
+    p: dict[str, Any], seed: int, conv_impl: str, deps: Iterable[Path], precision: str = "f32"
+) -> str:
     """Hex digest of everything a resumed run must share with the run that saved it."""
-    h = hashlib.sha256(
-        json.dumps(
-            {"params": p, "seed": seed, "conv_impl": conv_impl, "devices": jax.device_count()},
-            sort_keys=True,
-        ).encode()
-    )
+    run = {
+        "params": p,
+        "seed": seed,
+        "conv_impl": conv_impl,
+        "precision": precision,
+        "devices": jax.device_count(),
+    }
+    h = hashlib.sha256(json.dumps(run, sort_keys=True).encode())
     for dep in sorted(Path(d) for d in deps):
         if dep.exists():
             _hash_path(h, dep)

@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 
 from confusion_embeddings import devices
-from confusion_embeddings.cnn.conv import IMPLS
+from confusion_embeddings.cnn.conv import IMPLS, PRECISIONS
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, ModelConfig
 from confusion_embeddings.cnn.resume import HISTORY_KEYS, Resume
@@ -66,6 +66,7 @@ SCHEMA = {
     "bn_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
     "logit_scale": Param(float, 1 / 9, above(0)),
     "conv_impl": Param(str, "auto", one_of(*IMPLS)),
+    "precision": Param(str, "f32", one_of(*PRECISIONS)),  # bf16: cnn/conv.py
     "cpu_devices": devices.CPU_DEVICES,
 }
 
@@ -278,11 +279,12 @@ def train_and_evaluate(
     resume: Resume | None = None,
     on_epoch: Callable[[dict[str, float]], None] = lambda rec: None,
     show_progress: bool = True,
+    precision: str = "f32",
 ) -> Trained:
     """Train on data's train split (less the fold `seed` leaves out under cross-fitting),
     scoring on its test split after every epoch.
 
-    `conv_impl` is the resolved convolution (cnn/conv.py). `resume` keeps a checkpoint
+    `conv_impl` and `precision` are resolved (cnn/conv.py). `resume` keeps a checkpoint
     after every epoch and continues from one; `on_epoch` gets each epoch's record (also the
     records of epochs restored from a checkpoint, in order).
     """
@@ -292,7 +294,7 @@ def train_and_evaluate(
     check_batch_sizes(p, len(train.labels))
     check_geometry(data.image_hw, p)
     steps_per_epoch = len(train.labels) // bs
-    cfg = ModelConfig.from_params(p, len(data.classes), conv_impl)
+    cfg = ModelConfig.from_params(p, len(data.classes), conv_impl, precision)
     norm = pixel_norm(train.images)
 
     with devices.data_parallel() as mesh:  # the mesh the step's convolutions see
