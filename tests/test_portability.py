@@ -117,6 +117,13 @@ def test_training_without_a_compiler_falls_back_and_records_it(tmp_path):
         "warning: oneDNN convolutions unavailable (no C++ compiler "
         f"({str(tmp_path / 'no-such-compiler')!r} not found)); using XLA's (conv_impl matmul), "
         f"slower on CPU; {onednn.FAST_PATH_HINT}"
+        + (
+            # The default precision is bf16, which needs oneDNN's convolutions: one line.
+            "; precision bf16 unavailable (it needs oneDNN's convolutions, and conv_impl "
+            "matmul runs here); using f32"
+            if default_params()["train"]["precision"] == "bf16"
+            else ""
+        )
     ]
     metrics = json.loads((project / stage_argv_option(project, "train", "--metrics")).read_text())
     assert metrics["conv_impl_used"] == "matmul"

@@ -344,7 +344,10 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert 0.0 <= m["test_accuracy"] <= 1.0 and 0.0 <= m["test_accuracy_no_tta"] <= 1.0
     assert 0.0 <= m["train_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
     assert m["conv_impl_used"] == conv_module.resolve(tiny_params()["conv_impl"]).impl
-    assert m["precision_used"] == "f32"  # the default
+    # The default precision where this machine can run it (conv.resolve's fallback rule).
+    assert m["precision_used"] == conv_module.resolve(
+        tiny_params()["conv_impl"], tiny_params()["precision"]
+    ).precision
     assert m["backend"] == jax.default_backend() and m["cpu"] == parallel.cpu_isa()
     t = json.loads((project / OPTIONS["--timings"]).read_text())
     assert list(t) == [
@@ -358,7 +361,7 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert t["images_per_second"] > 0 and t["gflops_per_image_train"] > 0
     graphdef, params, rest, cfg, inference, norm = load_model(project / OPTIONS["--model"])
     assert cfg.num_classes == 4 and cfg.widths == (8, 16) and cfg.conv_impl == m["conv_impl_used"]
-    assert cfg.precision == "f32"
+    assert cfg.precision == m["precision_used"]
     assert cfg.logit_scale == tiny_params()["logit_scale"]
     # What predict needs to run the network as train did, saved with it.
     assert inference == {
