@@ -31,6 +31,24 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
+# Where each stage's params schema lives (the stage module imports it from there).
+SCHEMA_MODULES = {
+    "prepare": "confusion_embeddings.data.prepare",
+    "train": "confusion_embeddings.cnn.training",
+    "predict": "confusion_embeddings.cnn.inference",
+    "pairs": "confusion_embeddings.pairs",
+    "embed": "confusion_embeddings.embedding.engines",
+    "evaluate": "confusion_embeddings.evaluation.scores",
+}
+# A network and a schedule small enough to train in seconds (train section overrides).
+TINY_TRAIN = {
+    "epochs": 2,
+    "batch_size": 16,
+    "eval_batch_size": 16,
+    "stem_width": 8,
+    "widths": [8, 16],
+    "lr": 0.01,
+}
 
 
 def class_picture(

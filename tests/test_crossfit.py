@@ -28,6 +28,7 @@ from confusion_embeddings.predictions import load_predictions
 from stages import train as train_stage
 
 from helpers import (
+    TINY_TRAIN,
     default_params,
     make_prepared,
     run_in_project,
@@ -112,15 +113,7 @@ def test_training_rows_leave_out_exactly_the_fold():
 # --------------------------------------------------------------------------- the stages
 
 K = 2
-TINY = {
-    "epochs": 1,
-    "batch_size": 8,
-    "eval_batch_size": 8,
-    "stem_width": 8,
-    "widths": [8, 16],
-    "lr": 0.01,
-    "crossfit_folds": K,
-}
+TINY = {**TINY_TRAIN, "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "crossfit_folds": K}
 
 
 def crossfit_project(folder, **over):

@@ -28,6 +28,7 @@ import yaml
 from confusion_embeddings.core.params import defaults
 
 from helpers import (
+    SCHEMA_MODULES,
     STAGES,
     default_params,
     dvc_stages,
@@ -49,15 +50,6 @@ NOT_OUTPUTS = {("train", "--checkpoints")}  # the resume checkpoint: removed whe
 NOT_PATHS = {("train", "--seed"), ("pairs", "--seeds")}
 # Options a stage may go without: pairs reads one predictions file without --seeds.
 OPTIONAL = {("pairs", "--seeds")}
-# Where each stage's params schema lives.
-SCHEMA_MODULES = {
-    "prepare": "confusion_embeddings.data.prepare",
-    "train": "confusion_embeddings.cnn.training",
-    "predict": "confusion_embeddings.cnn.inference",
-    "pairs": "confusion_embeddings.pairs",
-    "embed": "confusion_embeddings.embedding.engines",
-    "evaluate": "confusion_embeddings.evaluation.scores",
-}
 # params.yaml values that are the project's data, not a default: evaluate.groups are
 # CIFAR-10's two groups (the schema's default, null, takes the groups the data carries).
 PROJECT_VALUES = {("evaluate", "groups")}

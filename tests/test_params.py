@@ -28,6 +28,7 @@ from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import Param, validate_section
 
 from helpers import (
+    SCHEMA_MODULES,
     STAGES,
     make_prepared,
     save_tiny_model,
@@ -38,15 +39,6 @@ from helpers import (
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-# Where each stage's params schema lives (the stage module imports it from there).
-SCHEMA_MODULES = {
-    "prepare": "confusion_embeddings.data.prepare",
-    "train": "confusion_embeddings.cnn.training",
-    "predict": "confusion_embeddings.cnn.inference",
-    "pairs": "confusion_embeddings.pairs",
-    "embed": "confusion_embeddings.embedding.engines",
-    "evaluate": "confusion_embeddings.evaluation.scores",
-}
 
 
 def schema(stage: str) -> dict[str, Param]:

@@ -28,17 +28,16 @@ from confusion_embeddings.cnn import conv, onednn
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import _host, atomic_file
 
-from helpers import copy_code, default_params, make_prepared, scratch_project, stage_argv
+from helpers import (
+    TINY_TRAIN,
+    copy_code,
+    default_params,
+    make_prepared,
+    scratch_project,
+    stage_argv,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_TRAIN = {
-    "epochs": 2,
-    "batch_size": 16,
-    "eval_batch_size": 16,
-    "stem_width": 8,
-    "widths": [8, 16],
-    "lr": 0.01,
-}
 
 
 def _project(tmp: Path, train: int = 32, **train_over) -> Path:

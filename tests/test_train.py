@@ -40,6 +40,7 @@ from confusion_embeddings.data.prepared import load_prepared
 from stages import train as train_stage
 
 from helpers import (
+    TINY_TRAIN,
     default_params,
     make_prepared,
     run_in_project,
@@ -51,15 +52,7 @@ from helpers import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "epochs": 2,
-    "batch_size": 16,
-    "eval_batch_size": 16,
-    "stem_width": 8,
-    "widths": [8, 16],
-    "lr": 0.01,
-    "warmup_fraction": 0.5,
-}
+TINY = {**TINY_TRAIN, "warmup_fraction": 0.5}
 OPTIONS = stage_options("train")  # --prepared, --model, ... as dvc.yaml names them
 
 
@@ -345,9 +338,10 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert 0.0 <= m["train_accuracy"] <= 1.0 and np.isfinite(m["train_loss"])
     assert m["conv_impl_used"] == conv_module.resolve(tiny_params()["conv_impl"]).impl
     # The default precision where this machine can run it (conv.resolve's fallback rule).
-    assert m["precision_used"] == conv_module.resolve(
-        tiny_params()["conv_impl"], tiny_params()["precision"]
-    ).precision
+    assert (
+        m["precision_used"]
+        == conv_module.resolve(tiny_params()["conv_impl"], tiny_params()["precision"]).precision
+    )
     assert m["backend"] == jax.default_backend() and m["cpu"] == parallel.cpu_isa()
     t = json.loads((project / OPTIONS["--timings"]).read_text())
     assert list(t) == [
