@@ -3,9 +3,11 @@
     python -m benchmarks.recipe_study --repo . --experiments ls0-e10-s0 ls0-e10-s1 ...
     python -m benchmarks.recipe_study ... --tta --prepared data/prepared
 
-Reads DVC experiments of this pipeline, each one trained classifier (their names end in
-`-s<seed>`; the part before groups them into settings), from their dvc.lock in git and their
-outputs in the DVC cache. Per setting it reports, as evaluate computes them:
+Reads DVC experiments of this pipeline from their dvc.lock in git and their outputs in the
+DVC cache. An experiment with one classifier (the paper's setup) is grouped with the others
+of its setting by name (names end in `-s<seed>`; the part before is the setting); an
+experiment with several classifiers (`classifiers.seeds`) is a setting of its own. Per
+setting it reports, as evaluate computes them:
   - test accuracy of every classifier (top-1 on the test split, as predict ran it);
   - agreement between classifiers: the mean pairwise Spearman of their similarity tables
     (each the mean over the embed params' 10 word2vec seeds), with engine jax and gensim;
@@ -73,6 +75,19 @@ def outputs(repo: Path, ref: str) -> dict[str, str]:
     """{output path: md5} of every stage in the experiment's dvc.lock."""
     lock = yaml.safe_load(_git(repo, "show", f"{ref}:dvc.lock"))
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+def prediction_files(outs: dict[str, str]) -> dict[str, str]:
+    """{classifier: md5} of an experiment's predictions files: `data/predictions.npz` for a
+    single classifier, `data/predictions/seed_<s>.npz` per classifier (predict@<s>)."""
+    found = {
+        path.rsplit("/", 1)[1].removesuffix(".npz"): md5
+        for path, md5 in outs.items()
+        if re.fullmatch(r"data/predictions(\.npz|/seed_\d+\.npz)", path)
+    }
+    if not found:
+        raise SystemExit(f"no predictions file in the experiment's dvc.lock: {sorted(outs)}")
+    return found
 
 
 def figures(pairs_list: list[Pairs]) -> dict:
@@ -143,19 +158,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "recipe_study.json")
     args = ap.parse_args()
     refs = experiment_refs(args.repo)
-    settings: dict[str, list[str]] = defaultdict(list)
+    # setting -> [(classifier name, its experiment's outputs, its predictions md5)]
+    settings: dict[str, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
     for name in args.experiments:
-        settings[re.sub(r"-s\d+$", "", name)].append(name)
+        outs = outputs(args.repo, refs[name])
+        files = prediction_files(outs)
+        if len(files) == 1:
+            settings[re.sub(r"-s\d+$", "", name)].append((name, outs, *files.values()))
+        else:
+            settings[name].extend((f"{name}/{c}", outs, md5) for c, md5 in files.items())
     results = {}
-    for setting, names in settings.items():
-        outs = [outputs(args.repo, refs[n]) for n in names]
+    for setting, members in settings.items():
+        names = [n for n, _, _ in members]
         pairs = [
-            build_pairs(load_predictions(cached(args.repo, o["data/predictions.npz"])), 3, 65536, n)
-            for o, n in zip(outs, names, strict=True)
+            build_pairs(load_predictions(cached(args.repo, md5)), 3, 65536, n)
+            for n, _, md5 in members
         ]
         results[setting] = {"classifiers": names, **figures(pairs)}
         print(setting, json.dumps(results[setting]), flush=True)
-        if args.tta:
+        outs = [o for _, o, _ in members]
+        if args.tta and all("models/cnn" in o for o in outs):  # the single-classifier layout
             models = [model_folder(args.repo, o["models/cnn"]) for o in outs]
             for variant, (flip, translate) in TTA.items():
                 variant_pairs = [

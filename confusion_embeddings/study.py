@@ -119,7 +119,13 @@ def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT)
     pipeline = study_pipeline(project, folder.resolve())
     (folder / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     _run(["dvc", "add", "-q", PREDICTIONS], folder)
-    _run(["dvc", "repro"], folder)
+    ran = _run(["dvc", "repro"], folder)
+    # The stages' one-line summaries and their warnings (a noisy table, say) reach the user.
+    for line in ran.splitlines():
+        if line.startswith("warning:"):
+            print(line, file=sys.stderr)
+        elif line.startswith(("pairs:", "embed:", "evaluate:")):
+            print(line)
     _run(["git", "add", "-A"], folder)
     _run(
         [

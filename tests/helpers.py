@@ -430,3 +430,26 @@ def run_embed_stage(folder: Path, pairs, **section: Any) -> Path:
     write_pairs(pairs, folder / options["--pairs"])
     run_in_project(folder, "embed")
     return folder / options["--out"]
+
+
+def metric_files(folder: Path) -> dict[str, list[str]]:
+    """Each metrics file under folder/metrics (by path) and its flattened keys, the way
+    `dvc exp show` names its columns (nested keys joined by dots; lists, such as prepare's
+    image_shape, get no column)."""
+
+    def flat(node: Any, prefix: str = "") -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from flat(value, f"{prefix}{key}.")
+        elif not isinstance(node, list):
+            yield prefix[:-1]
+
+    return {
+        f.relative_to(folder).as_posix(): list(flat(yaml.safe_load(f.read_text())))
+        for f in sorted((folder / "metrics").rglob("*.json"))
+    }
+
+
+def metric_keys(folder: Path) -> set[str]:
+    """Every flattened metric key of folder's metrics files."""
+    return {key for keys in metric_files(folder).values() for key in keys}

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ package
 
@@ -50,3 +51,19 @@ def test_ratio_is_taken_within_each_round_and_against_the_faster_layout():
     assert ratio["rounds"] == [0.5, 0.5, 1.0] and ratio["median"] == 0.5
     fig = pooled(per_round["jax"])
     assert fig["median"] == 600 and fig["min"] == 590 * 0.9 and fig["max"] == 610 * 1.1
+
+
+def test_recipe_study_finds_every_classifiers_predictions_in_a_lock():
+    from benchmarks.recipe_study import prediction_files
+
+    single = {"data/prepared": "a", "data/predictions.npz": "b", "models/cnn": "c"}
+    assert prediction_files(single) == {"predictions": "b"}
+    several = {
+        "data/predictions/seed_0.npz": "d",
+        "data/predictions/seed_12.npz": "e",
+        "data/pairs": "f",
+        "reports/timings/predict/seed_0.json": "g",
+    }
+    assert prediction_files(several) == {"seed_0": "d", "seed_12": "e"}
+    with pytest.raises(SystemExit, match="no predictions file"):
+        prediction_files({"data/pairs": "f"})

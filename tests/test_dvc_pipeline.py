@@ -14,6 +14,8 @@ import, dvc.yaml, the custom plot template (.dvc/plots/) and .dvcignore.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
@@ -25,7 +27,15 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import copy_code, fill_placeholders, make_dataset, make_tar_gz, stage_options
+from helpers import (
+    copy_code,
+    fill_placeholders,
+    make_dataset,
+    make_tar_gz,
+    metric_files,
+    metric_keys,
+    stage_options,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -194,11 +204,20 @@ def test_dvc_workflow_end_to_end(tmp_path):
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline")
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["embed"]["dim"] = 3
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(repo, "dvc", "repro")
+    out = run(repo, "dvc", "exp", "run", "-S", "embed.dim=3")
     assert ran(out) == {"embed", "evaluate"}, out  # training and prediction untouched
+    # dvc exp show reads well: headline scalars only (tens, not the hundreds of a flattened
+    # matrix), and every one of them has a value in every row (baseline, workspace, exp).
+    rows = list(csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--csv"))))
+    keys = metric_keys(repo)
+    metric_columns = [c for c in rows[0] if c.split(":")[-1] in keys]
+    assert len(metric_columns) == sum(len(v) for v in metric_files(repo).values())
+    assert len(metric_columns) < 60, metric_columns
+    assert rows[0]["rev"] == "workspace" and not rows[1]["Experiment"], rows  # + the commit
+    assert len(rows) == 3 and rows[2]["Experiment"], rows  # the experiment, by its name
+    for row in rows:
+        for column in metric_columns:
+            assert row[column] != "", (row["Experiment"], row["rev"], column)
     assert "embed.dim" in run(repo, "dvc", "params", "diff")
     metrics_diff = run(repo, "dvc", "metrics", "diff", "--all")
     assert "metrics/similarity.json" in metrics_diff and "spearman_vs_confusion" in metrics_diff

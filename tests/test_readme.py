@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from helpers import copy_code
+from helpers import copy_code, metric_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.S)
@@ -53,23 +52,6 @@ def _project(tmp: Path) -> Path:
     shutil.copy(ROOT / "dvc.yaml", project)
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
     return project
-
-
-def _metric_keys(study: Path) -> set[str]:
-    """Flattened keys of the study's metrics files, as `dvc exp show` names its columns."""
-
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                yield from flat(value, f"{prefix}{key}.")
-        else:
-            yield prefix[:-1]
-
-    return {
-        key
-        for f in (study / "metrics").glob("*.json")
-        for key in flat(yaml.safe_load(f.read_text()))
-    }
 
 
 def test_the_walkthrough_is_in_the_readme():
@@ -124,8 +106,8 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     columns = set(rows[0])
     assert not {c for c in columns if c.startswith(("train.", "prepare.", "predict."))}
     assert not {c for c in columns if "cifar" in c.lower()}
-    metric_columns = [c for c in columns if c.split(":")[-1] in _metric_keys(study)]
-    assert len(metric_columns) >= len(_metric_keys(study)) - 2  # keys shared by two files
+    metric_columns = [c for c in columns if c.split(":")[-1] in metric_keys(study)]
+    assert len(metric_columns) >= len(metric_keys(study)) - 2  # keys shared by two files
     for row in rows:
         for column in metric_columns:
             assert row[column] != "", (row["rev"], column)
