@@ -639,3 +639,17 @@ def test_secondary_structure_ignores_top1_mistakes_for_a_weaker_classifier(tmp_p
         )
         flat = _pairs_of(tmp_path, _random_lower_guesses(arrays, seed), "flat")
         assert abs(secondary_structure(flat, max_pairs)) < 0.3
+
+
+def test_default_engine_holds_on_a_thousand_pictures(tmp_path):
+    """Small data, every embed and evaluate param at its default: 1,000 pictures (100 per
+    class) with planted confusions within the CIFAR-10 groups. The table must not collapse
+    and must rank class pairs like the confusions (gensim collapsed on data this small)."""
+    path = tmp_path / "small.npz"
+    write_predictions(path, make_synthetic_predictions(100, CIFAR10, CIFAR10_GROUPS, 1.5, seed=3))
+    pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
+    embed = validate_section("embed", {}, EMBED_SCHEMA)
+    assert embed["engine"] == "jax"  # the default this test is about
+    ev = evaluate(pairs, train_all(pairs, embed), eval_params(groups=CIFAR10_GROUPS))
+    assert not ev.collapsed
+    assert ev.spearman >= 0.5, ev.spearman
