@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipe_study --repo . --experiments ls0-e10-s0 ls0-e10-s1 ...
     python -m benchmarks.recipe_study ... --tta --prepared data/prepared
+    python -m benchmarks.recipe_study --experiments bf16-e10 HEAD   # experiments, commits
 
 Reads DVC experiments of this pipeline from their dvc.lock in git and their outputs in the
 DVC cache. An experiment with one classifier (the paper's setup) is grouped with the others
@@ -161,7 +162,7 @@ def main() -> None:
     # setting -> [(classifier name, its experiment's outputs, its predictions md5)]
     settings: dict[str, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
     for name in args.experiments:
-        outs = outputs(args.repo, refs[name])
+        outs = outputs(args.repo, refs.get(name, name))  # an experiment, or any git revision
         files = prediction_files(outs)
         if len(files) == 1:
             settings[re.sub(r"-s\d+$", "", name)].append((name, outs, *files.values()))
