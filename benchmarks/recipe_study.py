@@ -79,13 +79,16 @@ def outputs(repo: Path, ref: str) -> dict[str, str]:
 
 
 def prediction_files(outs: dict[str, str]) -> dict[str, str]:
-    """{classifier: md5} of an experiment's predictions files: `data/predictions.npz` for a
-    single classifier, `data/predictions/seed_<s>.npz` per classifier (predict@<s>)."""
+    """{classifier: md5} of an experiment's predictions files: `data/predictions/seed_<s>.npz`
+    per classifier (predict@<s>), or else `data/predictions.npz` (the single-classifier
+    layout of earlier commits, whose entry a later dvc.lock may still carry)."""
     found = {
         path.rsplit("/", 1)[1].removesuffix(".npz"): md5
         for path, md5 in outs.items()
-        if re.fullmatch(r"data/predictions(\.npz|/seed_\d+\.npz)", path)
+        if re.fullmatch(r"data/predictions/seed_\d+\.npz", path)
     }
+    if not found and "data/predictions.npz" in outs:
+        found = {"predictions": outs["data/predictions.npz"]}
     if not found:
         raise SystemExit(f"no predictions file in the experiment's dvc.lock: {sorted(outs)}")
     return found

@@ -65,5 +65,7 @@ def test_recipe_study_finds_every_classifiers_predictions_in_a_lock():
         "reports/timings/predict/seed_0.json": "g",
     }
     assert prediction_files(several) == {"seed_0": "d", "seed_12": "e"}
+    # A single-classifier entry left over in a later lock does not count beside them.
+    assert prediction_files({**several, "data/predictions.npz": "b"}) == prediction_files(several)
     with pytest.raises(SystemExit, match="no predictions file"):
         prediction_files({"data/pairs": "f"})

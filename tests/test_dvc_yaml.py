@@ -215,6 +215,13 @@ def test_the_foreach_stages_run_once_per_classifier_seed():
         assert names.index(f"train@{s}") < names.index(f"predict@{s}") < names.index("pairs")
 
 
+def test_the_committed_lock_holds_exactly_the_stages_of_dvc_yaml():
+    """DVC keeps a lock entry of a stage that dvc.yaml no longer has; a stale one (the
+    single `train` before `train@<seed>`) misleads whoever reads the lock for outputs."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(expanded_stages())
+
+
 def test_every_classifier_has_its_own_paths():
     """No two stages share an output, and each seed's train and predict write (and train
     checkpoints) under paths of their own: adding a seed leaves the others' files alone."""
