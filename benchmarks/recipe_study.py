@@ -181,7 +181,12 @@ def main() -> None:
         results[setting] = {"classifiers": names, **figures(pairs)}
         print(setting, json.dumps(results[setting]), flush=True)
         outs = [o for _, o, _ in members]
-        if args.tta and all("models/cnn" in o for o in outs):  # the single-classifier layout
+        # The single-classifier layout only (models/cnn); a later lock may still carry that
+        # entry beside the per-classifier ones, so the predictions files decide.
+        single = all(len(prediction_files(o)) == 1 and "models/cnn" in o for o in outs)
+        if args.tta and not single:
+            print(f"{setting}: --tta reads single-classifier experiments only; skipped")
+        if args.tta and single:
             models = [model_folder(args.repo, o["models/cnn"]) for o in outs]
             for variant, (flip, translate) in TTA.items():
                 variant_pairs = [
