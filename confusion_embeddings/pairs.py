@@ -54,6 +54,8 @@ SCHEMA = {
 
 PAIRS_FILE = "pairs.npz"
 CONFUSION_FILE = "confusion.csv"
+# Pairs' arrays with one entry per pair (besides `classifier`, whose meaning is per study).
+PER_PAIR = ("true", "guess", "rank", "prob", "split")
 
 
 @dataclass(frozen=True)
@@ -82,17 +84,17 @@ class Pairs:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    def rows(self, keep: np.ndarray) -> Pairs:
+        """The pairs where the boolean mask `keep` [P] holds, of the same classifiers."""
+        arrays = {what: getattr(self, what)[keep] for what in (*PER_PAIR, "classifier")}
+        return replace(self, **arrays)
+
     def of(self, index: int) -> Pairs:
         """The pairs of one classifier."""
-        keep = self.classifier == index
+        part = self.rows(self.classifier == index)
         return replace(
-            self,
-            true=self.true[keep],
-            guess=self.guess[keep],
-            rank=self.rank[keep],
-            prob=self.prob[keep],
-            split=self.split[keep],
-            classifier=np.zeros(int(keep.sum()), np.int16),
+            part,
+            classifier=np.zeros(len(part.classifier), np.int16),
             classifiers=(self.classifiers[index],),
         )
 
@@ -188,10 +190,7 @@ def combine(parts: list[Pairs]) -> Pairs:
     if len(set(names)) != len(names):
         raise PipelineError(f"two classifiers share a name in {list(names)}")
     index = np.concatenate([np.full(len(part.true), i, np.int16) for i, part in enumerate(parts)])
-    joined = {
-        what: np.concatenate([getattr(part, what) for part in parts])
-        for what in ("true", "guess", "rank", "prob", "split")
-    }
+    joined = {what: np.concatenate([getattr(part, what) for part in parts]) for what in PER_PAIR}
     return replace(first, **joined, classifier=index, classifiers=names)
 
 

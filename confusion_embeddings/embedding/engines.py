@@ -9,7 +9,6 @@ Reads and writes nothing itself. `engine` picks the trainer:
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -157,16 +156,7 @@ def picture_reliability(pairs: Pairs, params: dict[str, Any]) -> float | None:
     one_seed = {**params, "seeds": params["seeds"][:1]}
     tables = []
     for h in (0, 1):
-        rows = np.repeat(half == h, k)
-        part = replace(
-            pairs,
-            true=pairs.true[rows],
-            guess=pairs.guess[rows],
-            rank=pairs.rank[rows],
-            prob=pairs.prob[rows],
-            split=pairs.split[rows],
-            classifier=pairs.classifier[rows],
-        )
+        part = pairs.rows(np.repeat(half == h, k))
         try:
             tables.append(_cosines(train_vectors(part, one_seed)[0].astype(np.float64)))
         except PipelineError:  # a class missing from a half: far too few pictures to tell
