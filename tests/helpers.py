@@ -16,6 +16,7 @@ import colorsys
 import contextlib
 import importlib
 import io
+import os
 import re
 import shlex
 import shutil
@@ -453,3 +454,17 @@ def metric_files(folder: Path) -> dict[str, list[str]]:
 def metric_keys(folder: Path) -> set[str]:
     """Every flattened metric key of folder's metrics files."""
     return {key for keys in metric_files(folder).values() for key in keys}
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of the dvc and python commands a test runs: this interpreter's bin
+    folder first on PATH (the stages run as `python -m stages.<name>`, and dvc must be the
+    venv's), JAX on the CPU, no DVC analytics; `extra` on top."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+        "JAX_PLATFORMS": "cpu",
+        "DVC_NO_ANALYTICS": "1",
+        **extra,
+    }

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import pytest
 import yaml
 
 from helpers import (
+    cli_env,
     copy_code,
     fill_placeholders,
     make_dataset,
@@ -64,20 +63,9 @@ STAGES = [
 ]
 
 
-def _env() -> dict:
-    # The stages run as `python -m stages.<name>`: the venv's python must come first.
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-        "JAX_PLATFORMS": "cpu",
-        "DVC_NO_ANALYTICS": "1",
-    }
-
-
 def run(repo: Path, *args: str) -> str:
     """Run a command in the repo; fail the test with its output if it fails."""
-    proc = subprocess.run(list(args), cwd=repo, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(list(args), cwd=repo, env=cli_env(), capture_output=True, text=True)
     if proc.returncode:
         pytest.fail(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout + proc.stderr

@@ -30,16 +30,17 @@ def _random(shape, seed):
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
-@pytest.mark.parametrize(
-    "n, h, w, cin, cout, k",
-    [
-        (4, 8, 8, 16, 32, 3),  # the network's case
-        (3, 5, 7, 3, 5, 3),  # odd, non-square image; channels that fit no vector width
-        (2, 4, 4, 128, 256, 3),  # wide and small, as the network's last blocks
-        (2, 6, 6, 4, 8, 5),  # a 5x5 kernel
-        (1, 3, 3, 1, 1, 1),  # 1x1 kernel, one channel
-    ],
-)
+# (batch, height, width, in channels, out channels, kernel size)
+SHAPES = [
+    (4, 8, 8, 16, 32, 3),  # the network's case
+    (3, 5, 7, 3, 5, 3),  # odd, non-square image; channels that fit no vector width
+    (2, 4, 4, 128, 256, 3),  # wide and small, as the network's last blocks
+    (2, 6, 6, 4, 8, 5),  # a 5x5 kernel
+    (1, 3, 3, 1, 1, 1),  # 1x1 kernel, one channel
+]
+
+
+@pytest.mark.parametrize("n, h, w, cin, cout, k", SHAPES)
 def test_forward_and_both_gradients_match_xla(n, h, w, cin, cout, k):
     x, kern = _random((n, h, w, cin), 0), _random((k, k, cin, cout), 1)
     g = _random((n, h, w, cout), 2)
@@ -56,14 +57,7 @@ def _bf16(a):
 
 @pytest.mark.parametrize(
     "n, h, w, cin, cout, k",
-    [
-        (4, 8, 8, 16, 32, 3),  # the network's case
-        (3, 5, 7, 3, 5, 3),  # odd, non-square image; channels that fit no vector width
-        (2, 4, 4, 128, 256, 3),  # wide and small, as the network's last blocks
-        (2, 6, 6, 4, 8, 5),  # a 5x5 kernel
-        (1, 3, 3, 1, 1, 1),  # 1x1 kernel, one channel
-        (2, 9, 9, 1, 7, 3),  # one input channel, odd sizes
-    ],
+    [*SHAPES, (2, 9, 9, 1, 7, 3)],  # + one input channel, odd sizes
 )
 def test_bf16_forward_and_both_gradients_match_xla_f32(n, h, w, cin, cout, k):
     """The *Bf16 calls: bfloat16 activations and output gradient, a float32 kernel; the

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import copy_code, metric_keys
+from helpers import cli_env, copy_code, metric_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.S)
@@ -32,17 +30,6 @@ def walkthrough() -> list[tuple[str, str]]:
     start = text.index("<!-- walkthrough: start -->")
     end = text.index("<!-- walkthrough: end -->", start)
     return BLOCK.findall(text[start:end])
-
-
-def _env() -> dict:
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-        "PYTHONPATH": "",
-        "JAX_PLATFORMS": "cpu",
-        "DVC_NO_ANALYTICS": "1",
-    }
 
 
 def _project(tmp: Path) -> Path:
@@ -82,7 +69,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
                 continue
             # python -m confusion_embeddings.study must find this copy's code, not an
             # installed checkout elsewhere.
-            env = {**_env(), "PYTHONPATH": str(project)}
+            env = cli_env(PYTHONPATH=str(project))
             proc = subprocess.run(
                 command, shell=True, cwd=cwd, env=env, capture_output=True, text=True
             )
