@@ -45,8 +45,8 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import stage_argv, stage_options
-from test_dvc_pipeline import SEEDS, STAGES, _env, make_repo
+from helpers import cli_env, stage_argv, stage_options
+from test_dvc_pipeline import SEEDS, STAGES, make_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -83,7 +83,7 @@ class Repro:
         self.proc = subprocess.Popen(
             ["dvc", "repro", *args],
             cwd=repo,
-            env={**_env(), "PYTHONUNBUFFERED": "1"},
+            env=cli_env(PYTHONUNBUFFERED="1"),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -364,7 +364,7 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
     print("last run:", sorted(s for s in STAGES if f"Running stage '{s}'" in final))
     assert any("resumed" in line for line in log), log  # the checkpoint path was taken
     status = subprocess.run(
-        ["dvc", "status"], cwd=repo, env=_env(), capture_output=True, text=True, check=True
+        ["dvc", "status"], cwd=repo, env=cli_env(), capture_output=True, text=True, check=True
     ).stdout
     assert "up to date" in status, status
     assert metrics_of(repo) == metrics_of(ref)

@@ -31,6 +31,7 @@ from stages import evaluate as evaluate_stage
 from stages import predict as predict_stage
 
 from helpers import (
+    cli_env,
     make_dataset,
     make_prepared,
     save_tiny_model,
@@ -313,9 +314,9 @@ def test_missing_raw_data_and_missing_remote(tmp_path):
     (repo / source).unlink()
 
     def dvc(*args: str) -> subprocess.CompletedProcess:
-        from test_dvc_pipeline import _env
-
-        return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True)
+        return subprocess.run(
+            ["dvc", *args], cwd=repo, env=cli_env(), capture_output=True, text=True
+        )
 
     repro = dvc("repro")
     assert repro.returncode != 0
