@@ -17,8 +17,10 @@ that the train stage's per-epoch checkpoint is exercised):
   more, the moment its first checkpoint appears, so that the later runs resume from it. When a
   stage has already completed (an earlier kill landed after its end), it is rerun with
   `dvc repro --force --single-item <stage>` to be killed while it replaces its own
-  complete output. A last `dvc repro` runs to the end; its metrics and outputs must equal
-  the reference's.
+  complete output. A kill that misses its stage (it ran faster than measured, so the kill
+  came in the next stage or after the run) is tried again at half the delay, up to RETRIES
+  times. A last `dvc repro` runs to the end; its metrics and outputs must equal the
+  reference's.
 
 The stages keep compiled XLA programs under `.cache/jax` (confusion_embeddings/devices.py);
 all three repositories share one such folder (a symlink), so that only the reference compiles.
@@ -72,6 +74,8 @@ KILLS_PER_STAGE = {
 # ... and one more at the moment its first checkpoint appears.
 CHECKPOINT_KILLS = {f"train@{SEEDS[0]}"}
 KILL_SEED = 20261128
+# Tries at half the delay each when a kill came after its stage had ended.
+RETRIES = 3
 
 
 class Repro:
@@ -330,7 +334,11 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
     log = []
     healed = 0
     plan = kill_plan(durations)
-    for stage, delay in plan:
+
+    def kill_once(stage: str, delay: float | None) -> str | None:
+        """Run `dvc repro` until `delay` s into the stage, then SIGKILL it; the stage it died
+        in (None: the run had already ended, so the kill hit nothing)."""
+        nonlocal healed
         healed += heal(repo)
         repro = Repro(repo)
         started = repro.wait_for_stage(stage, timeout=300)
@@ -347,13 +355,23 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
                 time.sleep(0.005)
         else:
             time.sleep(max(0.0, started + delay - time.monotonic()))
-        where = repro.running()  # None: the run had already ended, the kill hit nothing
+        where = repro.running()
         repro.kill()
-        if where is not None:
-            landed[where] += 1
         resumed = " (train resumed from its checkpoint)" if "resuming from" in repro.output else ""
         when = "at the checkpoint" if delay is None else f"+{delay:.2f}s"
         log.append(f"{stage} {when} ({how}) -> killed in {where}{resumed}")
+        return where
+
+    for stage, delay in plan:
+        # A stage can end sooner than its measured duration (a `--single-item` run skips the
+        # rest of the pipeline, the machine may be less loaded): then the kill lands in the
+        # next stage or after the run; it is tried again, earlier.
+        for attempt in range(RETRIES + 1):
+            where = kill_once(stage, None if delay is None else delay / 2**attempt)
+            if where is not None:
+                landed[where] += 1
+            if where == stage:
+                break
     print("\n".join(log))
     print("kills that landed in each stage:", landed)
     print("temporary siblings left by the kills:", leftovers(repo))
@@ -373,9 +391,9 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
     for path in SAME_JSON_OUTS:
         if (repo / path).read_bytes() != (ref / path).read_bytes():
             print(f"{path}: same values, other key order (the known resume issue)")
-    # Every stage was interrupted while it ran, at least as often as planned minus one.
+    # Every stage was interrupted while it ran, at least as often as planned.
     planned = {s: sum(1 for stage, _ in plan if stage == s) for s in STAGES}
-    assert all(landed[s] >= max(1, planned[s] - 1) for s in STAGES), (landed, planned, log)
+    assert all(landed[s] >= planned[s] for s in STAGES), (landed, planned, log)
 
 
 def test_resumed_training_writes_the_same_dvclive_summary(tmp_path, monkeypatch):
