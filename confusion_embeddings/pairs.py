@@ -58,6 +58,12 @@ CONFUSION_FILE = "confusion.csv"
 PER_PAIR = ("true", "guess", "rank", "prob", "split")
 
 
+def count_matrix(true: np.ndarray, guess: np.ndarray, n_classes: int) -> np.ndarray:
+    """Directed pair counts: [C, C] int64, row = true class, column = guess (not symmetrised)."""
+    flat = true.astype(np.int64) * n_classes + guess.astype(np.int64)
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
 @dataclass(frozen=True)
 class Pairs:
     """The pairs of one or more classifiers' predictions files (see the module docstring

@@ -10,7 +10,7 @@ import pytest
 from gensim.models import KeyedVectors
 from scipy.stats import special_ortho_group
 
-from confusion_embeddings.embedding.consensus import align_runs, unit
+from confusion_embeddings.embedding.consensus import align_runs, cosine_matrices, unit
 from confusion_embeddings.embedding.formats import write_class_vectors
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog")
@@ -23,11 +23,6 @@ def planted(c: int = len(CLASSES), dim: int = 4, seed: int = 0) -> np.ndarray:
 
 def rotations(n: int, dim: int, seed: int = 1) -> np.ndarray:
     return special_ortho_group.rvs(dim, size=n, random_state=seed)
-
-
-def cosines(v: np.ndarray) -> np.ndarray:
-    u = unit(v)
-    return u @ u.T
 
 
 def test_alignment_recovers_known_rotations():
@@ -44,7 +39,7 @@ def test_alignment_recovers_known_rotations():
     for r, run in zip(rots, unit(runs), strict=True):
         found = np.linalg.lstsq(run, unit(runs[0]), rcond=None)[0]
         np.testing.assert_allclose(found, r.T @ rots[0], atol=1e-8)
-    np.testing.assert_allclose(c.table(), cosines(v), atol=1e-10)
+    np.testing.assert_allclose(c.table(), cosine_matrices(v), atol=1e-10)
     np.testing.assert_allclose(c.dispersion, 0.0, atol=1e-12)
 
 
@@ -52,7 +47,7 @@ def test_consensus_of_identical_runs_is_that_run():
     v = planted(seed=3)
     c = align_runs(np.stack([v] * 4))
     np.testing.assert_allclose(c.vectors, unit(v), atol=1e-12)
-    np.testing.assert_allclose(c.table(), cosines(v), atol=1e-12)
+    np.testing.assert_allclose(c.table(), cosine_matrices(v), atol=1e-12)
     np.testing.assert_allclose(c.dispersion, 0.0, atol=1e-12)
     assert c.iterations == 1
 
@@ -87,7 +82,10 @@ def test_every_file_format_loads_back(tmp_path):
     kv = KeyedVectors.load(str(tmp_path / "vectors.kv"))
     assert list(kv.index_to_key) == list(CLASSES)
     np.testing.assert_array_equal(kv.vectors, v)
-    assert kv.most_similar("airplane", topn=1)[0][0] == CLASSES[int(np.argsort(-cosines(v)[0])[1])]
+    assert (
+        kv.most_similar("airplane", topn=1)[0][0]
+        == CLASSES[int(np.argsort(-cosine_matrices(v)[0])[1])]
+    )
 
     with open(tmp_path / "vectors.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

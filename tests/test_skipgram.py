@@ -17,10 +17,10 @@ from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding import engines
 from confusion_embeddings.embedding.engines import SCHEMA, train_vectors, updates_per_class
 from confusion_embeddings.embedding.formats import write_word2vec
-from confusion_embeddings.embedding.skipgram import _train, count_matrix, train_skipgram
+from confusion_embeddings.embedding.skipgram import _train, train_skipgram
 from confusion_embeddings.embedding.store import load_vectors
 from confusion_embeddings.evaluation.scores import cosine_matrices
-from confusion_embeddings.pairs import Pairs, write_pairs
+from confusion_embeddings.pairs import Pairs, count_matrix, write_pairs
 from stages import embed
 
 from helpers import run_embed_stage, stage_argv

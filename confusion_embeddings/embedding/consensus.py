@@ -29,6 +29,12 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), np.finfo(np.float64).tiny)
 
 
+def cosine_matrices(vectors: np.ndarray) -> np.ndarray:
+    """[..., C, dim] -> [..., C, C] cosine similarities (float64), one matrix per vector set."""
+    u = unit(np.asarray(vectors, np.float64))
+    return u @ np.swapaxes(u, -1, -2)
+
+
 @dataclass(frozen=True)
 class Consensus:
     vectors: np.ndarray  # [C, dim] the mean of the aligned runs (not normalised)
@@ -38,8 +44,7 @@ class Consensus:
 
     def table(self) -> np.ndarray:
         """The consensus vectors' own cosine table [C, C]."""
-        u = unit(self.vectors)
-        return u @ u.T
+        return cosine_matrices(self.vectors)
 
 
 def align_runs(runs: np.ndarray) -> Consensus:

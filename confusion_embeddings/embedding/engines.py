@@ -16,9 +16,10 @@ from scipy.stats import spearmanr
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import Param, above, at_least, int_list, one_of
+from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.gensim_w2v import train_gensim
-from confusion_embeddings.embedding.skipgram import OBJECTIVES, count_matrix, train_skipgram
-from confusion_embeddings.pairs import Pairs
+from confusion_embeddings.embedding.skipgram import OBJECTIVES, train_skipgram
+from confusion_embeddings.pairs import Pairs, count_matrix
 
 SCHEMA = {
     # jax by default: it holds from a few hundred pictures up, where gensim's down-sampling
@@ -141,11 +142,6 @@ def updates_per_class(pairs: Pairs, params: dict[str, Any]) -> float:
 RELIABILITY_PAIRS_PER_CLASS = 9
 
 
-def _cosines(vectors: np.ndarray) -> np.ndarray:
-    v = vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-30)
-    return v @ v.T
-
-
 def picture_reliability(pairs: Pairs, params: dict[str, Any]) -> float | None:
     """How much one classifier's table owes to which pictures it saw: the engine trained
     (first seed) on each half of the pictures, Spearman between the two tables over the most
@@ -158,12 +154,11 @@ def picture_reliability(pairs: Pairs, params: dict[str, Any]) -> float | None:
     for h in (0, 1):
         part = pairs.rows(np.repeat(half == h, k))
         try:
-            tables.append(_cosines(train_vectors(part, one_seed)[0].astype(np.float64)))
+            tables.append(cosine_matrices(train_vectors(part, one_seed)[0]))
         except PipelineError:  # a class missing from a half: far too few pictures to tell
             return None
     c = pairs.n_classes
-    counts = np.bincount(pairs.true.astype(np.int64) * c + pairs.guess, minlength=c * c)
-    confused = counts.reshape(c, c).astype(np.float64)
+    confused = count_matrix(pairs.true, pairs.guess, c).astype(np.float64)
     np.fill_diagonal(confused, 0.0)
     rows, cols = np.triu_indices(c, k=1)
     strength = (confused + confused.T)[rows, cols]

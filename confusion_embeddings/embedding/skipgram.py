@@ -36,12 +36,6 @@ INIT_STD = 0.1
 NOISE_POWER = 0.75  # word2vec's unigram ** 0.75 noise distribution
 
 
-def count_matrix(true: np.ndarray, guess: np.ndarray, n_classes: int) -> np.ndarray:
-    """Directed pair counts: [C, C] int64, row = true class, column = guess (not symmetrised)."""
-    flat = true.astype(np.int64) * n_classes + guess.astype(np.int64)
-    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
 @dataclass(frozen=True)
 class SkipGram:
     """One trained model: input and output vectors [C, dim], and how the training ended."""

@@ -26,8 +26,8 @@ from scipy.stats import spearmanr
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import Param, at_least, in_range
-from confusion_embeddings.embedding.consensus import Consensus, align_runs
-from confusion_embeddings.pairs import Pairs
+from confusion_embeddings.embedding.consensus import Consensus, align_runs, cosine_matrices
+from confusion_embeddings.pairs import Pairs, count_matrix
 from confusion_embeddings.predictions import check_groups
 
 SCHEMA = {
@@ -103,13 +103,6 @@ class Evaluation:
         return "classifiers" if len(self.classifiers) > 1 else "word2vec seeds"
 
 
-def cosine_matrices(vectors: np.ndarray) -> np.ndarray:
-    """[..., C, dim] -> [..., C, C] cosine similarities, one matrix per vector set."""
-    v = vectors.astype(np.float64)
-    v /= np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), np.finfo(np.float64).tiny)
-    return v @ np.swapaxes(v, -1, -2)
-
-
 def seed_mean_std(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population std (ddof=0) over the seed axis."""
     return sims.mean(axis=0), sims.std(axis=0)
@@ -123,16 +116,14 @@ def ranked_neighbours(mean: np.ndarray, i: int) -> np.ndarray:
 
 def confusion_counts(pairs: Pairs) -> np.ndarray:
     """Top-1 confusion matrix: [actual, predicted] picture counts."""
-    c = pairs.n_classes
     top1 = pairs.rank == 1
-    flat = pairs.true[top1].astype(np.int64) * c + pairs.guess[top1]
-    return np.bincount(flat, minlength=c * c).reshape(c, c)
+    return count_matrix(pairs.true[top1], pairs.guess[top1], pairs.n_classes)
 
 
 def confusion_similarity(pairs: Pairs) -> np.ndarray:
     """Symmetrised rate at which a's pictures list b among their top-k guesses (diag 0)."""
     c = pairs.n_classes
-    cooc = np.bincount(pairs.true.astype(np.int64) * c + pairs.guess, minlength=c * c).reshape(c, c)
+    cooc = count_matrix(pairs.true, pairs.guess, c)
     pictures = np.bincount(pairs.true, minlength=c) / pairs.top_k
     rate = cooc / np.maximum(pictures, 1)[:, None]
     sym = (rate + rate.T) / 2
@@ -220,20 +211,11 @@ def secondary_structure(pairs: Pairs, max_pairs: int | None = None) -> float | N
     c, k = pairs.n_classes, pairs.top_k
     right = np.repeat(pairs.guess[::k] == pairs.true[::k], k)
     low = (pairs.rank >= 2) & right
-    counts = (
-        np.bincount(pairs.true[low].astype(np.int64) * c + pairs.guess[low], minlength=c * c)
-        .reshape(c, c)
-        .astype(np.float64)
-    )
+    counts = count_matrix(pairs.true[low], pairs.guess[low], c).astype(np.float64)
     np.fill_diagonal(counts, 0.0)
-    rows = counts / np.maximum(np.linalg.norm(counts, axis=1, keepdims=True), 1e-300)
-    profile = rows @ rows.T
+    profile = cosine_matrices(counts)  # of the classes' rows
     first = (pairs.rank == 1) & on_test_split(pairs)
-    mistakes = (
-        np.bincount(pairs.true[first].astype(np.int64) * c + pairs.guess[first], minlength=c * c)
-        .reshape(c, c)
-        .astype(np.float64)
-    )
+    mistakes = count_matrix(pairs.true[first], pairs.guess[first], c).astype(np.float64)
     np.fill_diagonal(mistakes, 0.0)
     rate = mistakes / np.maximum(np.bincount(pairs.true[first], minlength=c), 1)[:, None]
     return spearman_upper(profile, (rate + rate.T) / 2, max_pairs)
