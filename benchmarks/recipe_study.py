@@ -23,6 +23,7 @@ Writes benchmarks/recipe_study.json (or --out) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shutil
@@ -45,10 +46,12 @@ from confusion_embeddings.evaluation.scores import (
     table_agreement,
     top1_accuracy,
 )
+from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, build_pairs
 from confusion_embeddings.predictions import load_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
+PAIRS_DEFAULTS = defaults(PAIRS)
 TTA = {"none": (False, 0), "flip": (True, 0), "flip+translate": (True, 1)}
 
 
@@ -63,13 +66,17 @@ def experiment_refs(repo: Path) -> dict[str, str]:
     return {ref.rsplit("/", 1)[1]: ref for ref in refs if "/celery/" not in ref}
 
 
+@functools.cache
+def cache_dir(repo: Path) -> Path:
+    """The repository's DVC cache (asked once: each `dvc` call takes a second or so)."""
+    out = subprocess.run(
+        ["dvc", "cache", "dir"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout
+    return Path(out.strip())
+
+
 def cached(repo: Path, md5: str) -> Path:
-    cache = Path(
-        subprocess.run(
-            ["dvc", "cache", "dir"], cwd=repo, check=True, capture_output=True, text=True
-        ).stdout.strip()
-    )
-    return cache / "files" / "md5" / md5[:2] / md5[2:]
+    return cache_dir(repo) / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def outputs(repo: Path, ref: str) -> dict[str, str]:
@@ -92,6 +99,13 @@ def prediction_files(outs: dict[str, str]) -> dict[str, str]:
     if not found:
         raise SystemExit(f"no predictions file in the experiment's dvc.lock: {sorted(outs)}")
     return found
+
+
+def pairs_of(predictions: Path, name: str) -> Pairs:
+    """A predictions file's pairs at the pairs stage's default top_k and block size."""
+    return build_pairs(
+        load_predictions(predictions), PAIRS_DEFAULTS["top_k"], PAIRS_DEFAULTS["block_size"], name
+    )
 
 
 def figures(pairs_list: list[Pairs]) -> dict:
@@ -139,18 +153,18 @@ def tta_pairs(model: Path, prepared: Path, flip: bool, translate: int, name: str
     from confusion_embeddings.core.files import save_npz
     from confusion_embeddings.data.prepared import load_prepared
 
-    loaded = list(load_model(model))
-    loaded[4] = {**loaded[4], "tta_flip": flip, "tta_translate": translate}
+    graphdef, params, rest, cfg, inference, norm = load_model(model)
+    inference = {**inference, "tta_flip": flip, "tta_translate": translate}
     arrays, _ = predict_splits(
         load_prepared(prepared, ["train", "test"]),
-        tuple(loaded),
+        (graphdef, params, rest, cfg, inference, norm),
         ["train", "test"],
         1000,
         show_progress=False,
     )
     path = model / f"predictions-{flip}-{translate}.npz"
     save_npz(path, arrays)
-    return build_pairs(load_predictions(path), 3, 65536, name)
+    return pairs_of(path, name)
 
 
 def main() -> None:
@@ -174,10 +188,7 @@ def main() -> None:
     results = {}
     for setting, members in settings.items():
         names = [n for n, _, _ in members]
-        pairs = [
-            build_pairs(load_predictions(cached(args.repo, md5)), 3, 65536, n)
-            for n, _, md5 in members
-        ]
+        pairs = [pairs_of(cached(args.repo, md5), n) for n, _, md5 in members]
         results[setting] = {"classifiers": names, **figures(pairs)}
         print(setting, json.dumps(results[setting]), flush=True)
         outs = [o for _, o, _ in members]
