@@ -11,5 +11,19 @@ The DVC stages under `stages/` are thin entry points over these modules:
     evaluation/   similarity tables, scores, the report and the plots
     core/         shared plumbing: errors, params, atomic files, entry points
 
-The library never imports a stage.
+The library never imports a stage. In Python, `embed_predictions` (api.py) goes from
+predictions in memory to the table in one call; importing the package alone loads nothing
+heavy (no JAX, CNN, gensim or DVC until a name is used).
 """
+
+import importlib
+from typing import Any
+
+__all__ = ["embed_predictions", "Result"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import confusion_embeddings` stays cheap; the API loads on first use.
+    if name in __all__:
+        return getattr(importlib.import_module("confusion_embeddings.api"), name)
+    raise AttributeError(f"module 'confusion_embeddings' has no attribute {name!r}")

@@ -19,9 +19,10 @@ Writes (write_pairs, into the folder the pairs stage names):
                       classifier int16 [P] index into `classifiers`, whose pair it is
                       classifiers str [M] one name per classifier (predictions file)
                     Written without timestamps, so equal inputs give equal bytes.
-  confusion.csv     header `actual,predicted`, one row per test picture and classifier
-                    (its top-1 guess; every picture where there is no test split),
-                    class names as values: the data of DVC's `confusion` plot template.
+  confusion.csv     header `actual,predicted,count`: the top-1 guesses of the test pictures
+                    (every picture where there is no test split) of every classifier, as
+                    counts per non-empty (true, guess) cell, class names as values: the data
+                    of the `confusion_counts` plot template (.dvc/plots/).
 pairs_metrics: {"pictures", "classes", "top_k", "pairs", "top1_accuracy": {"all",
 <split>...}, "topk_accuracy": {...}}
 """
@@ -53,6 +54,10 @@ SCHEMA = {
 }
 
 PAIRS_FILE = "pairs.npz"
+# The confusion plot data: every non-empty cell up to this many classes, beyond the
+# CONFUSION_MAX_CELLS most frequent (a plot of a million cells shows nothing).
+CONFUSION_ALL_CELLS_MAX_CLASSES = 50
+CONFUSION_MAX_CELLS = 2500
 CONFUSION_FILE = "confusion.csv"
 # Pairs' arrays with one entry per pair (besides `classifier`, whose meaning is per study).
 PER_PAIR = ("true", "guess", "rank", "prob", "split")
@@ -200,6 +205,13 @@ def combine(parts: list[Pairs]) -> Pairs:
     return replace(first, **joined, classifier=index, classifiers=names)
 
 
+def make_pairs(predictions: list[tuple[str, Predictions]], params: dict) -> Pairs:
+    """The pairs of every (name, predictions) classifier, with the pairs params."""
+    return combine(
+        [build_pairs(p, params["top_k"], params["block_size"], name) for name, p in predictions]
+    )
+
+
 def pairs_metrics(pairs: Pairs) -> dict:
     """Counts, and top-1 / top-k accuracy overall and per split (6 decimals)."""
     k = pairs.top_k
@@ -250,16 +262,22 @@ def write_pairs(pairs: Pairs, out_dir: Path) -> None:
         },
     )
     k, names = pairs.top_k, pairs.classes
-    # The confusion plot: the test pictures' top-1 guesses (all pictures without a test split).
+    # The confusion plot: the test pictures' top-1 guesses (all pictures without a test split),
+    # as counts per (true, guess) cell, so that the plot data stays small at any N.
     first = slice(None, None, k)
     on_test = pairs.split[first] == (pairs.splits.index("test") if "test" in pairs.splits else -2)
     rows = on_test if on_test.any() else np.ones(len(on_test), bool)
-    actual = pairs.true[first][rows].tolist()
-    predicted = pairs.guess[first][rows].tolist()
+    counts = count_matrix(pairs.true[first][rows], pairs.guess[first][rows], len(names))
+    cells = np.flatnonzero(counts)
+    if len(names) > CONFUSION_ALL_CELLS_MAX_CLASSES:  # the most frequent cells only
+        cells = cells[np.argsort(-counts.ravel()[cells], kind="stable")[:CONFUSION_MAX_CELLS]]
+        cells.sort()
     with open(out_dir / CONFUSION_FILE, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["actual", "predicted"])
-        writer.writerows((names[a], names[p]) for a, p in zip(actual, predicted, strict=True))
+        writer.writerow(["actual", "predicted", "count"])
+        for cell in cells.tolist():
+            a, p = divmod(cell, len(names))
+            writer.writerow((names[a], names[p], int(counts[a, p])))
 
 
 def load_pairs(pairs_dir: str | Path) -> Pairs:

@@ -151,7 +151,7 @@ class Predictions:
     split: np.ndarray | None  # int [N] indexing `splits`, or None
     splits: tuple[str, ...]
     groups: dict[str, list[str]] | None
-    _member: _NpyMember = field(repr=False, compare=False)
+    _member: _NpyMember | _InMemory = field(repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -345,11 +345,7 @@ def _member_reader(npz: np.lib.npyio.NpzFile, path: Path):
             arr = npz[key]
         except ValueError as exc:
             if "allow_pickle" in str(exc):  # object arrays: refused since they would need pickle
-                raise _fail(
-                    path,
-                    f"'{key}' is an object array; store plain numbers or "
-                    "fixed-width str (dtype=str), never objects",
-                ) from None
+                raise _fail(path, _object_array(key)) from None
             raise _damaged(path, key, exc) from None
         except _READ_ERRORS as exc:
             raise _damaged(path, key, exc) from None
@@ -360,14 +356,40 @@ def _member_reader(npz: np.lib.npyio.NpzFile, path: Path):
     return get
 
 
+def _object_array(key: str) -> str:
+    """The message for an object array (numpy stores a dict or a list of str as one)."""
+    if key == "groups":
+        return (
+            "'groups' is an object array (a dict saved as it is); store it as a JSON string: "
+            'groups=np.array(json.dumps({"round": ["zero", "six"], ...}))'
+        )
+    return (
+        f"'{key}' is an object array; store plain numbers or fixed-width str (dtype=str), "
+        "never objects"
+    )
+
+
+def _did_you_mean(key: str, unknown: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(unknown), n=1, cutoff=0.5)
+    return f"; did you mean '{key}' (not '{close[0]}')?" if close else ""
+
+
 def _score_kind(path: Path, keys: set[str]) -> str:
+    found = ", ".join(sorted(keys)) or "none"
+    known = {"labels", "classes", *SCORE_KEYS, "split", "splits", "groups"}
     for key in ("labels", "classes"):
         if key not in keys:
-            raise _fail(path, f"missing key '{key}' (found: {', '.join(sorted(keys)) or 'none'})")
+            hint = _did_you_mean(key, keys - known)
+            raise _fail(path, f"missing key '{key}' (keys found: {found}){hint}")
     present = [k for k in SCORE_KEYS if k in keys]
     if len(present) != 1:
         what = "none" if not present else " and ".join(present)
-        raise _fail(path, f"needs exactly one of 'probs', 'logits', 'topk'; found {what}")
+        hints = "".join(_did_you_mean(k, keys - known) for k in SCORE_KEYS) if not present else ""
+        raise _fail(
+            path,
+            f"needs exactly one of 'probs', 'logits', 'topk'; found {what} (keys found: "
+            f"{found}){hints}",
+        )
     return present[0]
 
 
@@ -379,10 +401,17 @@ def _read_labels(path: Path, get, n_classes: int) -> np.ndarray:
     _int_array(path, "labels", labels, (n,))
     if labels.min() < 0 or labels.max() >= n_classes:
         bad = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
+        one_based = labels.min() == 1 and labels.max() == n_classes
         raise _fail(
             path,
             f"'labels'[{bad}] = {int(labels[bad])} is outside [0, {n_classes}) "
-            f"(there are {n_classes} classes)",
+            f"(there are {n_classes} classes)"
+            + (
+                "; labels are 0-based indices into 'classes', and these run from 1 to "
+                f"{n_classes}: subtract 1"
+                if one_based
+                else "; labels are 0-based indices into 'classes'"
+            ),
         )
     return labels
 
@@ -409,6 +438,40 @@ def _read_splits(path: Path, get, keys: set[str], n: int) -> tuple[np.ndarray | 
     return split, splits
 
 
+def _check_score_shape(
+    path: Path, kind: str, shape: tuple[int, ...], dtype: np.dtype, n: int, n_classes: int
+) -> None:
+    """The score array's dtype and shape against the contract (its values are not read)."""
+    if dtype.hasobject:
+        raise _fail(path, f"'{kind}' is an object array; store plain numbers")
+    if kind == "topk":
+        if dtype.kind not in "iu":
+            raise _fail(
+                path, f"'topk' must be an integer array of class indices, got dtype {dtype}"
+            )
+        if len(shape) == 2 and shape[0] != n:
+            raise _fail(path, _lengths("topk", shape[0], n))
+        if len(shape) != 2 or not 1 <= shape[1] <= n_classes:
+            raise _fail(
+                path,
+                f"'topk' must have shape [N={n}, k] with 1 <= k <= C={n_classes}, got {shape}",
+            )
+    else:
+        if dtype.kind != "f":
+            raise _fail(path, f"'{kind}' must be a float array, got dtype {dtype}")
+        if len(shape) == 2 and shape[0] != n:
+            raise _fail(path, _lengths(kind, shape[0], n))
+        if shape != (n, n_classes):
+            raise _fail(path, f"'{kind}' must have shape [N, C] = ({n}, {n_classes}), got {shape}")
+
+
+def _lengths(kind: str, rows: int, n: int) -> str:
+    return (
+        f"'labels' has {n} entries and '{kind}' {rows} rows; give one label and one row of "
+        "scores per picture, in the same order"
+    )
+
+
 def _score_member(path: Path, kind: str, n: int, n_classes: int) -> _NpyMember:
     """The score array's header, checked against the contract (its values are not read)."""
     try:
@@ -417,27 +480,48 @@ def _score_member(path: Path, kind: str, n: int, n_classes: int) -> _NpyMember:
         raise _fail(path, f"'{kind}' is not a valid array ({exc})") from None
     except _READ_ERRORS as exc:
         raise _damaged(path, kind, exc) from None
-    if member.dtype.hasobject:
-        raise _fail(path, f"'{kind}' is an object array; store plain numbers")
-    if kind == "topk":
-        if member.dtype.kind not in "iu":
-            raise _fail(
-                path, f"'topk' must be an integer array of class indices, got dtype {member.dtype}"
-            )
-        if len(member.shape) != 2 or member.shape[0] != n or not 1 <= member.shape[1] <= n_classes:
-            raise _fail(
-                path,
-                f"'topk' must have shape [N={n}, k] with 1 <= k <= C={n_classes}, "
-                f"got {member.shape}",
-            )
-    else:
-        if member.dtype.kind != "f":
-            raise _fail(path, f"'{kind}' must be a float array, got dtype {member.dtype}")
-        if member.shape != (n, n_classes):
-            raise _fail(
-                path, f"'{kind}' must have shape [N, C] = ({n}, {n_classes}), got {member.shape}"
-            )
+    _check_score_shape(path, kind, member.shape, member.dtype, n, n_classes)
     return member
+
+
+class _InMemory:
+    """A score array already in memory, served in blocks of rows like _NpyMember."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = np.ascontiguousarray(array)
+        self.shape, self.dtype = self.array.shape, self.array.dtype
+
+    def blocks(self, rows: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.shape[0], rows):
+            yield self.array[start : start + rows]
+
+
+def _validated(path: Path, keys: set[str], get, score) -> Predictions:
+    """The contract's checks on the members `get(key)` returns, in one order for a file and
+    for arrays in memory; `score(kind, n, n_classes)` gives the score array's reader."""
+    kind = _score_kind(path, keys)
+    classes = tuple(str(c) for c in _str_array(path, "classes", get("classes"), 1).tolist())
+    if len(classes) < 2:
+        raise _fail(path, f"'classes' lists {len(classes)} class(es); at least 2 are needed")
+    _check_names(path, "classes", list(classes))
+    labels = _read_labels(path, get, len(classes))
+    split, splits = _read_splits(path, get, keys, labels.shape[0])
+    groups = None
+    if "groups" in keys:
+        text = _str_array(path, "groups", get("groups"), 0)
+        groups = parse_groups(str(path), str(text.item()), classes)
+    member = score(kind, labels.shape[0], len(classes))
+    return Predictions(
+        path=path,
+        labels=labels,
+        classes=classes,
+        kind=kind,
+        width=int(member.shape[1]),
+        split=split,
+        splits=splits,
+        groups=groups,
+        _member=member,
+    )
 
 
 def load_predictions(path: str | Path, *, check_values: bool = True) -> Predictions:
@@ -449,32 +533,43 @@ def load_predictions(path: str | Path, *, check_values: bool = True) -> Predicti
     """
     path = Path(path)
     with _open_npz(path) as npz:
-        keys = set(npz.files)
-        get = _member_reader(npz, path)
-        kind = _score_kind(path, keys)
-        classes = tuple(str(c) for c in _str_array(path, "classes", get("classes"), 1).tolist())
-        if len(classes) < 2:
-            raise _fail(path, f"'classes' lists {len(classes)} class(es); at least 2 are needed")
-        _check_names(path, "classes", list(classes))
-        labels = _read_labels(path, get, len(classes))
-        split, splits = _read_splits(path, get, keys, labels.shape[0])
-        groups = None
-        if "groups" in keys:
-            text = _str_array(path, "groups", get("groups"), 0)
-            groups = parse_groups(str(path), str(text.item()), classes)
-    member = _score_member(path, kind, labels.shape[0], len(classes))
-    pred = Predictions(
-        path=path,
-        labels=labels,
-        classes=classes,
-        kind=kind,
-        width=int(member.shape[1]),
-        split=split,
-        splits=splits,
-        groups=groups,
-        _member=member,
-    )
+        pred = _validated(
+            path,
+            set(npz.files),
+            _member_reader(npz, path),
+            lambda kind, n, c: _score_member(path, kind, n, c),
+        )
     if check_values:
         for _ in pred.blocks(CHECK_BLOCK_ROWS):
             pass
+    return pred
+
+
+def predictions_from_arrays(arrays: dict[str, object], name: str = "predictions") -> Predictions:
+    """Validate arrays in memory against the same contract as a file, with the same
+    messages (prefixed by `name` instead of a path); every value is checked here. Keys as
+    in the file: labels, classes, exactly one of probs/logits/topk, and optionally split,
+    splits and groups (a JSON string or a {group: [classes]} dict)."""
+    path = Path(name)
+    given = {k: v for k, v in arrays.items() if v is not None}
+    if isinstance(given.get("groups"), dict):
+        given["groups"] = json.dumps(given["groups"])
+
+    def get(key: str) -> np.ndarray:
+        try:
+            arr = np.asarray(given[key])
+        except (ValueError, TypeError) as exc:
+            raise _fail(path, f"'{key}' is not an array ({first_line(exc)})") from None
+        if arr.dtype.hasobject:
+            raise _fail(path, _object_array(key))
+        return arr
+
+    def score(kind: str, n: int, c: int) -> _InMemory:
+        member = _InMemory(get(kind))
+        _check_score_shape(path, kind, member.shape, member.dtype, n, c)
+        return member
+
+    pred = _validated(path, set(given), get, score)
+    for _ in pred.blocks(CHECK_BLOCK_ROWS):
+        pass
     return pred

@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import defaults
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED
+from confusion_embeddings.embedding.engines import check_trainable
 from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
 from confusion_embeddings.pairs import SCHEMA as PAIRS
+from confusion_embeddings.pairs import make_pairs
 from confusion_embeddings.predictions import load_predictions
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -82,10 +85,15 @@ def _run(cmd: list[str], cwd: Path) -> str:
     }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
-        raise PipelineError(
-            f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
-        )
+        text = proc.stdout + proc.stderr
+        # A stage's own one-line reason (run_main prints "error: ...") says what to do.
+        reasons = [
+            line[len("error: ") :] for line in text.splitlines() if line.startswith("error: ")
+        ]
+        if reasons:
+            raise PipelineError(f"the study's `{' '.join(cmd)}` stopped: {reasons[-1]}")
+        last = text.strip().splitlines()[-1:] or ["no output"]
+        raise PipelineError(f"{' '.join(cmd)} failed (exit {proc.returncode}): {last[0]}")
     return proc.stdout + proc.stderr
 
 
@@ -97,25 +105,59 @@ def _git_identity(cwd: Path) -> list[str]:
     return ["-c", "user.name=confusion-embeddings study", "-c", "user.email=study@localhost"]
 
 
+def check_file(predictions: Path) -> None:
+    """Every check the study's stages would make that the file alone decides (the contract,
+    pairs.top_k against the classes, classes the engine could not place), before anything
+    is created."""
+    if not predictions.is_file():
+        here = predictions.parent if predictions.parent.is_dir() else Path(".")
+        nearby = sorted(p.name for p in here.glob("*.npz"))[:10]
+        raise PipelineError(
+            f"--predictions {predictions}: no such file"
+            + (f"; .npz files in {here}: {', '.join(nearby)}" if nearby else "")
+        )
+    params = study_params()
+    pred = load_predictions(predictions)
+    check_trainable(make_pairs([(predictions.stem, pred)], params["pairs"]), params["embed"])
+
+
 def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT) -> Path:
-    """Create and run the study (module docstring); return its folder."""
+    """Create and run the study (module docstring); return its folder. It is built in a
+    hidden sibling folder and renamed into place only once its baseline is committed: a
+    study that fails leaves nothing behind, and the same command can simply be run again."""
     folder, predictions = Path(folder), Path(predictions)
     if not (project / "stages" / "pairs.py").exists():
         raise PipelineError(
             f"{project}: no stages/ here; create studies from a checkout of "
             "the project (pip install -e .)"
         )
-    load_predictions(predictions)  # the whole contract, before anything is created
     if folder.exists() and any(folder.iterdir()):
         raise PipelineError(f"{folder}: exists and is not empty; pick a new folder")
+    check_file(predictions)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        _build(partial, predictions, project)
+        if folder.exists():
+            folder.rmdir()  # empty, checked above
+        partial.rename(folder)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder
+
+
+def _build(folder: Path, predictions: Path, project: Path) -> None:
     (folder / INPUTS).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(predictions, folder / PREDICTIONS)
     _run(["git", "init", "-q"], folder)
     _run(["dvc", "init", "-q"], folder)
     shutil.copytree(project / ".dvc" / "plots", folder / ".dvc" / "plots")
-    (folder / ".gitignore").write_text("__pycache__/\n/.cache/\n")
+    # dvc_plots/: what `dvc plots diff` renders, never part of the study's history.
+    (folder / ".gitignore").write_text("__pycache__/\n/.cache/\n/dvc_plots/\n")
     (folder / ".dvcignore").write_text("__pycache__/\n")
     (folder / "params.yaml").write_text(yaml.safe_dump(study_params(), sort_keys=False))
+    # The sibling folder sits at the study's depth: the relative code paths hold after renaming.
     pipeline = study_pipeline(project, folder.resolve())
     (folder / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     _run(["dvc", "add", "-q", PREDICTIONS], folder)
@@ -138,7 +180,6 @@ def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT)
         ],
         folder,
     )
-    return folder
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
-"""Stage embed: word2vec skip-gram on the (true class, guess) pairs, per classifier and seed.
+"""Stage embed: word2vec skip-gram on the (true class, guess) pairs, per classifier.
 
 Reads:  --pairs (pairs.npz, confusion_embeddings/pairs.py), params.yaml's `embed:` section
         (engines: confusion_embeddings/embedding/engines.py).
-Writes: --out, replaced atomically: vectors.npy [classifiers, seeds, classes, dim] +
-        manifest.json (confusion_embeddings/embedding/store.py).
+Writes: --out, replaced atomically: vectors.npy [classifiers, runs, classes, dim],
+        restarts.npz (engine jax) and manifest.json (confusion_embeddings/embedding/store.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,8 @@ from __future__ import annotations
 from confusion_embeddings.core.cli import run_main, stage_args
 from confusion_embeddings.core.files import atomic_dir
 from confusion_embeddings.core.params import load_params
-from confusion_embeddings.embedding.engines import (
-    SCHEMA,
-    picture_reliability,
-    train_all,
-    updates_per_class,
-)
-from confusion_embeddings.embedding.store import write_vectors
+from confusion_embeddings.embedding.engines import SCHEMA, embed
+from confusion_embeddings.embedding.store import write_embedding
 from confusion_embeddings.pairs import load_pairs
 
 
@@ -28,23 +23,15 @@ def main() -> None:
     )
     params = load_params("embed", SCHEMA, args.params)
     pairs = load_pairs(args.pairs)
-    vectors = train_all(pairs, params)
-    manifest = {
-        "classes": list(pairs.classes),
-        "classifiers": list(pairs.classifiers),
-        "seeds": params["seeds"],
-        "dim": params["dim"],
-        "engine": params["engine"],
-        "updates_per_class": round(updates_per_class(pairs, params), 1),
-        "picture_reliability": [
-            picture_reliability(pairs.of(i), params) for i in range(len(pairs.classifiers))
-        ],
-    }
+    result = embed(pairs, params)
     with atomic_dir(args.out) as tmp:
-        write_vectors(tmp, vectors, manifest)
-    m, s = vectors.shape[:2]
+        write_embedding(tmp, result)
+    m, runs = result.vectors.shape[:2]
+    each = (
+        f"{runs} seed(s)" if result.restarts is None else f"best of {len(params['seeds'])} restarts"
+    )
     print(
-        f"embed: {m} classifier(s) x {s} seed(s) x {pairs.n_classes} classes x "
+        f"embed: {m} classifier(s) x {each} x {pairs.n_classes} classes x "
         f"{params['dim']} dims -> {args.out}"
     )
 

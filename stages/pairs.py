@@ -16,7 +16,7 @@ from confusion_embeddings.core.cli import run_main, stage_args
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_dir, write_json
 from confusion_embeddings.core.params import load_params
-from confusion_embeddings.pairs import SCHEMA, build_pairs, combine, pairs_metrics, write_pairs
+from confusion_embeddings.pairs import SCHEMA, make_pairs, pairs_metrics, write_pairs
 from confusion_embeddings.predictions import load_predictions
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     params = load_params("pairs", SCHEMA, args.params)
     if args.seeds is not None and args.predictions.is_dir():
         remove_stale(args.predictions, args.seeds)
-    parts = []
+    predictions = []
     for name, path in predictions_files(args.predictions, args.seeds):
         if not path.exists() and params["predictions"] == str(args.predictions):
             raise PipelineError(
@@ -62,9 +62,8 @@ def main() -> None:
                 "point it at your predictions file (.npz, kept under inputs/)"
             )
         # build_pairs checks each block of scores as it reads it: no separate pass here.
-        pred = load_predictions(path, check_values=False)
-        parts.append(build_pairs(pred, params["top_k"], params["block_size"], name))
-    pairs = combine(parts)
+        predictions.append((name, load_predictions(path, check_values=False)))
+    pairs = make_pairs(predictions, params)
     metrics = pairs_metrics(pairs)
     with atomic_dir(args.out) as tmp:
         write_pairs(pairs, tmp)

@@ -468,3 +468,19 @@ def cli_env(**extra: str) -> dict[str, str]:
         "DVC_NO_ANALYTICS": "1",
         **extra,
     }
+
+
+# What the train and predict stages print on a CPU without bfloat16 instructions or without
+# oneDNN's kernel, before anything else: machine-dependent, so checks of a stage's own
+# output set these lines aside.
+FALLBACK_WARNINGS = (
+    "warning: precision bf16 unavailable",
+    "warning: oneDNN convolutions unavailable",
+)
+
+
+def without_fallback_warnings(err: str) -> str:
+    """stderr less the lines of FALLBACK_WARNINGS."""
+    return "".join(
+        line for line in err.splitlines(keepends=True) if not line.startswith(FALLBACK_WARNINGS)
+    )

@@ -103,3 +103,24 @@ def planted_pairs(folder: Path, n_per_class: int):
         ),
     )
     return build_pairs(load_predictions(path), top_k=2, block_size=4096)
+
+
+# Eight classes for the resampling and compare tests (test_uncertainty, test_compare).
+LINKED_CLASSES = [f"c{i}" for i in range(8)]
+
+
+def linked_predictions(
+    links: Mapping[tuple[int, int], float], n_per_class: int, seed: int, bonus: float = 2.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """labels [N] and probs [N, 8] over LINKED_CLASSES: logits N(0, 1) noise, `bonus` on the
+    true class, and links[(a, b)] added between a and b both ways (a's pictures lean to b)."""
+    c = len(LINKED_CLASSES)
+    strength = np.zeros((c, c))
+    for (a, b), v in links.items():
+        strength[a, b] = strength[b, a] = v
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(c), n_per_class)
+    logits = rng.normal(0.0, 1.0, (labels.size, c)) + strength[labels]
+    logits[np.arange(labels.size), labels] += bonus
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return labels, (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)

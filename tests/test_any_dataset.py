@@ -82,7 +82,8 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
 
     run_in_project(project, "embed")
     vectors, manifest = load_vectors(project / o["embed"]["--out"])
-    assert vectors.shape == (len(seeds), 2, 4, 3) and manifest["classes"] == classes
+    # The jax engine: one run per classifier, the lowest-loss of its 2 restarts.
+    assert vectors.shape == (len(seeds), 1, 4, 3) and manifest["classes"] == classes
     assert manifest["classifiers"] == list(pr.classifiers)
 
     run_in_project(project, "evaluate")
@@ -91,5 +92,5 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
         assert mat["classes"].tolist() == classes
     assert mean.shape == (4, 4) and np.allclose(np.diag(mean), 1.0, atol=1e-5)
     sim = json.loads((project / o["evaluate"]["--metrics"]).read_text())
-    assert sim["classes"] == 4 and sim["seeds"] == 2 and sim["classifiers"] == len(seeds)
+    assert sim["classifiers"] == len(seeds) and 0 < sim["table_reliability"] <= 1
     assert sim["classifier_agreement"] is not None

@@ -20,7 +20,7 @@ from confusion_embeddings.embedding.engines import (
     updates_per_class,
 )
 from confusion_embeddings.embedding.formats import write_word2vec
-from confusion_embeddings.embedding.store import load_vectors, write_vectors
+from confusion_embeddings.embedding.store import Embedding, load_vectors, write_embedding
 from confusion_embeddings.pairs import Pairs, build_pairs, combine
 from confusion_embeddings.predictions import load_predictions
 
@@ -84,14 +84,15 @@ def two_classifiers(tmp_path_factory, pairs) -> Pairs:
 
 
 def test_one_vector_set_per_classifier_and_seed(two_classifiers, vectors):
-    all_vectors = train_all(two_classifiers, params())
+    all_vectors, restarts = train_all(two_classifiers, params())
+    assert restarts is None  # gensim: its seeds are the runs, nothing to restart from
     assert all_vectors.shape == (2, 3, len(CLASSES), 5) and all_vectors.dtype == np.float32
     # Each classifier's vectors are those of its own pairs alone: the first is `vectors`.
     np.testing.assert_array_equal(all_vectors[0], vectors)
     np.testing.assert_array_equal(all_vectors[1], train_vectors(two_classifiers.of(1), params()))
     assert not np.allclose(all_vectors[0], all_vectors[1])
     # One classifier: [1, S, C, dim].
-    np.testing.assert_array_equal(train_all(two_classifiers.of(0), params()), vectors[None])
+    np.testing.assert_array_equal(train_all(two_classifiers.of(0), params())[0], vectors[None])
 
 
 def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_classifiers):
@@ -107,7 +108,7 @@ def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_clas
         assert f.read_bytes() == (two / f.name).read_bytes(), f.name
 
     loaded, manifest = load_vectors(one)
-    np.testing.assert_array_equal(loaded, train_all(two_classifiers, p))
+    np.testing.assert_array_equal(loaded, train_all(two_classifiers, p)[0])
     # The vectors' contract (embedding/store.py); the manifest may record more about the
     # training (e.g. how many pairs reached the engine), checked here where named.
     expected = {
@@ -116,7 +117,9 @@ def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_clas
         "seeds": [0, 1, 2],
         "dim": 5,
         "engine": "gensim",
+        "runs": 3,
         "updates_per_class": round(updates_per_class(two_classifiers, p), 1),
+        "params": p,
     }
     assert {key: manifest.get(key) for key in expected} == expected
     assert json.loads((one / "manifest.json").read_text())["seeds"] == [0, 1, 2]
@@ -126,13 +129,15 @@ def test_vectors_of_another_shape_than_the_manifest_are_refused(tmp_path, vector
     """An embed folder from before the classifiers ([S, C, dim], no "classifiers" in the
     manifest), or one whose manifest lists another number of them, asks for a rerun."""
     manifest = {"classes": CLASSES, "seeds": [0, 1, 2], "dim": 5, "engine": "gensim"}
-    write_vectors(tmp_path, vectors, manifest)
+    write_embedding(tmp_path, Embedding(vectors, None, manifest))
     with pytest.raises(PipelineError, match=r"shape \(3, 6, 5\) does not match.*rerun embed"):
         load_vectors(tmp_path)
-    write_vectors(tmp_path, vectors[None], {**manifest, "classifiers": ["a", "b"]})
+    write_embedding(
+        tmp_path, Embedding(vectors[None], None, {**manifest, "classifiers": ["a", "b"]})
+    )
     with pytest.raises(PipelineError, match=r"\(2, 3, 6, 5\); rerun embed"):
         load_vectors(tmp_path)
-    write_vectors(tmp_path, vectors[None], {**manifest, "classifiers": ["a"]})
+    write_embedding(tmp_path, Embedding(vectors[None], None, {**manifest, "classifiers": ["a"]}))
     assert load_vectors(tmp_path)[0].shape == (1, 3, 6, 5)
 
 

@@ -18,15 +18,15 @@ from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
-from confusion_embeddings.embedding.engines import train_all
+from confusion_embeddings.embedding.engines import embed
 from confusion_embeddings.evaluation import scores
 from confusion_embeddings.evaluation.plots import (
-    TABLE_ALL_PAIRS_MAX_CLASSES,
+    SIMILARITY_COLUMNS,
     similarity_rows,
     write_plots,
     write_similarity_csv,
 )
-from confusion_embeddings.evaluation.report import metrics_dict, render_report, warn_if_collapsed
+from confusion_embeddings.evaluation.report import metrics_dict, print_warnings, render_report
 from confusion_embeddings.evaluation.scores import (
     SCHEMA,
     adjusted_rand_index,
@@ -43,6 +43,8 @@ from confusion_embeddings.evaluation.scores import (
     table_agreement,
     top1_accuracy,
 )
+from confusion_embeddings.evaluation.uncertainty import KEEP_ALL_PAIRS_MAX_CLASSES
+from confusion_embeddings.method import assess
 from confusion_embeddings.pairs import Pairs, build_pairs, combine
 from confusion_embeddings.predictions import load_predictions
 from stages import embed as embed_stage
@@ -54,20 +56,23 @@ from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write
 
 # The headline figures, the only keys of the metrics file (the tables are plot data).
 HEADLINE = [
-    "classes",
+    "table_reliability",
     "classifiers",
-    "seeds",
-    "classifier_agreement",
+    "interval_halfwidth",
+    "nearest_share_min",
+    "picture_spread",
     "classifier_spread",
+    "classifier_agreement",
     "seed_spread",
+    "seed_reliability",
     "spearman_vs_confusion",
     "secondary_vs_confusion",
     "mean_offdiag_cosine",
     "collapsed",
-    "seed_reliability",
     "noisy",
+    "flat_guesses",
+    "unstable_ranks",
     "consensus_vs_mean_table",
-    "consensus_max_diff",
     "least_stable_dispersion",
     "group_separation",
     "group_nn_agreement",
@@ -75,6 +80,10 @@ HEADLINE = [
 ]
 # Figures that apply to several classifiers only: left out of the metrics of one.
 SEVERAL_CLASSIFIERS = {"classifier_agreement", "classifier_spread"}
+# Figures of several runs per classifier (gensim's seeds): the jax engine's table is one fit.
+SEVERAL_RUNS = {"seed_spread", "seed_reliability"}
+# Figures of the resampling: left out when evaluate was given no replicates.
+RESAMPLED = {"table_reliability", "interval_halfwidth", "nearest_share_min", "picture_spread"}
 
 
 def headline(m: dict, absent: set[str] = frozenset()) -> list[str]:
@@ -184,7 +193,7 @@ def test_collapse_detection_fires_on_nearly_identical_vectors(capsys):
     p = hand_pairs(np.repeat(np.arange(4), 2), [0, 1, 1, 0, 2, 3, 3, 2], 2, "abcd")
     ev = evaluate(p, vectors, eval_params())
     assert ev.collapsed and ev.mean_offdiag > 0.99
-    warn_if_collapsed(ev)
+    print_warnings(ev)
     err = capsys.readouterr().err
     # Banner, headline, one line per criterion that fired (here only the cosine one: the
     # two confused pairs give no Spearman), banner.
@@ -213,15 +222,14 @@ def planted(tmp_path_factory):
         path, make_synthetic_predictions(500, CLASSES, PLANTED, confusion_strength=2.5, seed=0)
     )
     pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
-    # Few pairs per word here, so train on every pair (sample=0) with the shuffled corpus.
-    embed = validate_section("embed", {"seeds": [0, 1, 2], "sample": 0.0}, EMBED_SCHEMA)
-    vectors = train_all(pairs, embed)  # [1, 3, C, dim]: one classifier
-    return pairs, vectors
+    # The jax engine (the default), three restarts: [1, 1, C, dim], one classifier.
+    embedding = embed(pairs, validate_section("embed", {"seeds": [0, 1, 2]}, EMBED_SCHEMA))
+    return pairs, embedding
 
 
 def test_planted_groups_are_recovered(planted):
-    pairs, vectors = planted
-    ev = evaluate(pairs, vectors, eval_params())  # groups=None: the file's own (PLANTED)
+    pairs, embedding = planted
+    ev = assess(pairs, embedding, eval_params(bootstrap=20))  # groups: the file's own (PLANTED)
     assert ev.groups == PLANTED
     assert ev.group_nn_agreement == 1.0
     assert ev.group_ari >= 0.9
@@ -231,17 +239,17 @@ def test_planted_groups_are_recovered(planted):
 
 
 def test_shuffled_groups_score_near_chance(planted):
-    pairs, vectors = planted
-    ev = evaluate(pairs, vectors, eval_params(groups=SHUFFLED))
+    pairs, embedding = planted
+    ev = evaluate(pairs, embedding.vectors, eval_params(groups=SHUFFLED))
     assert abs(ev.group_ari) < 0.2
     assert ev.group_nn_agreement < 0.5
     assert ev.group_separation < 0.1
 
 
 def test_report_tables_plots_and_metrics(tmp_path, planted):
-    pairs, vectors = planted
-    params = eval_params(groups={"first": CLASSES[:6], "second": CLASSES[6:10]})
-    ev = evaluate(pairs, vectors, params)
+    pairs, embedding = planted
+    params = eval_params(groups={"first": CLASSES[:6], "second": CLASSES[6:10]}, bootstrap=20)
+    ev = assess(pairs, embedding, params)
     report = render_report(ev, params)
     for heading in ("### first", "### second", "### other"):
         assert heading in report
@@ -256,13 +264,13 @@ def test_report_tables_plots_and_metrics(tmp_path, planted):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     m = metrics_dict(ev)
-    assert list(m) == headline(m, SEVERAL_CLASSIFIERS)
-    assert m["classes"] == len(CLASSES) and m["seeds"] == 3 and m["classifiers"] == 1
-    # The tables: every ordered pair of distinct classes (12 <= TABLE_ALL_PAIRS_MAX_CLASSES),
+    assert list(m) == headline(m, SEVERAL_CLASSIFIERS | SEVERAL_RUNS)
+    assert m["classifiers"] == 1 and ev.seeds == 1  # jax: the lowest-loss restart alone
+    # The tables: every ordered pair of distinct classes (12 <= KEEP_ALL_PAIRS_MAX_CLASSES),
     # neighbours most similar first, rounded to 4 decimals.
     write_similarity_csv(ev, tmp_path / "similarity.csv", params["top_n"])
     rows = read_table((tmp_path / "similarity.csv").read_text())
-    assert list(rows[0]) == ["class", "neighbour", "cosine", "std"]
+    assert tuple(rows[0]) == SIMILARITY_COLUMNS
     assert [tuple(r.values()) for r in rows] == [
         tuple(str(x) for x in row) for row in similarity_rows(ev, params["top_n"])
     ]
@@ -273,10 +281,14 @@ def test_report_tables_plots_and_metrics(tmp_path, planted):
     assert k00[0]["neighbour"] in PLANTED["g0"]  # the nearest class, listed first
     cosines = [float(r["cosine"]) for r in k00]
     assert cosines == sorted(cosines, reverse=True)
-    assert all(len(r[key].split(".")[-1]) <= 4 for r in k00 for key in ("cosine", "std"))
+    keys = ("cosine", "low", "high")
+    assert all(len(r[key].split(".")[-1]) <= 4 for r in k00 for key in keys)
     i, j = CLASSES.index("k00"), CLASSES.index(k00[0]["neighbour"])
     assert float(k00[0]["cosine"]) == round(float(ev.mean[i, j]), 4)
-    assert float(k00[0]["std"]) == round(float(ev.std[i, j]), 4)
+    assert float(k00[0]["low"]) == round(float(ev.uncertainty.low[i, j]), 4)
+    assert float(k00[0]["high"]) == round(float(ev.uncertainty.high[i, j]), 4)
+    assert all(float(r["low"]) < float(r["high"]) for r in rows)  # never zero width
+    assert all(1 <= int(r["rank_low"]) <= int(r["rank_high"]) <= 11 for r in rows)
 
 
 def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
@@ -287,20 +299,21 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     guess = rng.integers(0, c, size=true.size)
     p = hand_pairs(true, guess, k, classes, groups={"a": classes[:30], "b": classes[30:]})
     vectors = rng.normal(size=(1, 2, c, 5)).astype(np.float32)
+    replicates = vectors[:, :1] + 0.1 * rng.normal(size=(1, 8, c, 5)).astype(np.float32)
     params = eval_params(top_n=4)
-    ev = evaluate(p, vectors, params)
+    ev = evaluate(p, vectors, params, replicates=replicates)
     report = render_report(ev, params)
     assert "## Nearest 4 classes of each class" in report and "| **n0**" not in report
     line = next(x for x in report.splitlines() if x.startswith("- **n0** (a):"))
-    assert line.count("±") == 4
+    assert line.count("±") == 4 and line.count("(rank ") == 4
     m = metrics_dict(ev)
     # Two pictures per class: too few lower-ranked guesses for secondary_structure to rank
     # the class pairs (None), so secondary_vs_confusion is left out.
     assert ev.secondary is None
     absent = SEVERAL_CLASSIFIERS | {"secondary_vs_confusion"}
-    assert list(m) == headline(m, absent) and m["classes"] == c  # no tables in the metrics
-    # Beyond TABLE_ALL_PAIRS_MAX_CLASSES the table keeps each class's top_n neighbours.
-    assert c > TABLE_ALL_PAIRS_MAX_CLASSES
+    assert list(m) == headline(m, absent)  # no tables in the metrics
+    # Beyond KEEP_ALL_PAIRS_MAX_CLASSES the table keeps each class's top_n neighbours.
+    assert c > KEEP_ALL_PAIRS_MAX_CLASSES
     rows = similarity_rows(ev, params["top_n"])
     assert len(rows) == c * 4 and [r[0] for r in rows[:4]] == ["n0"] * 4
     assert [r[1] for r in rows[:4]] == [classes[j] for j in ranked_neighbours(ev.mean, 0)[:4]]
@@ -323,7 +336,9 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
         write_predictions(folder / f"seed_{s}.npz", arrays)
     params = tmp_path / "params.yaml"
     params.write_text(
-        yaml.safe_dump({"embed": {"seeds": [0, 1]}, "evaluate": {"groups": CIFAR10_GROUPS}})
+        yaml.safe_dump(
+            {"embed": {"seeds": [0, 1]}, "evaluate": {"groups": CIFAR10_GROUPS, "bootstrap": 20}}
+        )
     )
     monkeypatch.chdir(tmp_path)  # an option the test does not name writes here, not in the repo
 
@@ -388,14 +403,15 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
     } <= set(first)
     assert "r/sim.csv" in first
     sim = json.loads(first["m/sim.json"])
-    assert list(sim) == headline(sim, set() if len(seeds) > 1 else SEVERAL_CLASSIFIERS)
-    assert sim["classes"] == 10 and sim["seeds"] == 2 and sim["group_ari"] is not None
+    several = set() if len(seeds) > 1 else SEVERAL_CLASSIFIERS
+    assert list(sim) == headline(sim, several | SEVERAL_RUNS)
+    assert sim["group_ari"] is not None and 0 < sim["table_reliability"] <= 1
     assert sim["classifiers"] == len(seeds)
     if len(seeds) > 1:
         assert -1 <= sim["classifier_agreement"] <= 1 and sim["classifier_spread"] > 0
     report = first["r/sim.md"].decode()
     assert "### animals" in report and "### vehicles" in report
-    assert "(5 dimensions)" in report  # the vectors' dimension: in the report, not the metrics
+    assert "(5 dimensions, engine jax)" in report  # in the report, not the metrics
     assert ("## Classifiers" in report) == (len(seeds) > 1)
     rows = read_table(first["r/sim.csv"].decode())
     assert len(rows) == 10 * 9 and {r["class"] for r in rows} == set(CIFAR10)
@@ -413,13 +429,15 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
             mat["similarity_per_classifier"].std(axis=0), mat["classifier_std"], atol=1e-6
         )
         assert mat["seed_std"].shape == (10, 10)
-        spread = mat["classifier_std"] if m > 1 else mat["seed_std"]
-        np.testing.assert_array_equal(mat["similarity_std"], spread)
+        # The replicates compare.py reads: every class pair i < j, one row per replicate.
+        assert mat["bootstrap_pairs"].shape == (45, 2) and mat["bootstrap_tables"].shape == (20, 45)
         # The table holds the matrices' values, rounded.
         for r in rows:
             i, j = CIFAR10.index(r["class"]), CIFAR10.index(r["neighbour"])
             assert float(r["cosine"]) == pytest.approx(mat["similarity_mean"][i, j], abs=6e-5)
-            assert float(r["std"]) == pytest.approx(mat["similarity_std"][i, j], abs=6e-5)
+            for end in ("low", "high"):
+                value = mat[f"similarity_{end}"][i, j]
+                assert float(r[end]) == pytest.approx(value, abs=6e-5)
 
 
 def test_spearman_ignores_pairs_never_confused():
@@ -491,16 +509,13 @@ def test_identical_classifiers_have_no_spread(tmp_path):
     assert ev.classifiers == ("seed_0", "seed_1") and ev.seeds == 3 and ev.dim == 5
     assert ev.tables.shape == (2, 10, 10)
     np.testing.assert_array_equal(ev.classifier_std, 0.0)
-    np.testing.assert_array_equal(ev.std, ev.classifier_std)  # the quoted spread
-    assert ev.spread_of == "classifiers"
     assert ev.classifier_agreement == pytest.approx(1.0)
     # The seed spread is the single classifier's, and the mean its table.
     alone = evaluate(one, runs, eval_params())
     np.testing.assert_allclose(ev.seed_std, alone.seed_std, atol=1e-12)
     np.testing.assert_allclose(ev.mean, alone.mean, atol=1e-12)
     assert ev.seed_std[~np.eye(10, dtype=bool)].min() > 0
-    assert alone.classifier_agreement is None and alone.spread_of == "word2vec seeds"
-    np.testing.assert_array_equal(alone.std, alone.seed_std)
+    assert alone.classifier_agreement is None
     np.testing.assert_array_equal(alone.classifier_std, 0.0)
     assert ev.classifier_accuracy == (alone.classifier_accuracy[0],) * 2
 
@@ -539,14 +554,18 @@ def test_report_and_metrics_of_several_classifiers(tmp_path):
     pairs = combine(parts)
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(3, 2, 10, 5)).astype(np.float32)
+    replicates = vectors[:, :1] + 0.2 * rng.normal(size=(3, 30, 10, 5)).astype(np.float32)
     params = eval_params()
-    ev = evaluate(pairs, vectors, params)
+    ev = evaluate(pairs, vectors, params, replicates=replicates)
     report = render_report(ev, params)
-    assert "3 classifier(s) x 2 word2vec seed(s)" in report
-    assert "standard deviation across classifiers" in report
-    # Each cell: mean ± the spread across classifiers (not across seeds).
+    assert "of 3 classifiers; each similarity is the mean of their tables" in report
+    assert "(each the mean over 2 word2vec seeds)" in report
+    assert "30 redraws of the pictures and the 3 classifiers" in report
+    assert f"the {ev.dominant_source} dominate" in report
+    # Each cell: mean ± half the width of its bootstrap interval.
     i, j = CIFAR10.index("cat"), ranked_neighbours(ev.mean, CIFAR10.index("cat"))[0]
-    cell = f"{CIFAR10[j]} {ev.mean[i, j]:.2f} ± {ev.classifier_std[i, j]:.2f}"
+    half = (ev.uncertainty.high[i, j] - ev.uncertainty.low[i, j]) / 2
+    cell = f"{CIFAR10[j]} {ev.mean[i, j]:.2f} ± {half:.2f}"
     column = report.split("### animals")[1].split("###")[0]
     assert cell in column
     # The Classifiers table: one row per classifier, its test accuracy and its table's
@@ -558,18 +577,20 @@ def test_report_and_metrics_of_several_classifiers(tmp_path):
         assert f"| {acc:.4f} |" in row
     m = metrics_dict(ev)
     assert list(m) == headline(m)
-    assert m["classifiers"] == 3 and m["seeds"] == 2 and m["classes"] == 10
+    assert m["classifiers"] == 3
     off = ~np.eye(10, dtype=bool)
-    assert m["classifier_spread"] == pytest.approx(ev.classifier_std[off].mean(), abs=1e-4)
+    # The classifiers' part of the spread: the standard error of the mean over them.
+    error = ev.tables.std(axis=0, ddof=1) / np.sqrt(3)
+    assert m["classifier_spread"] == pytest.approx(error[off].mean(), abs=1e-4)
     assert m["seed_spread"] == pytest.approx(ev.seed_std[off].mean(), abs=1e-4)
     assert m["classifier_agreement"] == pytest.approx(table_agreement(ev.tables), abs=1e-4)
     assert m["secondary_vs_confusion"] == pytest.approx(ev.secondary, abs=1e-4)
     json.dumps(m)  # plain JSON values only
 
-    # One classifier: no Classifiers table, the seeds' spread, no agreement.
-    alone = evaluate(parts[0], vectors[:1], params)
+    # One classifier: no Classifiers table, the pictures alone, no agreement.
+    alone = evaluate(parts[0], vectors[:1], params, replicates=replicates[:1])
     report = render_report(alone, params)
-    assert "## Classifiers" not in report and "across word2vec seeds" in report
+    assert "## Classifiers" not in report and "30 redraws of the pictures and word2vec" in report
     m = metrics_dict(alone)
     assert list(m) == headline(m, SEVERAL_CLASSIFIERS) and m["classifiers"] == 1
     np.testing.assert_array_equal(alone.classifier_std, 0.0)
@@ -648,8 +669,8 @@ def test_default_engine_holds_on_a_thousand_pictures(tmp_path):
     path = tmp_path / "small.npz"
     write_predictions(path, make_synthetic_predictions(100, CIFAR10, CIFAR10_GROUPS, 1.5, seed=3))
     pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
-    embed = validate_section("embed", {}, EMBED_SCHEMA)
-    assert embed["engine"] == "jax"  # the default this test is about
-    ev = evaluate(pairs, train_all(pairs, embed), eval_params(groups=CIFAR10_GROUPS))
-    assert not ev.collapsed
+    params = validate_section("embed", {}, EMBED_SCHEMA)
+    assert params["engine"] == "jax"  # the default this test is about
+    ev = assess(pairs, embed(pairs, params), eval_params(groups=CIFAR10_GROUPS))
+    assert not ev.collapsed and not ev.noisy
     assert ev.spearman >= 0.5, ev.spearman

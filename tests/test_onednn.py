@@ -18,6 +18,7 @@ import pytest
 from confusion_embeddings.cnn import onednn
 from confusion_embeddings.cnn.conv import conv_xla
 from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.devices import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,9 @@ def _bf16(a):
     return a.astype(jnp.bfloat16)
 
 
+# oneDNN has bf16 convolutions only where the CPU has bf16 instructions; elsewhere the
+# pipeline never asks for them (it falls back to f32: test_train's fallback test).
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no avx512_bf16 or amx_bf16")
 @pytest.mark.parametrize(
     "n, h, w, cin, cout, k",
     [*SHAPES, (2, 9, 9, 1, 7, 3)],  # + one input channel, odd sizes
@@ -123,19 +127,21 @@ ref = grads(xla)(x, w)
 for n in (1, 2):
     for a, b in zip(out[n], ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-# bfloat16 activations: each device's float32 kernel gradient is summed in float32.
+# bfloat16 activations (where the CPU has bf16 convolutions): each device's float32
+# kernel gradient is summed in float32.
 xb = x.astype(jnp.bfloat16)
 def loss_bf16(x, w):
     return jnp.sum(jnp.sin(onednn.conv(x, w).astype(jnp.float32)))
 got = {}
-for n in (1, 2):
+for n in (1, 2) if parallel.native_bf16() else ():
     with parallel.data_parallel(n) as mesh:
         xs = jax.device_put(xb, parallel.batch_sharded(mesh))
         ws = jax.device_put(w, parallel.replicated(mesh))
         got[n] = jax.jit(jax.grad(loss_bf16, (0, 1)))(xs, ws)
-assert got[2][0].dtype == jnp.bfloat16 and got[2][1].dtype == jnp.float32
-for a, b in zip(got[1], got[2]):
-    np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=1e-2, atol=1e-2)
+if got:
+    assert got[2][0].dtype == jnp.bfloat16 and got[2][1].dtype == jnp.float32
+    for a, b in zip(got[1], got[2]):
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=1e-2, atol=1e-2)
 print(json.dumps(seen))
 """
 

@@ -35,6 +35,7 @@ from helpers import (
     scratch_project,
     stage_argv,
     stage_options,
+    without_fallback_warnings,
 )
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
 
@@ -91,6 +92,7 @@ def assert_refused(
     before = snapshot(folder)
     code, err = run_stage(stage, params, monkeypatch, capsys)
     assert code == 2, err
+    err = without_fallback_warnings(err)
     assert err.startswith("error: ") and err.count("\n") == 1, err
     for fragment in fragments:
         assert fragment in err, (fragment, err)

@@ -15,10 +15,15 @@ from gensim.models import KeyedVectors
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding import engines
-from confusion_embeddings.embedding.engines import SCHEMA, train_vectors, updates_per_class
+from confusion_embeddings.embedding.engines import (
+    SCHEMA,
+    train_restarts,
+    train_vectors,
+    updates_per_class,
+)
 from confusion_embeddings.embedding.formats import write_word2vec
 from confusion_embeddings.embedding.skipgram import _train, train_skipgram
-from confusion_embeddings.embedding.store import load_vectors
+from confusion_embeddings.embedding.store import load_embedding, load_vectors
 from confusion_embeddings.evaluation.scores import cosine_matrices
 from confusion_embeddings.pairs import Pairs, count_matrix, write_pairs
 from stages import embed
@@ -62,7 +67,8 @@ def mean_cosine(vectors: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def vectors(pairs) -> np.ndarray:
-    return train_vectors(pairs, params())
+    """Every restart's vectors [S, C, dim] (the table keeps the lowest-loss one)."""
+    return train_restarts(pairs, params()).w_in
 
 
 # --------------------------------------------------------------------------- results
@@ -78,7 +84,7 @@ def test_planted_pairs_are_nearest(pairs, vectors, objective):
     vecs = (
         vectors
         if objective == "softmax"
-        else train_vectors(pairs, params(jax_objective="negative"))
+        else train_restarts(pairs, params(jax_objective="negative")).w_in
     )
     mean = mean_cosine(vecs)
     np.fill_diagonal(mean, -np.inf)
@@ -88,7 +94,7 @@ def test_planted_pairs_are_nearest(pairs, vectors, objective):
 
 
 def test_same_seed_bitwise_identical_and_order_free(pairs, vectors):
-    again = train_vectors(pairs, params(seeds=[1, 0]))
+    again = train_restarts(pairs, params(seeds=[1, 0])).w_in
     np.testing.assert_array_equal(again[0], vectors[1])
     np.testing.assert_array_equal(again[1], vectors[0])
     # Different initial vectors ...
@@ -97,7 +103,7 @@ def test_same_seed_bitwise_identical_and_order_free(pairs, vectors):
 
 def test_converged_result_hardly_depends_on_the_budget(pairs, vectors):
     # Each seed's result: doubling the training budget hardly moves it (gensim's moves a lot).
-    doubled = train_vectors(pairs, params(jax_steps=2 * SCHEMA["jax_steps"].default))
+    doubled = train_restarts(pairs, params(jax_steps=2 * SCHEMA["jax_steps"].default)).w_in
     assert np.abs(cosine_matrices(doubled) - cosine_matrices(vectors)).max() < 0.02
 
 
@@ -109,6 +115,8 @@ def fit(counts: np.ndarray, seed: int = 0, **overrides):
         "steps": d["jax_steps"],
         "lr": d["jax_lr"],
         "l2": d["jax_l2"],
+        "objective": d["jax_objective"],
+        "negative": d["jax_negative"],
         **overrides,
     }
     return train_skipgram(counts, seed, **kw)
@@ -199,7 +207,9 @@ def test_training_compiles_once_per_shape():
     counts = np.arange(49, dtype=np.int64).reshape(7, 7) + 1  # a shape no other test uses
     before = _train._cache_size()
     for seed, steps, lr, l2 in ((0, 10, 0.05, 1e-4), (1, 25, 0.01, 1e-3), (2, 7, 0.1, 0.5)):
-        train_skipgram(counts, seed, dim=3, steps=steps, lr=lr, l2=l2)
+        train_skipgram(
+            counts, seed, dim=3, steps=steps, lr=lr, l2=l2, objective="softmax", negative=5
+        )
     assert _train._cache_size() == before + 1
 
 
@@ -209,12 +219,18 @@ def test_training_compiles_once_per_shape():
 def test_files_same_format_as_gensim_and_readable(tmp_path, pairs, vectors):
     jax_dir = run_embed_stage(tmp_path / "jax", pairs, engine="jax", seeds=[0, 1, 2])
     gensim_dir = run_embed_stage(tmp_path / "gensim", pairs, engine="gensim", seeds=[0, 1, 2])
-    names = sorted(f.name for f in jax_dir.iterdir())
-    assert names == sorted(f.name for f in gensim_dir.iterdir())
-    assert names == ["manifest.json", "vectors.npy"]
-
+    assert sorted(f.name for f in gensim_dir.iterdir()) == ["manifest.json", "vectors.npy"]
+    # jax: the restarts too, where the resampling's refits start.
+    assert sorted(f.name for f in jax_dir.iterdir()) == [
+        "manifest.json",
+        "restarts.npz",
+        "vectors.npy",
+    ]
     loaded, manifest = load_vectors(jax_dir)
-    np.testing.assert_array_equal(loaded, vectors[None])  # one classifier
+    restarts = load_embedding(jax_dir).restarts
+    np.testing.assert_array_equal(restarts.w_in[0], vectors)
+    best = int(np.argmin(restarts.loss[0]))
+    np.testing.assert_array_equal(loaded, vectors[None, best : best + 1])  # [1, 1, C, dim]
     # The vectors' contract (embedding/store.py); the manifest may record more about the
     # training (e.g. how many pairs reached the engine), checked here where named.
     expected = {
@@ -222,13 +238,14 @@ def test_files_same_format_as_gensim_and_readable(tmp_path, pairs, vectors):
         "classifiers": list(pairs.classifiers),
         "seeds": [0, 1, 2],
         "dim": 5,
+        "runs": 1,
         "engine": "jax",
         "updates_per_class": round(updates_per_class(pairs, params()), 1),
     }
     assert {key: manifest.get(key) for key in expected} == expected
 
     # The jax engine's vectors in gensim's formats (embedding/formats.py), as gensim reads them.
-    write_word2vec(tmp_path, "seed_1", tuple(CLASSES), loaded[0, 1])
+    write_word2vec(tmp_path, "seed_1", tuple(CLASSES), vectors[1])
     text = KeyedVectors.load_word2vec_format(str(tmp_path / "seed_1.txt"))
     kv = KeyedVectors.load(str(tmp_path / "seed_1.kv"))
     assert text.index_to_key == CLASSES and kv.index_to_key == CLASSES
@@ -258,8 +275,9 @@ def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "jax" and manifest["seeds"] == [3, 4] and manifest["dim"] == 4
     assert manifest["classifiers"] == list(pairs.classifiers)
-    assert np.load(out / "vectors.npy").shape == (1, 2, len(CLASSES), 4)
-    assert sorted(f.name for f in out.iterdir()) == ["manifest.json", "vectors.npy"]
+    assert np.load(out / "vectors.npy").shape == (1, 1, len(CLASSES), 4)  # the best restart
+    assert np.load(out / "restarts.npz")["w_in"].shape == (1, 2, len(CLASSES), 4)
+    assert sorted(f.name for f in out.iterdir()) == ["manifest.json", "restarts.npz", "vectors.npy"]
 
 
 # --------------------------------------------------------------------------- params

@@ -49,6 +49,7 @@ from helpers import (
     scratch_project,
     stage_argv,
     stage_options,
+    without_fallback_warnings,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -418,7 +419,7 @@ def test_git_repo_without_commits_gives_a_clear_error(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as exc:
         run_main(train_stage.main)
     assert exc.value.code == 2
-    err = capsys.readouterr().err
+    err = without_fallback_warnings(capsys.readouterr().err)
     assert err.startswith("error: dvclive could not read the git repository")
     assert "commit once" in err
     for option in ("--model", "--metrics", "--timings"):

@@ -62,3 +62,17 @@ def align_runs(runs: np.ndarray) -> Consensus:
     consensus = aligned.mean(axis=0)
     cos = (aligned * unit(consensus)[None]).sum(axis=-1)  # [R, C]
     return Consensus(consensus, aligned, (1.0 - cos).mean(axis=0), iterations)
+
+
+def spread_around(consensus: Consensus, runs: np.ndarray) -> Consensus:
+    """The consensus with other runs [R, C, dim] (the bootstrap replicates) rotated onto it
+    as its aligned runs, and each class's dispersion measured from them: how far a class
+    moves when the pictures are drawn again. Runs with an undefined vector are left out."""
+    reference = unit(np.asarray(consensus.vectors, np.float64))
+    runs = unit(np.asarray(runs, np.float64))
+    runs = runs[~np.isnan(runs).any(axis=(1, 2))]
+    if not len(runs):
+        return consensus
+    aligned = np.stack([run @ orthogonal_procrustes(run, reference)[0] for run in runs])
+    cos = (aligned * reference[None]).sum(axis=-1)
+    return Consensus(consensus.vectors, aligned, (1.0 - cos).mean(axis=0), consensus.iterations)

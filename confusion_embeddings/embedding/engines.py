@@ -9,15 +9,13 @@ Reads and writes nothing itself. `engine` picks the trainer:
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import Param, above, at_least, int_list, one_of
-from confusion_embeddings.embedding.consensus import cosine_matrices
-from confusion_embeddings.embedding.gensim_w2v import train_gensim
 from confusion_embeddings.embedding.skipgram import OBJECTIVES, train_skipgram
 from confusion_embeddings.pairs import Pairs, count_matrix
 
@@ -67,8 +65,65 @@ def word_counts(pairs: Pairs) -> np.ndarray:
     return counts
 
 
-def _train_jax(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
-    """One directed skip-gram per seed on the pair counts; W_in in class order."""
+@dataclass(frozen=True)
+class Restarts:
+    """The jax engine's restarts of one or more classifiers (one per seed): every restart's
+    input and output vectors and final loss. The table is the lowest-loss restart's; the
+    others are kept so that a refit (resampling.py) can start in every basin they found."""
+
+    w_in: np.ndarray  # float32 [..., S, C, dim]
+    w_out: np.ndarray  # float32 [..., S, C, dim]
+    loss: np.ndarray  # float64 [..., S]
+
+    def best(self) -> np.ndarray:
+        """The lowest-loss restart's input vectors [..., C, dim] (ties: the first seed)."""
+        pick = np.argmin(self.loss, axis=-1)[..., None, None, None]
+        return np.take_along_axis(self.w_in, pick, axis=-3)[..., 0, :, :]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """What the embed stage makes: the runs behind each classifier's table [M, R, C, dim],
+    the jax engine's restarts (None for gensim) and the manifest (store.py writes them)."""
+
+    vectors: np.ndarray
+    restarts: Restarts | None
+    manifest: dict[str, Any]
+
+
+def _check_true_classes(pairs: Pairs, counts: np.ndarray) -> None:
+    no_pictures = [pairs.classes[i] for i in np.flatnonzero(counts.sum(axis=1) == 0)]
+    if no_pictures:
+        raise PipelineError(
+            f"pairs: class(es) {_shown(no_pictures)} are never a true class (no picture of them), "
+            "so the directed skip-gram (embed.engine: jax) trains no input vector for them; add "
+            "pictures of them or use embed.engine: gensim, which trains both directions"
+        )
+
+
+def check_trainable(pairs: Pairs, params: dict[str, Any]) -> None:
+    """What the engine would refuse, checked on the pairs alone: a class in no pair, and
+    (engine jax) a class that is never a true class."""
+    for i in range(len(pairs.classifiers)):
+        part = pairs.of(i)
+        word_counts(part)
+        if params["engine"] == "jax":
+            _check_true_classes(part, count_matrix(part.true, part.guess, part.n_classes))
+
+
+def jax_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The skip-gram's optimisation settings from the embed params (skipgram.train_skipgram)."""
+    return {
+        "steps": params["jax_steps"],
+        "lr": params["jax_lr"],
+        "l2": params["jax_l2"],
+        "objective": params["jax_objective"],
+        "negative": params["jax_negative"],
+    }
+
+
+def train_restarts(pairs: Pairs, params: dict[str, Any]) -> Restarts:
+    """One directed skip-gram per seed on (one classifier's) pair counts: [S, C, dim]."""
     big = [s for s in params["seeds"] if s >= 2**32]
     if big:
         # Without jax_enable_x64, jax.random.key keeps 32 bits: 2**32 would silently be seed 0.
@@ -77,49 +132,44 @@ def _train_jax(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
         )
     word_counts(pairs)
     counts = count_matrix(pairs.true, pairs.guess, pairs.n_classes)
-    no_pictures = [pairs.classes[i] for i in np.flatnonzero(counts.sum(axis=1) == 0)]
-    if no_pictures:
+    _check_true_classes(pairs, counts)
+    fits = [
+        train_skipgram(counts, seed, dim=params["dim"], **jax_settings(params))
+        for seed in params["seeds"]
+    ]
+    if not all(np.isfinite(f.w_in).all() and np.isfinite(f.loss) for f in fits):
         raise PipelineError(
-            f"pairs: class(es) {_shown(no_pictures)} are never a true class (no picture of them), "
-            "so the directed skip-gram (embed.engine: jax) trains no input vector for them; add "
-            "pictures of them or use embed.engine: gensim, which trains both directions"
+            "embed (engine jax): training diverged (non-finite vectors); "
+            f"lower embed.jax_lr (now {params['jax_lr']})"
         )
-    out = np.empty((len(params["seeds"]), pairs.n_classes, params["dim"]), np.float32)
-    unconverged = []
-    for i, seed in enumerate(params["seeds"]):
-        fit = train_skipgram(
-            counts,
-            seed,
-            dim=params["dim"],
-            steps=params["jax_steps"],
-            lr=params["jax_lr"],
-            l2=params["jax_l2"],
-            objective=params["jax_objective"],
-            negative=params["jax_negative"],
-        )
-        if not np.isfinite(fit.w_in).all() or not np.isfinite(fit.loss):
-            raise PipelineError(
-                f"embed (engine jax), seed {seed}: training diverged (non-finite vectors); "
-                f"lower embed.jax_lr (now {params['jax_lr']})"
-            )
-        if fit.grad_norm > JAX_CONVERGED_GRAD_NORM:
-            unconverged.append(fit.grad_norm)
-        out[i] = fit.w_in
-    if unconverged:
+    warn_unconverged([f.grad_norm for f in fits], params["jax_steps"], "seeds")
+    return Restarts(
+        w_in=np.stack([f.w_in for f in fits]),
+        w_out=np.stack([f.w_out for f in fits]),
+        loss=np.array([f.loss for f in fits], np.float64),
+    )
+
+
+def warn_unconverged(grad_norms: list[float] | np.ndarray, steps: int, what: str) -> None:
+    """One warning line when some fits ended with a gradient norm above the threshold."""
+    late = [g for g in np.asarray(grad_norms, np.float64).ravel() if g > JAX_CONVERGED_GRAD_NORM]
+    if late:
         print(
-            f"warning: embed (engine jax): {len(unconverged)} of {len(params['seeds'])} seeds not "
-            f"converged after {params['jax_steps']} steps (gradient norm up to "
-            f"{max(unconverged):.1e} > {JAX_CONVERGED_GRAD_NORM:.0e}); raise embed.jax_steps",
+            f"warning: embed (engine jax): {len(late)} of {np.size(grad_norms)} {what} not "
+            f"converged after {steps} steps (gradient norm up to {max(late):.1e} > "
+            f"{JAX_CONVERGED_GRAD_NORM:.0e}); raise embed.jax_steps",
             file=sys.stderr,
         )
-    return out
 
 
 def train_vectors(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
-    """Train one skip-gram model per seed on (one classifier's) pairs; return float32
-    [S, C, dim] in class order."""
+    """The runs one classifier's table averages, float32 [R, C, dim] in class order: the
+    jax engine's lowest-loss restart (R = 1: it is deterministic given the counts, so more
+    runs would add nothing), or one gensim model per seed (R = S: its seeds do differ)."""
     if params["engine"] == "jax":
-        return _train_jax(pairs, params)
+        return train_restarts(pairs, params).best()[None]
+    from confusion_embeddings.embedding.gensim_w2v import train_gensim  # gensim only if used
+
     return train_gensim(pairs, word_counts(pairs), params)
 
 
@@ -137,39 +187,32 @@ def updates_per_class(pairs: Pairs, params: dict[str, Any]) -> float:
     return float((keep[pairs.true] * keep[pairs.guess]).sum() / (m * c))
 
 
-# Class pairs per class that picture_reliability ranks (the most confused ones), as evaluate
-# ranks C x top_n of them.
-RELIABILITY_PAIRS_PER_CLASS = 9
+def train_all(pairs: Pairs, params: dict[str, Any]) -> tuple[np.ndarray, Restarts | None]:
+    """Every classifier's runs, float32 [M, R, C, dim], and for the jax engine its restarts
+    ([M, S, ...]), from which the resampling refits start."""
+    parts = [pairs.of(i) for i in range(len(pairs.classifiers))]
+    if params["engine"] != "jax":
+        return np.stack([train_vectors(part, params) for part in parts]), None
+    fits = [train_restarts(part, params) for part in parts]
+    restarts = Restarts(
+        w_in=np.stack([f.w_in for f in fits]),
+        w_out=np.stack([f.w_out for f in fits]),
+        loss=np.stack([f.loss for f in fits]),
+    )
+    return restarts.best()[:, None], restarts
 
 
-def picture_reliability(pairs: Pairs, params: dict[str, Any]) -> float | None:
-    """How much one classifier's table owes to which pictures it saw: the engine trained
-    (first seed) on each half of the pictures, Spearman between the two tables over the most
-    confused class pairs. Low when there are too few pictures for the differences the table
-    ranks, whatever the engine's own seed-to-seed noise (None if a half lacks a class)."""
-    k, n = pairs.top_k, pairs.n_pictures
-    half = np.random.default_rng(0).permutation(n) % 2  # a fixed split, the same every run
-    one_seed = {**params, "seeds": params["seeds"][:1]}
-    tables = []
-    for h in (0, 1):
-        part = pairs.rows(np.repeat(half == h, k))
-        try:
-            tables.append(cosine_matrices(train_vectors(part, one_seed)[0]))
-        except PipelineError:  # a class missing from a half: far too few pictures to tell
-            return None
-    c = pairs.n_classes
-    confused = count_matrix(pairs.true, pairs.guess, c).astype(np.float64)
-    np.fill_diagonal(confused, 0.0)
-    rows, cols = np.triu_indices(c, k=1)
-    strength = (confused + confused.T)[rows, cols]
-    keep = np.flatnonzero(strength > 0)
-    keep = keep[np.argsort(-strength[keep], kind="stable")][: RELIABILITY_PAIRS_PER_CLASS * c]
-    if keep.size < 3:
-        return None
-    a, b = tables[0][rows[keep], cols[keep]], tables[1][rows[keep], cols[keep]]
-    return float(spearmanr(a, b).statistic) if np.ptp(a) and np.ptp(b) else None
-
-
-def train_all(pairs: Pairs, params: dict[str, Any]) -> np.ndarray:
-    """One vector set per classifier and seed: float32 [M, S, C, dim]."""
-    return np.stack([train_vectors(pairs.of(i), params) for i in range(len(pairs.classifiers))])
+def embed(pairs: Pairs, params: dict[str, Any]) -> Embedding:
+    """Class vectors per classifier, and the manifest that says how they were made."""
+    vectors, restarts = train_all(pairs, params)
+    manifest = {
+        "classes": list(pairs.classes),
+        "classifiers": list(pairs.classifiers),
+        "seeds": params["seeds"],
+        "runs": vectors.shape[1],
+        "dim": params["dim"],
+        "engine": params["engine"],
+        "updates_per_class": round(updates_per_class(pairs, params), 1),
+        "params": params,
+    }
+    return Embedding(vectors, restarts, manifest)

@@ -69,15 +69,16 @@ def _objective(
     return data + l2 * (jnp.sum(w_in**2) + jnp.sum(w_out**2)) / w_in.shape[0]
 
 
-@functools.partial(jax.jit, static_argnames=("dim", "kind"))
-def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str):
-    """Init from `key`, then `steps` full-batch Adam steps; one compilation per (C, dim, kind)."""
-    c = freq.shape[0]
+def _init(key: jax.Array, c: int, dim: int) -> dict:
     k_in, k_out = jax.random.split(key)
-    params = {
+    return {
         "w_in": INIT_STD * jax.random.normal(k_in, (c, dim), jnp.float32),
         "w_out": INIT_STD * jax.random.normal(k_out, (c, dim), jnp.float32),
     }
+
+
+def _fit(params, freq, noise, steps, lr, l2, negative, kind: str):
+    """`steps` full-batch Adam steps from `params` (cosine-decayed learning rate)."""
     total = jnp.maximum(steps, 1).astype(jnp.float32)
 
     def schedule(count):
@@ -98,6 +99,36 @@ def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str):
     return params["w_in"], params["w_out"], loss, grad_norm
 
 
+@functools.partial(jax.jit, static_argnames=("dim", "kind"))
+def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str):
+    """Init from `key`, then `steps` full-batch Adam steps; one compilation per (C, dim, kind)."""
+    params = _init(key, freq.shape[0], dim)
+    return _fit(params, freq, noise, steps, lr, l2, negative, kind)
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _refit_batch(w_in, w_out, freq, noise, steps, lr, l2, negative, *, kind: str):
+    """_fit over a leading batch axis of starting points and frequency matrices."""
+
+    def one(w_in, w_out, freq, noise):
+        params = {"w_in": w_in, "w_out": w_out}
+        return _fit(params, freq, noise, steps, lr, l2, negative, kind)
+
+    return jax.vmap(one)(w_in, w_out, freq, noise)
+
+
+def _frequencies(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pair frequencies F = counts / P and word2vec's noise distribution over the
+    guesses, for a [..., C, C] count matrix (row = input/true word)."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum(axis=(-2, -1), keepdims=True)
+    if (total <= 0).any():
+        raise ValueError("the count matrix is empty")
+    noise = counts.sum(axis=-2) ** NOISE_POWER
+    noise /= np.maximum(noise.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
+    return counts / total, noise
+
+
 def train_skipgram(
     counts: np.ndarray,
     seed: int,
@@ -106,19 +137,13 @@ def train_skipgram(
     steps: int,
     lr: float,
     l2: float,
-    objective: str = "softmax",
-    negative: int = 5,
+    objective: str,
+    negative: int,
 ) -> SkipGram:
     """Train one directed skip-gram on a [C, C] count matrix (row = input/true word)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
-    counts = np.asarray(counts, np.float64)
-    total = counts.sum()
-    if total <= 0:
-        raise ValueError("the count matrix is empty")
-    freq = counts / total
-    noise = counts.sum(axis=0) ** NOISE_POWER
-    noise /= max(noise.sum(), np.finfo(np.float64).tiny)
+    freq, noise = _frequencies(counts)
     w_in, w_out, loss, grad_norm = _train(
         jax.random.key(seed),
         jnp.asarray(freq, jnp.float32),
@@ -135,4 +160,37 @@ def train_skipgram(
         w_out=np.asarray(w_out, np.float32),
         loss=float(loss),
         grad_norm=float(grad_norm),
+    )
+
+
+def refit_skipgram(
+    counts: np.ndarray,
+    start: SkipGram,
+    *,
+    steps: int,
+    lr: float,
+    l2: float,
+    objective: str,
+    negative: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refit one trained model on each of R count matrices [R, C, C] at once (vmapped),
+    starting from its vectors: the optimum of each matrix in the basin the model found.
+    Returns the input vectors [R, C, dim] and each fit's final loss and gradient norm [R]."""
+    freq, noise = _frequencies(counts)
+    r = freq.shape[0]
+    w_in, _, loss, grad_norm = _refit_batch(
+        jnp.broadcast_to(jnp.asarray(start.w_in), (r, *start.w_in.shape)),
+        jnp.broadcast_to(jnp.asarray(start.w_out), (r, *start.w_out.shape)),
+        jnp.asarray(freq, jnp.float32),
+        jnp.asarray(noise, jnp.float32),
+        jnp.int32(steps),
+        jnp.float32(lr),
+        jnp.float32(l2),
+        jnp.float32(negative),
+        kind=objective,
+    )
+    return (
+        np.asarray(w_in, np.float32),
+        np.asarray(loss, np.float64),
+        np.asarray(grad_norm, np.float64),
     )

@@ -15,6 +15,7 @@ from scipy.cluster import hierarchy
 
 from confusion_embeddings.embedding.consensus import unit
 from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
+from confusion_embeddings.evaluation.uncertainty import KEEP_ALL_PAIRS_MAX_CLASSES
 
 # Presentation limits, not hyperparameters: beyond them labels stop being readable.
 PLOT_LABEL_MAX_CLASSES = 60
@@ -27,7 +28,8 @@ def _group_colours(ev: Evaluation) -> list[tuple[float, ...]]:
     return [cmap(g % cmap.N) if g >= 0 else (0.6, 0.6, 0.6, 1.0) for g in ev.group_labels]
 
 
-def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
+def heatmap(ev: Evaluation, params: dict) -> Figure:
+    """The mean similarity table as a heatmap, classes in average-linkage order."""
     names, c = ev.classes, len(ev.classes)
     labelled = c <= PLOT_LABEL_MAX_CLASSES
     side = min(max(6.0, 0.45 * c), 16.0) if labelled else 10.0
@@ -58,7 +60,12 @@ def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
                 )
     ax.set_title("Class similarity (ordered by average-linkage clustering)")
     fig.tight_layout()
-    fig.savefig(out_dir / "similarity_heatmap.png", dpi=120)
+    return fig
+
+
+def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
+    names, c = ev.classes, len(ev.classes)
+    heatmap(ev, params).savefig(out_dir / "similarity_heatmap.png", dpi=120)
 
     fig = Figure(figsize=(max(8.0, min(0.35 * c, 16.0)), 5))
     ax = fig.subplots()
@@ -118,7 +125,9 @@ def _class_map(ev: Evaluation, path: Path) -> None:
                 ax.annotate(
                     names[i], coords[i], textcoords="offset points", xytext=(4, 4), fontsize=9
                 )
-        ax.set_title(title or "Consensus class vectors (faint: each run's)", fontsize=10)
+        ax.set_title(
+            title or "Consensus class vectors (faint: refits on redrawn pictures)", fontsize=10
+        )
         ax.set_aspect("equal", adjustable="datalim")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
@@ -131,22 +140,35 @@ def _class_map(ev: Evaluation, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-# Up to this many classes the plot data holds every ordered pair; beyond, each class's
-# top_n neighbours (a 1,000-class table would be a million rows no plot can show).
-TABLE_ALL_PAIRS_MAX_CLASSES = 50
+SIMILARITY_COLUMNS = ("class", "neighbour", "cosine", "low", "high", "rank_low", "rank_high")
 
 
-def similarity_rows(ev: Evaluation, top_n: int) -> list[tuple[str, str, float, float]]:
-    """(class, neighbour, mean cosine, std) rows, neighbours most similar first: the long
-    table DVC draws as a heatmap (dvc.yaml's `similarity` plot) and `dvc plots diff`
-    compares between experiments."""
-    c = len(ev.classes)
-    n = c - 1 if c <= TABLE_ALL_PAIRS_MAX_CLASSES else min(top_n, c - 1)
+def similarity_rows(ev: Evaluation, top_n: int) -> list[tuple]:
+    """(class, neighbour, cosine, low, high, rank_low, rank_high) rows, neighbours most
+    similar first: the long table DVC draws as a heatmap (dvc.yaml's `similarity` plot) and
+    `dvc plots diff` compares between experiments. low/high: the similarity's bootstrap
+    interval; rank_low/rank_high: the neighbour's rank interval (1 = nearest). Every ordered
+    pair up to KEEP_ALL_PAIRS_MAX_CLASSES classes, each class's top_n neighbours beyond (a
+    1,000-class table would be a million rows no plot can show)."""
+    c, u = len(ev.classes), ev.uncertainty
+    n = c - 1 if c <= KEEP_ALL_PAIRS_MAX_CLASSES else min(top_n, c - 1)
+
+    def num(x: float) -> float | str:
+        return "" if np.isnan(x) else round(float(x), 4)
+
     rows = []
     for i, name in enumerate(ev.classes):
         for j in ranked_neighbours(ev.mean, i)[:n]:
             rows.append(
-                (name, ev.classes[j], round(float(ev.mean[i, j]), 4), round(float(ev.std[i, j]), 4))
+                (
+                    name,
+                    ev.classes[j],
+                    num(ev.mean[i, j]),
+                    num(u.low[i, j]),
+                    num(u.high[i, j]),
+                    int(u.rank_low[i, j]) or "",
+                    int(u.rank_high[i, j]) or "",
+                )
             )
     return rows
 
@@ -154,5 +176,5 @@ def similarity_rows(ev: Evaluation, top_n: int) -> list[tuple[str, str, float, f
 def write_similarity_csv(ev: Evaluation, path: Path, top_n: int) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["class", "neighbour", "cosine", "std"])
+        writer.writerow(SIMILARITY_COLUMNS)
         writer.writerows(similarity_rows(ev, top_n))

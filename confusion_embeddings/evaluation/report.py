@@ -24,25 +24,28 @@ def _r(x: float | None) -> float | None:
 
 
 def metrics_dict(ev: Evaluation) -> dict:
-    """Headline scalars only (tens, not hundreds, of `dvc exp show` columns): the tables
-    themselves are plot data (plots.similarity_rows) and the report."""
+    """Headline scalars only (tens, not hundreds, of `dvc exp show` columns), the one to read
+    first first: the tables themselves are plot data (plots.similarity_rows) and the report."""
+    u = ev.uncertainty
     figures = {
-        "classes": len(ev.classes),
+        "table_reliability": _r(u.reliability),
         "classifiers": len(ev.classifiers),
-        "seeds": ev.seeds,
+        "interval_halfwidth": _r(ev.mean_half_width),
+        "nearest_share_min": _r(float(u.nearest_share.min())) if u.replicates else None,
+        "picture_spread": _r(u.picture_part) if u.replicates else None,
+        "classifier_spread": _r(u.classifier_part),
         "classifier_agreement": _r(ev.classifier_agreement),
-        "classifier_spread": (
-            _r(_offdiag_mean(ev.classifier_std)) if len(ev.classifiers) > 1 else None
-        ),
-        "seed_spread": _r(_offdiag_mean(ev.seed_std)),
+        # gensim's seeds only: the jax engine's table is one deterministic fit.
+        "seed_spread": _r(_offdiag_mean(ev.seed_std)) if ev.seeds > 1 else None,
+        "seed_reliability": _r(ev.reliability),
         "spearman_vs_confusion": _r(ev.spearman),
         "secondary_vs_confusion": _r(ev.secondary),
         "mean_offdiag_cosine": _r(ev.mean_offdiag),
         "collapsed": ev.collapsed,
-        "seed_reliability": _r(ev.reliability),
         "noisy": ev.noisy,
+        "flat_guesses": ev.flat_guesses is not None,
+        "unstable_ranks": len(ev.unstable_nearest),
         "consensus_vs_mean_table": _r(ev.consensus_agreement),
-        "consensus_max_diff": _r(ev.consensus_max_diff),
         "least_stable_dispersion": _r(float(ev.consensus.dispersion.max())),
         "group_separation": _r(ev.group_separation),
         "group_nn_agreement": _r(ev.group_nn_agreement),
@@ -59,7 +62,9 @@ def _offdiag_mean(m: np.ndarray) -> float:
 
 
 def _cell(ev: Evaluation, i: int, j: int) -> str:
-    return f"{ev.classes[j]} {ev.mean[i, j]:.2f} ± {ev.std[i, j]:.2f}"
+    half = ev.half_width[i, j]
+    spread = "" if np.isnan(half) else f" ± {half:.2f}"
+    return f"{ev.classes[j]} {ev.mean[i, j]:.2f}{spread}"
 
 
 def _table(ev: Evaluation, columns: list[int]) -> list[str]:
@@ -80,41 +85,78 @@ def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _trust_lines(ev: Evaluation) -> list[str]:
+    """The report's opening: the figure to read first, what the ± covers, the warnings."""
+    u = ev.uncertainty
+    lines = [
+        f"**Table reliability {fmt(u.reliability)}**: how alike two redraws of the pictures"
+        + (" and classifiers" if len(ev.classifiers) > 1 else "")
+        + " rank the class pairs (mean Spearman of two bootstrap replicates; 1 = the same "
+        "order). Read it first; compare it between experiments before any other figure.",
+        "",
+        f"{ev.covers}."
+        + (
+            f" Spread of a similarity from the pictures {u.picture_part:.3f}, from the "
+            f"classifiers {u.classifier_part:.3f}: the {ev.dominant_source} dominate."
+            if u.classifier_part is not None
+            else ""
+        ),
+        "",
+    ]
+    if ev.warnings:
+        title = (
+            "the vectors look collapsed; the figures are not to be trusted" if ev.collapsed else ""
+        )
+        lines += [f"> **Warnings{': ' + title if title else ''}**", ">"]
+        lines += [f"> - {w}" for w in ev.warnings]
+        lines.append("")
+    return lines
+
+
 def render_report(ev: Evaluation, params: dict) -> str:
     names, c = ev.classes, len(ev.classes)
+    u = ev.uncertainty
     lines = [
         "# Class similarity learned from the classifier's confusions",
         "",
-        f"Cosine similarity between the word2vec class vectors ({ev.dim} dimensions), "
-        f"{len(ev.classifiers)} classifier(s) x {ev.seeds} word2vec seed(s), trained on "
-        f"{ev.n_pictures} pictures x top-{ev.top_k} guesses. Each similarity is the mean "
-        f"over all of them ± its standard deviation across {ev.spread_of}"
+        *_trust_lines(ev),
+        f"Cosine similarity between the class vectors ({ev.dim} dimensions, engine "
+        f"{ev.engine}), trained on {ev.n_pictures} pictures x top-{ev.top_k} guesses"
         + (
-            f" (each classifier's table averaged over its {ev.seeds} seeds first; the spread "
-            "across seeds alone is the 'seed spread' below)."
+            f" of {len(ev.classifiers)} classifiers; each similarity is the mean of their tables"
             if len(ev.classifiers) > 1
-            else "."
-        ),
+            else " of one classifier"
+        )
+        + (f" (each the mean over {ev.seeds} word2vec seeds)" if ev.seeds > 1 else "")
+        + ".",
         "",
         "## Summary",
         "",
         "| figure | value |",
         "|---|---|",
+        f"| table reliability under resampling | {fmt(u.reliability)} |",
+        f"| mean ± of a similarity ({u.confidence:.0%} interval, half width) | "
+        f"{fmt(ev.mean_half_width)} |",
+        f"| classes whose nearest class holds in < {params['nearest_stability']:.0%} of redraws | "
+        f"{len(ev.unstable_nearest)} |",
         f"| classes | {c} |",
         f"| classifiers | {len(ev.classifiers)} |",
         f"| agreement between classifiers (mean pairwise Spearman of their tables) | "
         f"{fmt(ev.classifier_agreement)} |",
-        f"| spread across classifiers (mean std of a similarity) | "
-        f"{fmt(_offdiag_mean(ev.classifier_std))} |",
-        f"| spread across word2vec seeds (mean std of a similarity) | "
-        f"{fmt(_offdiag_mean(ev.seed_std))} |",
         f"| Spearman vs confusion similarity | {fmt(ev.spearman)} |",
         f"| what the 2nd..k-th guesses alone say, Spearman vs top-1 mistakes | "
         f"{fmt(ev.secondary)} |",
         f"| mean off-diagonal cosine | {fmt(ev.mean_offdiag)} |",
         f"| collapsed | {'**YES**' if ev.collapsed else 'no'} |",
-        f"| split-half reliability over word2vec seeds | {fmt(ev.reliability)} |",
         f"| noisy | {'**YES**' if ev.noisy else 'no'} |",
+    ]
+    if ev.seeds > 1:
+        lines += [
+            f"| spread across word2vec seeds (mean std of a similarity) | "
+            f"{fmt(_offdiag_mean(ev.seed_std))} |",
+            f"| split-half reliability over word2vec seeds | {fmt(ev.reliability)} |",
+        ]
+    lines += [
         f"| consensus embedding's own table vs the mean table (Spearman / max difference) | "
         f"{fmt(ev.consensus_agreement)} / {ev.consensus_max_diff:.4f} |",
         f"| group separation (within - across) | {fmt(ev.group_separation)} |",
@@ -122,17 +164,6 @@ def render_report(ev: Evaluation, params: dict) -> str:
         f"| ARI, clustering vs groups | {fmt(ev.group_ari)} |",
         "",
     ]
-    if ev.collapsed:
-        lines += ["> **Warning: the vectors look collapsed.**", ">"]
-        lines += [f"> - {reason}" for reason in ev.collapse_reasons]
-        lines.append("")
-    if ev.noisy:
-        lines += [
-            "> **Warning: the table is noisy; its finer rankings are not to be trusted.**",
-            ">",
-        ]
-        lines += [f"> - {reason}" for reason in ev.noise_reasons]
-        lines.append("")
     iu = np.triu_indices(c, k=1)
     top = np.argsort(-ev.mean[iu], kind="stable")[:REPORT_TOP_PAIRS]
     lines += [
@@ -177,10 +208,50 @@ def render_report(ev: Evaluation, params: dict) -> str:
         lines += [f"## Nearest {n} classes of each class", ""]
         for i, name in enumerate(names):
             tag = f" ({group_names[ev.group_labels[i]]})" if ev.group_labels[i] >= 0 else ""
-            near = ", ".join(_cell(ev, i, j) for j in ranked_neighbours(ev.mean, i)[:n])
+            near = ", ".join(
+                f"{_cell(ev, i, j)}{_ranks(ev, i, j, ' (rank ', ')')}"
+                for j in ranked_neighbours(ev.mean, i)[:n]
+            )
             lines.append(f"- **{name}**{tag}: {near}")
         lines.append("")
+    lines += _stability_section(ev)
     return "\n".join(lines)
+
+
+def _ranks(ev: Evaluation, i: int, j: int, before: str = "", after: str = "") -> str:
+    """Neighbour j's rank interval among class i's ("2-4"), or "" without resampling."""
+    lo, hi = ev.uncertainty.rank_low[i, j], ev.uncertainty.rank_high[i, j]
+    if not lo:
+        return ""
+    return f"{before}{lo}{'' if lo == hi else f'-{hi}'}{after}"
+
+
+def _stability_section(ev: Evaluation) -> list[str]:
+    """Per class: how often its nearest class holds, and its neighbours' rank intervals."""
+    u, names = ev.uncertainty, ev.classes
+    if not u.replicates:
+        return []
+    listed = min(len(names) - 1, 5)
+    lines = [
+        "## How stable each class's neighbours are",
+        "",
+        f"Over {u.replicates} redraws: how often a class's nearest class is the table's, and "
+        f"the {u.confidence:.0%} interval of each of its {listed} nearest classes' rank "
+        "(1 = nearest).",
+        "",
+        "| class | nearest class (share of redraws) | rank intervals |",
+        "|---|---|---|",
+    ]
+    for i, name in enumerate(names):
+        near = int(u.nearest[i])
+        ranks = ", ".join(
+            f"{names[j]} {_ranks(ev, i, int(j))}" for j in ranked_neighbours(ev.mean, i)[:listed]
+        )
+        flag = " **unstable**" if i in ev.unstable_nearest else ""
+        lines.append(
+            f"| {name}{flag} | {name} -> {names[near]} in {u.nearest_share[i]:.0%} | {ranks} |"
+        )
+    return [*lines, ""]
 
 
 def _consensus_section(ev: Evaluation, params: dict) -> list[str]:
@@ -193,13 +264,15 @@ def _consensus_section(ev: Evaluation, params: dict) -> list[str]:
     lines = [
         "## Consensus embedding",
         "",
-        f"The {runs} runs' vectors (classifiers x word2vec seeds) rotated onto one reference "
-        "and averaged (generalised Procrustes, `embedding/consensus.py`); its own cosine "
-        f"table agrees with the mean table at Spearman {fmt(ev.consensus_agreement)} (largest "
-        f"difference {ev.consensus_max_diff:.2f}). Dispersion: the mean of 1 - cosine between "
-        "a class's vector in each run and its consensus vector; above "
-        f"{params['unstable_dispersion']:g} (`evaluate.unstable_dispersion`) a class's place is "
-        "not stable across runs.",
+        "The runs' vectors (classifiers"
+        + (" x word2vec seeds" if ev.seeds > 1 else "")
+        + ") rotated onto one reference and averaged (generalised Procrustes, "
+        "`embedding/consensus.py`); its own cosine table agrees with the mean table at "
+        f"Spearman {fmt(ev.consensus_agreement)} (largest difference "
+        f"{ev.consensus_max_diff:.2f}). Dispersion: the mean of 1 - cosine between a class's "
+        f"vector in each of the {runs} refits on redrawn pictures and its consensus vector; "
+        f"above {params['unstable_dispersion']:g} (`evaluate.unstable_dispersion`) a class's "
+        "place is not stable.",
         "",
         "| class | dispersion | nearest class in the consensus |",
         "|---|---|---|",
@@ -213,16 +286,16 @@ def _consensus_section(ev: Evaluation, params: dict) -> list[str]:
     return [*lines, ""]
 
 
-def warn_if_noisy(ev: Evaluation) -> None:
-    for reason in ev.noise_reasons:
-        print(f"warning: noisy similarity table: {reason}", file=sys.stderr)
-
-
-def warn_if_collapsed(ev: Evaluation) -> None:
-    if not ev.collapsed:
-        return
-    bar = "!" * 78
-    lines = [bar, "WARNING: the class vectors look COLLAPSED; the figures are not to be trusted."]
-    lines += [f"  - {reason}" for reason in ev.collapse_reasons]
-    lines.append(bar)
-    print("\n".join(lines), file=sys.stderr)
+def print_warnings(ev: Evaluation) -> None:
+    """Every warning on the terminal, one line each; collapsed vectors framed to stand out."""
+    if ev.collapsed:
+        bar = "!" * 78
+        lines = [
+            bar,
+            "WARNING: the class vectors look COLLAPSED; the figures are not to be trusted.",
+        ]
+        lines += [f"  - {reason}" for reason in ev.collapse_reasons]
+        print("\n".join([*lines, bar]), file=sys.stderr)
+    for line in ev.warnings:
+        if not line.startswith("collapsed vectors: "):
+            print(f"warning: {line}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Reads and writes nothing. Definitions (on the seed-averaged cosine matrix unless said
 otherwise):
-  - cosine matrices are computed per seed, then averaged; std is the population std (ddof=0).
+  - cosine matrices are computed per run (gensim: per word2vec seed), then averaged; std is
+    the population std (ddof=0). The intervals come from resampling (uncertainty.py).
   - confusion similarity of classes a, b: R[a, b] = fraction of a's pictures that have b
     among their top-k guesses (the very pairs word2vec trains on), symmetrised (R + R^T) / 2.
   - spearman_vs_confusion: Spearman rank correlation of embedding and confusion similarity
@@ -26,7 +27,17 @@ from scipy.stats import spearmanr
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import Param, at_least, in_range
-from confusion_embeddings.embedding.consensus import Consensus, align_runs, cosine_matrices
+from confusion_embeddings.embedding.consensus import (
+    Consensus,
+    align_runs,
+    cosine_matrices,
+    spread_around,
+)
+from confusion_embeddings.evaluation.uncertainty import (
+    KEEP_ALL_PAIRS_MAX_CLASSES,
+    Uncertainty,
+    uncertainty,
+)
 from confusion_embeddings.pairs import Pairs, count_matrix
 from confusion_embeddings.predictions import check_groups
 
@@ -44,9 +55,19 @@ SCHEMA = {
     # ... or fewer pairs per class and epoch than this reach the engine (after gensim's
     # down-sampling; see embedding/engines.py:updates_per_class).
     "min_updates_per_class": Param(float, 50.0, at_least(0.0)),
-    # A class whose runs' vectors sit farther than this (mean 1 - cosine) from its consensus
-    # vector is flagged as not stable in the report (embedding/consensus.py).
+    # A class whose vectors, refitted on redrawn pictures, sit farther than this (mean
+    # 1 - cosine) from its consensus vector is flagged as not stable (embedding/consensus.py).
     "unstable_dispersion": Param(float, 0.1, in_range(0.0, 2.0)),
+    # Resampling over pictures (embedding/resampling.py, evaluation/uncertainty.py):
+    # replicates, the intervals' coverage, and the seed of the draws.
+    "bootstrap": Param(int, 200, at_least(2)),
+    "confidence": Param(float, 0.95, in_range(0.5, 0.999)),
+    "seed": Param(int, 0, at_least(0)),
+    # "unstable ranks": a class whose nearest class is the table's in fewer replicates.
+    "nearest_stability": Param(float, 0.8, in_range(0.0, 1.0)),
+    # "no structure in the lower guesses": secondary_vs_confusion below this
+    # (docs/uncertainty.md has the figures it was chosen from).
+    "min_secondary": Param(float, 0.2, in_range(-1.0, 1.0)),
 }
 
 
@@ -54,7 +75,8 @@ SCHEMA = {
 class Evaluation:
     classes: tuple[str, ...]
     classifiers: tuple[str, ...]
-    seeds: int
+    seeds: int  # runs per classifier behind its table (jax: 1, the lowest-loss restart)
+    engine: str
     dim: int
     tables: np.ndarray  # [M, C, C] each classifier's cosine similarity, averaged over seeds
     mean: np.ndarray  # [C, C] the tables averaged over classifiers
@@ -65,10 +87,13 @@ class Evaluation:
     classifier_accuracy: tuple[float | None, ...]  # each classifier's top-1 test accuracy
     reliability: float | None  # seed_reliability, averaged over classifiers
     noise_reasons: tuple[str, ...]  # empty unless a noise criterion fired
-    consensus: Consensus  # every run aligned onto one embedding (embedding/consensus.py)
+    uncertainty: Uncertainty  # intervals and stability under resampling (uncertainty.py)
+    consensus: Consensus  # the runs' consensus; aligned: the replicates (consensus.py)
     consensus_agreement: float | None  # Spearman, consensus cosine table vs `mean`
     consensus_max_diff: float  # largest |consensus cosine - mean similarity|
     unstable: tuple[int, ...]  # classes whose dispersion exceeds evaluate.unstable_dispersion
+    unstable_nearest: tuple[int, ...]  # classes whose nearest class holds too rarely
+    flat_guesses: str | None  # the "no structure in the lower guesses" warning, if it fires
     confusion: np.ndarray  # [C, C] top-1 counts, actual x predicted
     confusion_sim: np.ndarray  # [C, C] symmetric, see module docstring
     spearman: float | None
@@ -93,14 +118,54 @@ class Evaluation:
         return bool(self.noise_reasons)
 
     @property
-    def std(self) -> np.ndarray:
-        """The spread a similarity is quoted with: across classifiers when there are
-        several, across word2vec seeds otherwise (`spread_of` says which)."""
-        return self.classifier_std if len(self.classifiers) > 1 else self.seed_std
+    def half_width(self) -> np.ndarray:
+        """The ± a similarity is quoted with: half its bootstrap interval's width."""
+        return self.uncertainty.half_width
 
     @property
-    def spread_of(self) -> str:
-        return "classifiers" if len(self.classifiers) > 1 else "word2vec seeds"
+    def mean_half_width(self) -> float | None:
+        """The mean ± over the class pairs (None without resampling)."""
+        if not self.uncertainty.replicates:
+            return None
+        return float(np.nanmean(self.half_width[~np.eye(len(self.classes), dtype=bool)]))
+
+    @property
+    def covers(self) -> str:
+        """One line: what the intervals cover."""
+        u = self.uncertainty
+        what = "the pictures" + (
+            f" and the {len(self.classifiers)} classifiers" if len(self.classifiers) > 1 else ""
+        )
+        if self.seeds > 1:  # gensim: each redraw refits with one of its seeds
+            what += " and word2vec's seeds"
+        return (
+            f"± is half the width of a {u.confidence:.0%} bootstrap interval: {u.replicates} "
+            f"redraws of {what}, each refitted"
+        )
+
+    @property
+    def dominant_source(self) -> str:
+        return self.uncertainty.dominant
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Every warning a reader needs, one line each, naming the remedy."""
+        lines = [f"collapsed vectors: {r}" for r in self.collapse_reasons]
+        lines += [f"noisy similarity table: {r}" for r in self.noise_reasons]
+        if self.flat_guesses:
+            lines.append(self.flat_guesses)
+        if self.unstable_nearest:
+            u, names = self.uncertainty, self.classes
+            shown = ", ".join(
+                f"{names[i]} -> {names[u.nearest[i]]} ({u.nearest_share[i]:.0%})"
+                for i in self.unstable_nearest[:10]
+            )
+            lines.append(
+                f"unstable ranks: the nearest class holds in too few redraws of the pictures for "
+                f"{shown}; read those classes' neighbours as a group, not an order (more "
+                "pictures of them narrow it)"
+            )
+        return tuple(lines)
 
 
 def seed_mean_std(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -318,16 +383,16 @@ def noise_reasons(
     updates: float | None,
     engine: str,
     params: dict,
-    picture_reliability: float | None = None,
+    table_reliability: float | None = None,
 ) -> tuple[str, ...]:
     """Which noise criteria fire, each as a line for the warning and the report."""
     reasons = []
-    if picture_reliability is not None and picture_reliability < params["noise_reliability"]:
+    if table_reliability is not None and table_reliability < params["noise_reliability"]:
         reasons.append(
-            f"the table's split-half reliability over the pictures is {picture_reliability:.2f} "
-            f"< evaluate.noise_reliability {params['noise_reliability']}: too few pictures for "
-            "the differences it ranks (two halves of them rank the class pairs differently); "
-            "add pictures, and read only the largest similarities"
+            f"the table's reliability under resampling of the pictures is "
+            f"{table_reliability:.2f} < evaluate.noise_reliability {params['noise_reliability']}: "
+            "too few pictures for the differences it ranks (two redraws of them rank the class "
+            "pairs differently); add pictures, and read only the largest similarities"
         )
     if reliability is not None and reliability < params["noise_reliability"]:
         reasons.append(
@@ -354,31 +419,61 @@ def noise_reasons(
     return tuple(reasons)
 
 
-def _mean_of(values: list | None) -> float | None:
-    known = [v for v in values or [] if v is not None]
-    return float(np.mean(known)) if known else None
+def flat_guesses_reason(secondary: float | None, top_k: int, params: dict) -> str | None:
+    """The warning that the 2nd..k-th guesses carry no class structure, or None."""
+    if secondary is None or top_k < 2 or secondary >= params["min_secondary"]:
+        return None
+    return (
+        f"no structure in the lower guesses: the 2nd to {top_k}-th guesses rank the class "
+        f"pairs like the top-1 mistakes at Spearman {secondary:.2f} < evaluate.min_secondary "
+        f"{params['min_secondary']} (label smoothing, over-confident or non-probabilistic "
+        "scores flatten them), so the table rests on the top-1 mistakes alone; use "
+        "pairs.top_k: 1, or calibrated probabilities"
+    )
 
 
 def evaluate(
-    pairs: Pairs, vectors: np.ndarray, params: dict, manifest: dict | None = None
+    pairs: Pairs,
+    vectors: np.ndarray,
+    params: dict,
+    manifest: dict | None = None,
+    replicates: np.ndarray | None = None,
 ) -> Evaluation:
-    """All figures of the stage from the pairs and the [M, S, C, dim] vectors (M
-    classifiers, S word2vec seeds); `manifest` (the embed stage's) names the engine and
-    how many pairs reached it."""
+    """All figures of the stage from the pairs, the [M, R, C, dim] vectors (M classifiers,
+    R runs each) and their refits on bootstrap draws of the pictures, [M, B, C, dim]
+    (embedding/resampling.py; None: no resampling, B = 0); `manifest` (the embed stage's)
+    names the engine and how many pairs reached it."""
     manifest = manifest or {}
-    sims = cosine_matrices(vectors)  # [M, S, C, C]
+    engine = manifest.get("engine", "?")
+    sims = cosine_matrices(vectors)  # [M, R, C, C]
     tables = sims.mean(axis=1)
     mean = tables.mean(axis=0)
-    max_pairs = len(pairs.classes) * params["top_n"]
+    c = len(pairs.classes)
+    max_pairs = c * params["top_n"]
     per_classifier = [pairs.of(i) for i in range(len(pairs.classifiers))]
     secondary = [secondary_structure(p, max_pairs) for p in per_classifier]
     secondary = [s for s in secondary if s is not None]
+    secondary_mean = float(np.mean(secondary)) if secondary else None
     conf_sim = confusion_similarity(pairs)
     rho = spearman_upper(mean, conf_sim, max_pairs=max_pairs)
     reliabilities = [seed_reliability(s, conf_sim, max_pairs) for s in sims]
     reliabilities = [r for r in reliabilities if r is not None]
     reliability = float(np.mean(reliabilities)) if reliabilities else None
-    consensus = align_runs(vectors.reshape(-1, *vectors.shape[2:]))
+    if replicates is None:
+        replicates = np.empty((*vectors.shape[:1], 0, *vectors.shape[2:]), np.float32)
+    listed = c - 1 if c <= KEEP_ALL_PAIRS_MAX_CLASSES else min(params["top_n"], c - 1)
+    spread = uncertainty(
+        tables,
+        replicates,
+        listed,
+        ranked_pairs(conf_sim, max_pairs),
+        params["confidence"],
+        params["seed"],
+    )
+    consensus = spread_around(
+        align_runs(vectors.reshape(-1, *vectors.shape[2:])),
+        replicates.reshape(-1, *replicates.shape[2:]),
+    )
     iu = np.triu_indices(len(mean), k=1)
     consensus_table = consensus.table()
     offdiag = mean_offdiag(mean)
@@ -390,22 +485,24 @@ def evaluate(
         classes=pairs.classes,
         classifiers=pairs.classifiers,
         seeds=vectors.shape[1],
+        engine=engine,
         dim=vectors.shape[3],
         tables=tables,
         mean=mean,
         classifier_std=tables.std(axis=0),
         seed_std=sims.std(axis=1).mean(axis=0),
         classifier_agreement=table_agreement(tables),
-        secondary=float(np.mean(secondary)) if secondary else None,
+        secondary=secondary_mean,
         classifier_accuracy=tuple(top1_accuracy(p) for p in per_classifier),
         reliability=reliability,
         noise_reasons=noise_reasons(
             reliability,
             manifest.get("updates_per_class"),
-            manifest.get("engine", "?"),
+            engine,
             params,
-            _mean_of(manifest.get("picture_reliability")),
+            spread.reliability,
         ),
+        uncertainty=spread,
         consensus=consensus,
         consensus_agreement=(
             float(spearmanr(consensus_table[iu], mean[iu]).statistic) if len(iu[0]) > 1 else None
@@ -414,6 +511,12 @@ def evaluate(
         unstable=tuple(
             int(i) for i in np.flatnonzero(consensus.dispersion > params["unstable_dispersion"])
         ),
+        unstable_nearest=tuple(
+            int(i)
+            for i in np.argsort(spread.nearest_share, kind="stable")
+            if spread.replicates and spread.nearest_share[i] < params["nearest_stability"]
+        ),
+        flat_guesses=flat_guesses_reason(secondary_mean, pairs.top_k, params),
         confusion=confusion_counts(pairs),
         confusion_sim=conf_sim,
         spearman=rho,

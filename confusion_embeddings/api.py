@@ -1,0 +1,219 @@
+"""Use it from Python: one call from a model's predictions to the trusted table.
+
+    import confusion_embeddings as ce
+    result = ce.embed_predictions(labels, classes, probs=probs)
+    result.table          # [C, C] cosine similarities; result.low / result.high: intervals
+    result.to_frame()     # class, neighbour, cosine, low, high, rank interval (pandas)
+    print(result.report())  # the markdown report the evaluate stage writes
+    result.plot()         # the heatmap, a matplotlib Figure
+    result.save("out")    # the files the pairs, embed and evaluate stages write
+
+It runs the same functions as the pairs, embed and evaluate stages (method.py), with the same
+params (keyword arguments named as in params.yaml's pairs/embed/evaluate sections, defaults
+from the same schemas), the same checks and the same one-line errors (PipelineError). It
+writes nothing unless `save` is called. Several classifiers of the same pictures: give lists
+(`probs=[p0, p1, p2]`, and one `labels` or a list of them).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.files import atomic_dir, write_json
+from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.engines import SCHEMA as EMBED
+from confusion_embeddings.embedding.engines import Embedding, embed
+from confusion_embeddings.embedding.store import write_embedding
+from confusion_embeddings.evaluation.report import metrics_dict, render_report
+from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
+from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
+from confusion_embeddings.method import EvaluateOutputs, assess, write_evaluation
+from confusion_embeddings.pairs import SCHEMA as PAIRS
+from confusion_embeddings.pairs import Pairs, make_pairs, pairs_metrics, write_pairs
+from confusion_embeddings.predictions import predictions_from_arrays
+
+SECTIONS = {"pairs": PAIRS, "embed": EMBED, "evaluate": EVALUATE}
+# Where `save` puts each output, as the project's dvc.yaml names them.
+SAVED = {
+    "pairs": "data/pairs",
+    "pairs_metrics": "metrics/pairs.json",
+    "embed": "data/embed",
+    "evaluate": EvaluateOutputs(
+        metrics=Path("metrics/similarity.json"),
+        table=Path("reports/similarity.csv"),
+        report=Path("reports/similarity.md"),
+        plots=Path("reports/plots"),
+        matrices=Path("reports/similarity_matrices.npz"),
+        vectors=Path("data/class_vectors"),
+    ),
+}
+
+
+def split_params(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword arguments -> the three params sections, validated as params.yaml would be
+    (a key of no section gets the params' "did you mean" message)."""
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    owner = {key: name for name, schema in SECTIONS.items() for key in schema}
+    owner.pop("predictions", None)  # a file path: the API takes arrays instead
+    for key, value in given.items():
+        if key not in owner:
+            close = difflib.get_close_matches(key, list(owner), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise PipelineError(
+                f"embed_predictions: unknown parameter '{key}'{hint} (any key of params.yaml's "
+                "pairs, embed or evaluate section)"
+            )
+        sections[owner[key]][key] = value
+    return {
+        name: validate_section(name, sections[name], schema) for name, schema in SECTIONS.items()
+    }
+
+
+def _as_list(x: Any, m: int | None = None) -> list:
+    if x is None:
+        return [None] * (m or 1)
+    if isinstance(x, (list, tuple)) and x and not np.isscalar(x[0]):
+        return list(x)
+    return [x] * (m or 1)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The table and everything known about how far to trust it."""
+
+    evaluation: Evaluation
+    pairs: Pairs = field(repr=False)
+    embedding: Embedding = field(repr=False)
+    params: dict[str, dict[str, Any]] = field(repr=False)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.evaluation.classes
+
+    @property
+    def table(self) -> np.ndarray:
+        """[C, C] cosine similarity, the mean over the classifiers."""
+        return self.evaluation.mean
+
+    @property
+    def low(self) -> np.ndarray:
+        """[C, C] lower end of each similarity's bootstrap interval."""
+        return self.evaluation.uncertainty.low
+
+    @property
+    def high(self) -> np.ndarray:
+        return self.evaluation.uncertainty.high
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The consensus class vectors [C, dim] (one classifier: its own vectors)."""
+        return self.evaluation.consensus.vectors
+
+    @property
+    def runs(self) -> np.ndarray:
+        """Every classifier's vectors [M, R, C, dim] (R: runs per classifier)."""
+        return self.embedding.vectors
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The headline figures of metrics/similarity.json, table_reliability first."""
+        return metrics_dict(self.evaluation)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.evaluation.warnings
+
+    def nearest(self, name: str, n: int = 3) -> list[tuple[str, float, float, float]]:
+        """A class's n nearest classes: (name, cosine, low, high)."""
+        if name not in self.classes:
+            raise PipelineError(f"{name!r} is not a class (classes: {', '.join(self.classes)})")
+        i = self.classes.index(name)
+        return [
+            (
+                self.classes[j],
+                float(self.table[i, j]),
+                float(self.low[i, j]),
+                float(self.high[i, j]),
+            )
+            for j in ranked_neighbours(self.table, i)[:n]
+        ]
+
+    def to_frame(self):
+        """A long table (pandas DataFrame): class, neighbour, cosine, low, high, rank_low,
+        rank_high; the rows of reports/similarity.csv."""
+        import pandas as pd
+
+        from confusion_embeddings.evaluation.plots import SIMILARITY_COLUMNS, similarity_rows
+
+        rows = similarity_rows(self.evaluation, self.params["evaluate"]["top_n"])
+        return pd.DataFrame(rows, columns=SIMILARITY_COLUMNS).replace("", np.nan)
+
+    def report(self) -> str:
+        """The markdown report the evaluate stage writes."""
+        return render_report(self.evaluation, self.params["evaluate"])
+
+    def plot(self):
+        """The similarity heatmap as a matplotlib Figure."""
+        from confusion_embeddings.evaluation.plots import heatmap
+
+        return heatmap(self.evaluation, self.params["evaluate"])
+
+    def save(self, folder: str | Path) -> Path:
+        """Write what the pairs, embed and evaluate stages write, under the paths the
+        project's dvc.yaml gives them, into `folder`; returns it."""
+        folder = Path(folder)
+        with atomic_dir(folder / SAVED["pairs"]) as tmp:
+            write_pairs(self.pairs, tmp)
+        write_json(folder / SAVED["pairs_metrics"], pairs_metrics(self.pairs))
+        with atomic_dir(folder / SAVED["embed"]) as tmp:
+            write_embedding(tmp, self.embedding)
+        out = SAVED["evaluate"]
+        write_evaluation(
+            self.evaluation,
+            self.params["evaluate"],
+            EvaluateOutputs(*(folder / p for p in vars(out).values())),
+        )
+        return folder
+
+
+def embed_predictions(
+    labels: np.ndarray | Sequence[np.ndarray],
+    classes: Sequence[str],
+    *,
+    probs: np.ndarray | Sequence[np.ndarray] | None = None,
+    logits: np.ndarray | Sequence[np.ndarray] | None = None,
+    topk: np.ndarray | Sequence[np.ndarray] | None = None,
+    groups: dict[str, list[str]] | None = None,
+    **params: Any,
+) -> Result:
+    """Predictions in memory -> the similarity table with its intervals (module docstring).
+
+    labels [N] true class indices into `classes`; exactly one of probs [N, C], logits
+    [N, C] or topk [N, k]; for several classifiers a list of score arrays (and one labels
+    array or a list). `params`: any key of params.yaml's pairs, embed or evaluate section,
+    e.g. top_k=1, dim=10, bootstrap=500."""
+    sections = split_params(params)
+    given = {"probs": probs, "logits": logits, "topk": topk}
+    scores = {k: v for k, v in given.items() if v is not None}
+    m = max((len(v) for v in scores.values() if isinstance(v, (list, tuple))), default=1)
+    label_list = _as_list(labels, m)
+    predictions = []
+    for i in range(m):
+        name = "predictions" if m == 1 else f"predictions[{i}]"
+        arrays = {
+            "labels": label_list[i] if i < len(label_list) else None,
+            "classes": np.asarray(classes, dtype=str),
+            "groups": groups,
+            **{k: _as_list(v, m)[i] for k, v in scores.items()},
+        }
+        predictions.append((name, predictions_from_arrays(arrays, name)))
+    pairs = make_pairs(predictions, sections["pairs"])
+    embedding = embed(pairs, sections["embed"])
+    return Result(assess(pairs, embedding, sections["evaluate"]), pairs, embedding, sections)

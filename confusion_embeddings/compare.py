@@ -1,0 +1,200 @@
+"""Is model A's embedding different from model B's? Two tables, compared against their noise.
+
+    python -m confusion_embeddings.compare A B [--out comparison]
+
+A and B each name a table made by the evaluate stage:
+  - a folder: a study, or this project (its dvc.yaml's evaluate `--matrices` file), or
+  - a matrices file itself (`similarity_matrices.npz`), or
+  - a git revision or an experiment name of the repository in the current folder
+    (`dvc exp show` lists them), read through DVC from its cache.
+
+Prints the Spearman between the two tables with its bootstrap interval, the noise ceiling
+(how alike two tables of the same underlying table would be, each as noisy as its side),
+whether they are different beyond noise, and the class pairs that differ beyond their
+intervals (evaluation/comparison.py has the definitions). Writes into --out:
+comparison.json (the same figures) and comparison.png (A against B, one dot per class pair,
+with interval bars; the differing pairs named).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from confusion_embeddings.core.cli import run_main
+from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.core.files import atomic_dir, write_json
+from confusion_embeddings.evaluation.comparison import Comparison, Side, compare
+
+JSON_FILE = "comparison.json"
+PLOT_FILE = "comparison.png"
+
+
+def matrices_path(dvc_yaml: Path) -> Path:
+    """The evaluate stage's `--matrices` path in a dvc.yaml, relative to its folder."""
+    try:
+        cmd = yaml.safe_load(dvc_yaml.read_text())["stages"]["evaluate"]["cmd"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise PipelineError(f"{dvc_yaml}: no evaluate stage to read ({exc})") from None
+    found = re.search(r"--matrices\s+(\S+)", cmd)
+    if not found:
+        raise PipelineError(f"{dvc_yaml}: the evaluate stage names no --matrices file")
+    return Path(found.group(1))
+
+
+def _read(data: bytes | Path, name: str) -> Side:
+    source = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with np.load(source, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("classes", "similarity_mean") if k in npz.files}
+            if "bootstrap_tables" in npz.files:
+                arrays["pairs"], arrays["tables"] = npz["bootstrap_pairs"], npz["bootstrap_tables"]
+    except (OSError, ValueError, EOFError) as exc:
+        raise PipelineError(f"{name}: not a matrices file of the evaluate stage ({exc})") from None
+    if "tables" not in arrays or "similarity_mean" not in arrays:
+        raise PipelineError(
+            f"{name}: holds no bootstrap replicates (made before resampling existed?); rerun "
+            "its evaluate stage (dvc repro evaluate)"
+        )
+    return Side(
+        name,
+        tuple(arrays["classes"].tolist()),
+        arrays["similarity_mean"].astype(np.float64),
+        arrays["pairs"],
+        arrays["tables"].astype(np.float64),
+    )
+
+
+def load_side(spec: str) -> Side:
+    """A table from a folder, a matrices file, or a revision of the current repository."""
+    path = Path(spec)
+    if path.is_file():
+        return _read(path, spec)
+    if path.is_dir():
+        dvc_yaml = path / "dvc.yaml"
+        if not dvc_yaml.exists():
+            raise PipelineError(f"{spec}: a folder without dvc.yaml; name a study or a project")
+        target = path / matrices_path(dvc_yaml)
+        if not target.exists():
+            raise PipelineError(f"{target}: not found; run `dvc repro` in {spec} first")
+        return _read(target, spec)
+    dvc_yaml = Path("dvc.yaml")
+    if not dvc_yaml.exists():
+        raise PipelineError(
+            f"{spec!r} is no folder or file here, and the current folder has no dvc.yaml to "
+            "read a revision of; run from the repository, or name folders"
+        )
+    import dvc.api  # only for revisions: DVC is slow to import
+    from dvc.exceptions import DvcException
+    from scmrepo.exceptions import SCMError
+
+    target = matrices_path(dvc_yaml).as_posix()
+    try:
+        with dvc.api.open(target, repo=".", rev=spec, mode="rb") as fh:
+            return _read(fh.read(), spec)
+    except (DvcException, SCMError, FileNotFoundError) as exc:
+        raise PipelineError(
+            f"{spec!r}: no folder, file, git revision or experiment of this repository with "
+            f"{target} ({type(exc).__name__}); `dvc exp show` lists the experiments"
+        ) from None
+
+
+def summary_lines(result: Comparison, a: str, b: str) -> list[str]:
+    """What the command prints."""
+    lo, hi = result.spearman_interval or (np.nan, np.nan)
+    share = f"{result.confidence:.0%}"
+    verdict = (
+        f"DIFFERENT beyond noise: the Spearman is below {result.ceiling_low:.3f}, the "
+        f"{(1 - result.confidence) / 2:.1%} quantile of the noise ceiling's"
+        if result.different
+        else "not different beyond noise: the Spearman is within the noise ceiling's range"
+    )
+    lines = [
+        f"compare: A = {a}, B = {b} ({len(result.pairs)} class pairs, {result.replicates} "
+        "replicates)",
+        f"Spearman A vs B: {result.spearman:.3f} ({share} interval {lo:.3f} to {hi:.3f})",
+        f"noise ceiling: {result.noise_ceiling:.3f} (two tables of the same underlying table, "
+        "each as noisy as its side)",
+        verdict,
+    ]
+    if result.differing:
+        lines.append(f"class pairs that differ beyond their intervals ({len(result.differing)}):")
+        for q in result.differing:
+            x, y = result.pairs[q]
+            lines.append(
+                f"  {x}~{y}: A {result.a[q]:.2f} [{result.a_interval[0, q]:.2f}, "
+                f"{result.a_interval[1, q]:.2f}], B {result.b[q]:.2f} "
+                f"[{result.b_interval[0, q]:.2f}, {result.b_interval[1, q]:.2f}]"
+            )
+    else:
+        lines.append("no class pair differs beyond its interval")
+    return lines
+
+
+def plot(result: Comparison, a: str, b: str, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 6.5))
+    ax = fig.subplots()
+    flagged = np.zeros(len(result.pairs), bool)
+    flagged[result.differing] = True
+    for mask, colour, label in (
+        (~flagged, "tab:blue", "within noise"),
+        (flagged, "tab:red", "differs"),
+    ):
+        if not mask.any():
+            continue
+        ax.errorbar(
+            result.a[mask],
+            result.b[mask],
+            xerr=np.abs(result.a_interval[:, mask] - result.a[mask]),
+            yerr=np.abs(result.b_interval[:, mask] - result.b[mask]),
+            fmt="o",
+            ms=4,
+            color=colour,
+            ecolor=colour,
+            alpha=0.8,
+            elinewidth=0.8,
+            label=label,
+        )
+    for q in result.differing:
+        ax.annotate("~".join(result.pairs[q]), (result.a[q], result.b[q]), fontsize=8)
+    ax.plot([-1, 1], [-1, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_xlabel(f"A: {a} (cosine similarity)")
+    ax.set_ylabel(f"B: {b} (cosine similarity)")
+    ax.set_title(
+        f"One dot per class pair; Spearman {result.spearman:.3f}, "
+        f"noise ceiling {result.noise_ceiling:.3f}",
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", help="folder, matrices file, git revision or experiment name")
+    ap.add_argument("b", help="the same for the other table")
+    ap.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
+    ap.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals")
+    args = ap.parse_args(argv)
+    if not 0.5 <= args.confidence < 1:
+        raise PipelineError(f"--confidence {args.confidence}: a number in [0.5, 1)")
+    result = compare(load_side(args.a), load_side(args.b), args.confidence)
+    print("\n".join(summary_lines(result, args.a, args.b)))
+    with atomic_dir(args.out) as tmp:
+        write_json(tmp / JSON_FILE, result.as_dict(args.a, args.b))
+        plot(result, args.a, args.b, tmp / PLOT_FILE)
+    print(f"written: {args.out / JSON_FILE}, {args.out / PLOT_FILE}")
+
+
+if __name__ == "__main__":
+    run_main(main)
