@@ -117,7 +117,8 @@ def summary_lines(result: Comparison, a: str, b: str) -> list[str]:
     lines = [
         f"compare: A = {a}, B = {b} ({len(result.pairs)} class pairs, {result.replicates} "
         "replicates)",
-        f"Spearman A vs B: {result.spearman:.3f} ({share} interval {lo:.3f} to {hi:.3f})",
+        f"Spearman A vs B: {result.spearman:.3f} (between redraws of A and of B: {lo:.3f} to "
+        f"{hi:.3f}, {share})",
         f"noise ceiling: {result.noise_ceiling:.3f} (two tables of the same underlying table, "
         "each as noisy as its side)",
         verdict,

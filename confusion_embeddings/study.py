@@ -136,6 +136,9 @@ def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT)
     check_file(predictions)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o777 & ~umask)  # mkdtemp's is private (0700); a study is a plain folder
     try:
         _build(partial, predictions, project)
         if folder.exists():
@@ -150,7 +153,7 @@ def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT)
 def _build(folder: Path, predictions: Path, project: Path) -> None:
     (folder / INPUTS).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(predictions, folder / PREDICTIONS)
-    _run(["git", "init", "-q"], folder)
+    _run(["git", "init", "-q", "-b", "main"], folder)
     _run(["dvc", "init", "-q"], folder)
     shutil.copytree(project / ".dvc" / "plots", folder / ".dvc" / "plots")
     # dvc_plots/: what `dvc plots diff` renders, never part of the study's history.

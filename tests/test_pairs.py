@@ -161,7 +161,8 @@ def test_write_and_load_roundtrip_is_byte_identical(tmp_path, pred):
     np.testing.assert_array_equal(back.guess, p.guess)
     assert back.classes == ("a", "b", "c", "d") and back.top_k == 3 and back.groups is None
     csv = (tmp_path / "one" / "confusion.csv").read_text().splitlines()
-    assert csv == ["actual,predicted", "a,a", "b,c", "c,d", "d,a"]
+    # Counts per non-empty (true, top-1 guess) cell, cells in class order.
+    assert csv == ["actual,predicted,count", "a,a,1", "b,c,1", "c,d,1", "d,a,1"]
 
 
 def test_compressed_and_fortran_files_stream_the_same(tmp_path, pred):
@@ -365,18 +366,19 @@ def test_pairs_file_keeps_the_classifiers(tmp_path):
         assert npz["classifiers"].tolist() == ["seed_0", "seed_1", "seed_2"]
     for i in range(3):
         np.testing.assert_array_equal(back.of(i).guess, both.of(i).guess)
-    # The confusion plot: one row per TEST picture (2 of 4) and classifier, top-1 guesses.
+    # The confusion plot: the TEST pictures' (2 of 4) top-1 guesses of every classifier, as
+    # counts per (true, guess) cell.
     rows = (tmp_path / "out" / "confusion.csv").read_text().splitlines()
-    assert rows[0] == "actual,predicted" and len(rows) == 1 + 2 * 3
-    expect = []
+    assert rows[0] == "actual,predicted,count"
+    expect: dict[tuple[str, str], int] = {}
     for i in range(3):
         one = both.of(i)
         first = (one.rank == 1) & (one.split == 1)
-        expect += [
-            f"{CLASSES[t]},{CLASSES[g]}"
-            for t, g in zip(one.true[first], one.guess[first], strict=True)
-        ]
-    assert rows[1:] == expect
+        for t, g in zip(one.true[first], one.guess[first], strict=True):
+            key = (CLASSES[t], CLASSES[g])
+            expect[key] = expect.get(key, 0) + 1
+    got = {tuple(r.split(",")[:2]): int(r.split(",")[2]) for r in rows[1:]}
+    assert got == expect and sum(got.values()) == 2 * 3
 
 
 def test_a_pairs_file_without_classifiers_asks_for_a_rerun(tmp_path):
@@ -411,7 +413,7 @@ NEG_PROBS[3] = [0.7, -0.1, 0.3, 0.1]
         (base(probs=None), "exactly one of 'probs', 'logits', 'topk'; found none"),
         (base(logits=PROBS), "found probs and logits"),
         (base(probs=PROBS[:, :3]), r"'probs' must have shape \[N, C\] = \(4, 4\)"),
-        (base(probs=PROBS[:3]), r"'probs' must have shape"),
+        (base(probs=PROBS[:3]), r"'labels' has 4 entries and 'probs' 3 rows"),
         (base(probs=PROBS.astype(np.int32)), "'probs' must be a float array"),
         (base(labels=np.array([0, 1, 2, 4])), r"'labels'\[3\] = 4 is outside \[0, 4\)"),
         (base(labels=np.array([0, -1, 2, 3])), r"'labels'\[1\] = -1"),

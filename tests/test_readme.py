@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -69,7 +70,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
                 continue
             # python -m confusion_embeddings.study must find this copy's code, not an
             # installed checkout elsewhere.
-            env = cli_env(PYTHONPATH=str(project))
+            env = cli_env(PYTHONPATH=str(project), COLUMNS="80")
             proc = subprocess.run(
                 command, shell=True, cwd=cwd, env=env, capture_output=True, text=True
             )
@@ -83,11 +84,33 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         ["git", "ls-files"], cwd=study, capture_output=True, text=True
     ).stdout.split()
     assert "inputs/predictions.npz.dvc" in tracked and "inputs/predictions.npz" not in tracked
-    # Untargeted `dvc repro` had nothing to do after the baseline; the experiment ran embed
-    # and evaluate only.
+    # Untargeted `dvc repro` had nothing to do after the baseline; dim10 ran embed and
+    # evaluate only, top1 (from the baseline, not stacked on dim10) pairs too.
     assert "Data and pipelines are up to date" in outputs["dvc repro"]
-    ran = set(re.findall(r"Running stage '([^']+)'", outputs["dvc exp run -S embed.dim=10"]))
+    ran = set(
+        re.findall(r"Running stage '([^']+)'", outputs["dvc exp run -n dim10 -S embed.dim=10"])
+    )
     assert ran == {"embed", "evaluate"}
+    ran = set(
+        re.findall(r"Running stage '([^']+)'", outputs["dvc exp run -n top1 -S pairs.top_k=1"])
+    )
+    assert ran == {"pairs", "embed", "evaluate"}
+    # The 80-column view (COLUMNS=80 in cli_env): every experiment's name, changed params and
+    # table_reliability in full, no line wider than the terminal, nothing cut to "…".
+    lines = outputs["python -m confusion_embeddings.experiments"].splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in "".join(lines)
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert {"workspace", "main", "dim10", "top1"} <= set(rows)
+    assert "top_k=1 dim=5" in rows["top1"] and "top_k=3 dim=10" in rows["dim10"]
+    baseline = json.loads(
+        subprocess.run(
+            ["git", "show", "main:metrics/similarity.json"],
+            cwd=study,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert f" {baseline['table_reliability']} " in rows["main"] + " "
     # exp show: the study's params and metrics only, every metric with a value.
     rows = list(csv.DictReader(io.StringIO(outputs["dvc exp show --csv"])))
     columns = set(rows[0])
@@ -97,7 +120,20 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     assert len(metric_columns) >= len(metric_keys(study)) - 2  # keys shared by two files
     for row in rows:
         for column in metric_columns:
+            if column.split(":")[-1] == "secondary_vs_confusion" and row["pairs.top_k"] == "1":
+                continue  # top-1 pairs have no lower guesses to read
             assert row[column] != "", (row["rev"], column)
-    assert "embed.dim" in outputs["dvc params diff"]
+    assert "pairs.top_k" in outputs["dvc params diff"]
     assert "metrics/similarity.json" in outputs["dvc metrics diff"]
     assert (study / "dvc_plots" / "index.html").exists()
+    # dvc_plots/ stays out of git; the plots stay small (counts, not one row per picture).
+    assert (
+        "dvc_plots"
+        not in subprocess.run(
+            ["git", "status", "--short"], cwd=study, capture_output=True, text=True
+        ).stdout
+    )
+    assert "beyond noise" in outputs["python -m confusion_embeddings.compare main dim10"]
+    # The class map's distortion is written in the report.
+    report = (study / "reports" / "similarity.md").read_text()
+    assert re.search(r"The class map .* has stress 0\.\d{3}", report)

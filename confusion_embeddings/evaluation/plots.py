@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy.cluster import hierarchy
 
-from confusion_embeddings.embedding.consensus import unit
+from confusion_embeddings.evaluation.projection import ClassMap, replicate_maps
 from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
 from confusion_embeddings.evaluation.uncertainty import KEEP_ALL_PAIRS_MAX_CLASSES
 
@@ -80,24 +80,58 @@ def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
     _class_map(ev, out_dir / "class_map.png")
 
 
-def map_coordinates(ev: Evaluation) -> tuple[np.ndarray, np.ndarray]:
-    """2-D coordinates of the consensus vectors [C, 2] and of every aligned run [R, C, 2]:
-    both projected on the consensus unit vectors' two principal axes."""
-    centre = unit(ev.consensus.vectors)
-    mu = centre.mean(axis=0)
-    _, _, axes = np.linalg.svd(centre - mu, full_matrices=False)
-    basis = axes[:2].T
-    # An axis's sign is arbitrary: fix it so reruns draw the same picture.
-    proj = (centre - mu) @ basis
-    basis = basis * np.where(proj[np.abs(proj).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
-    return (centre - mu) @ basis, (ev.consensus.aligned - mu) @ basis
+# Replicates drawn as faint points on the class map (each is one MDS fit).
+MAP_REPLICATES = 50
 
 
-def _class_map(ev: Evaluation, path: Path) -> None:
-    """The consensus embedding in 2-D, every run's position of each class as faint points
-    around it; one panel per group when there are too many classes to label in one."""
+def replicate_tables(ev: Evaluation, count: int) -> list[np.ndarray]:
+    """Up to `count` bootstrap replicates' full tables, where the replicates were kept for
+    every class pair (up to KEEP_ALL_PAIRS_MAX_CLASSES classes); else none."""
+    u, c = ev.uncertainty, len(ev.classes)
+    if u.pairs[0].size != c * (c - 1) // 2:
+        return []
+    tables = []
+    for values in u.tables[:count]:
+        if np.isnan(values).any():
+            continue
+        t = np.eye(c)
+        t[u.pairs] = values
+        tables.append(t + np.triu(t, k=1).T)
+    return tables
+
+
+def _label_positions(coords: np.ndarray, span: float) -> np.ndarray:
+    """Label anchors pushed apart where points crowd (cat and dog), in data units."""
+    pos = coords + np.array([0.02, 0.02]) * span
+    gap = 0.06 * span
+    for _ in range(100):
+        moved = False
+        for i in range(len(pos)):
+            for j in range(i + 1, len(pos)):
+                delta = pos[i] - pos[j]
+                dist = float(np.hypot(*delta))
+                if dist < gap:
+                    step = (delta / dist if dist > 0 else np.array([0.0, 1.0])) * (gap - dist) / 2
+                    pos[i] += step
+                    pos[j] -= step
+                    moved = True
+        if not moved:
+            break
+    return pos
+
+
+def _class_map(ev: Evaluation, path: Path) -> ClassMap:
+    """The classes in 2-D by metric MDS on 1 - cosine (projection.py), the replicates'
+    positions as faint points; one panel per group when there are too many classes to label
+    in one. Returns the map (its stress is printed on the plot)."""
     names, c = ev.classes, len(ev.classes)
-    coords, runs = map_coordinates(ev)
+    layout = ev.class_map
+    coords = layout.coords
+    runs = (
+        replicate_maps(layout, replicate_tables(ev, MAP_REPLICATES))
+        if c <= PLOT_LABEL_MAX_CLASSES
+        else None
+    )
     colours = _group_colours(ev)
     panels: list[tuple[str, np.ndarray]] = [("", np.arange(c))]
     if c > PLOT_LABEL_MAX_CLASSES and ev.groups and len(ev.groups) <= 20:
@@ -106,12 +140,14 @@ def _class_map(ev: Evaluation, path: Path) -> None:
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(8 * cols / (1 + (cols > 1)), 7 * rows / (1 + (rows > 1))))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    span = float(np.ptp(coords, axis=0).max()) or 1.0
     for ax, (title, members) in zip(axes, panels, strict=False):
         labelled = len(members) <= PLOT_LABEL_MAX_CLASSES
-        for i in members:
-            ax.scatter(
-                runs[:, i, 0], runs[:, i, 1], color=colours[i], s=6, alpha=0.25, linewidths=0
-            )
+        if runs is not None and len(runs):
+            for i in members:
+                ax.scatter(
+                    runs[:, i, 0], runs[:, i, 1], color=colours[i], s=6, alpha=0.3, linewidths=0
+                )
         ax.scatter(
             coords[members, 0],
             coords[members, 1],
@@ -119,15 +155,22 @@ def _class_map(ev: Evaluation, path: Path) -> None:
             s=40 if labelled else 8,
             edgecolors="black",
             linewidths=0.5,
+            zorder=3,
         )
         if labelled:
-            for i in members:
+            labels = _label_positions(coords[members], span)
+            for i, at in zip(members, labels, strict=True):
                 ax.annotate(
-                    names[i], coords[i], textcoords="offset points", xytext=(4, 4), fontsize=9
+                    names[i],
+                    coords[i],
+                    xytext=at,
+                    fontsize=9,
+                    zorder=4,
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
                 )
-        ax.set_title(
-            title or "Consensus class vectors (faint: refits on redrawn pictures)", fontsize=10
-        )
+        ax.set_title(title or "Classes by metric MDS on 1 - cosine", fontsize=10)
+        ax.set_xlabel("MDS axis 1 (distance: 1 - cosine)")
+        ax.set_ylabel("MDS axis 2")
         ax.set_aspect("equal", adjustable="datalim")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
@@ -136,8 +179,14 @@ def _class_map(ev: Evaluation, path: Path) -> None:
             first = int(np.flatnonzero(ev.group_labels == g)[0])
             axes[0].scatter([], [], color=colours[first], label=group)
         axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(
+        f"stress {layout.stress:.3f}, nearest class kept for {layout.nearest_kept:.0%} of the "
+        "classes" + ("; faint: redrawn pictures" if runs is not None and len(runs) else ""),
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return layout
 
 
 SIMILARITY_COLUMNS = ("class", "neighbour", "cosine", "low", "high", "rank_low", "rank_high")

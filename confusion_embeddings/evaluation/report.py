@@ -274,6 +274,10 @@ def _consensus_section(ev: Evaluation, params: dict) -> list[str]:
         f"above {params['unstable_dispersion']:g} (`evaluate.unstable_dispersion`) a class's "
         "place is not stable.",
         "",
+        f"The class map (`plots/class_map.png`: metric MDS on 1 - cosine) has stress "
+        f"{ev.class_map.stress:.3f} and keeps the nearest class of "
+        f"{ev.class_map.nearest_kept:.0%} of the classes.",
+        "",
         "| class | dispersion | nearest class in the consensus |",
         "|---|---|---|",
     ]

@@ -33,6 +33,7 @@ from confusion_embeddings.embedding.consensus import (
     cosine_matrices,
     spread_around,
 )
+from confusion_embeddings.evaluation.projection import ClassMap, class_map
 from confusion_embeddings.evaluation.uncertainty import (
     KEEP_ALL_PAIRS_MAX_CLASSES,
     Uncertainty,
@@ -89,6 +90,7 @@ class Evaluation:
     noise_reasons: tuple[str, ...]  # empty unless a noise criterion fired
     uncertainty: Uncertainty  # intervals and stability under resampling (uncertainty.py)
     consensus: Consensus  # the runs' consensus; aligned: the replicates (consensus.py)
+    class_map: ClassMap  # the classes in 2-D by metric MDS, with its stress (projection.py)
     consensus_agreement: float | None  # Spearman, consensus cosine table vs `mean`
     consensus_max_diff: float  # largest |consensus cosine - mean similarity|
     unstable: tuple[int, ...]  # classes whose dispersion exceeds evaluate.unstable_dispersion
@@ -504,6 +506,7 @@ def evaluate(
         ),
         uncertainty=spread,
         consensus=consensus,
+        class_map=class_map(mean),
         consensus_agreement=(
             float(spearmanr(consensus_table[iu], mean[iu]).statistic) if len(iu[0]) > 1 else None
         ),
