@@ -137,3 +137,19 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     # The class map's distortion is written in the report.
     report = (study / "reports" / "similarity.md").read_text()
     assert re.search(r"The class map .* has stress 0\.\d{3}", report)
+
+
+def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The 'Use it from Python' block, executed as a notebook cell would be."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- api: start -->")
+    ((kind, code),) = BLOCK.findall(text[start : text.index("<!-- api: end -->", start)])
+    assert kind == "python" and len(code.splitlines()) <= 12
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    result = namespace["result"]
+    assert float(printed[0]) == result.metrics["table_reliability"] > 0.8
+    assert printed[1].startswith("[('9', ") or printed[1].startswith("[('2', ")
+    assert len(namespace["frame"]) == 90 and list(tmp_path.iterdir()) == []

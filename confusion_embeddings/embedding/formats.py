@@ -15,11 +15,13 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from gensim.models import KeyedVectors
 
 
-def keyed_vectors(classes: tuple[str, ...], vectors: np.ndarray) -> KeyedVectors:
-    """KeyedVectors holding `vectors` [C, dim] in class order (gensim's own is by frequency)."""
+def keyed_vectors(classes: tuple[str, ...], vectors: np.ndarray):
+    """gensim KeyedVectors holding `vectors` [C, dim] in class order (gensim's own is by
+    frequency). gensim is imported here, where a file is written, not with the module."""
+    from gensim.models import KeyedVectors
+
     kv = KeyedVectors(vector_size=vectors.shape[1], dtype=np.float32)
     kv.add_vectors(list(classes), vectors)
     # gensim's save() records a log of events (with the time and the output's temporary
