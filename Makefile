@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
-# Fetch CIFAR-10 from the DVC remote and run every stage that is out of date. (The shared
-# remote holds only the raw archive; the stages' outputs are rebuilt, or pulled from a
-# remote of your own with `dvc pull`.)
+# Fetch CIFAR-10 from its read-only DVC remote (`cifar10`) and run every stage that is out of
+# date. (That remote holds only the raw archive; the stages' outputs are rebuilt, or pulled
+# from a remote of your own with `dvc pull`.)
 pipeline: $(STAMP)
-	. $(BIN)/activate && dvc pull data/raw/cifar10-jpeg.tar.gz.dvc && dvc repro
+	. $(BIN)/activate && dvc pull -r cifar10 data/raw/cifar10-jpeg.tar.gz.dvc && dvc repro
 
 test: $(STAMP)
 	. $(BIN)/activate && pytest -q
