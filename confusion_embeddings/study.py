@@ -10,9 +10,10 @@ DVC command run there (`dvc repro`, `dvc exp run -S ...`, `dvc exp show`, `dvc p
     params.yaml             the pairs, embed and evaluate sections at their defaults, with
                             pairs.predictions naming the file and evaluate.groups null (the
                             file's own groups, if it has any)
+    project                 a link to this checkout of the project (absolute, committed)
     dvc.yaml                the project's pairs, embed and evaluate stages, generated from its
-                            dvc.yaml: the same stage code (run by path from this checkout, and
-                            a dependency of every stage, so a change to it reruns them), the
+                            dvc.yaml: the same stage code (run through the link, and a
+                            dependency of every stage, so a change to it reruns them), the
                             study's own data and outputs
     .dvc/plots/             the similarity heatmap template
 then runs the pipeline once and commits the result as the study's baseline. The file is
@@ -46,6 +47,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 STAGES = ("pairs", "embed", "evaluate")
 INPUTS = "inputs"
 PREDICTIONS = f"{INPUTS}/predictions.npz"
+# The study's link to the project's checkout (an absolute symbolic link, committed): the
+# stages' code and its deps are read through it, so each dependency has one path inside the
+# study, and a queued experiment's temporary copy of the study (`dvc exp run --queue`)
+# still finds the code.
+CODE = "project"
 # The project's pairs stage reads its classifiers' folder; a study's reads its one file.
 CLASSIFIERS_ARGS = "--predictions data/predictions ${classifiers}"
 STUDY_ARGS = "--predictions ${pairs.predictions}"
@@ -56,20 +62,19 @@ def study_params() -> dict[str, dict[str, Any]]:
     return {"pairs": pairs, "embed": defaults(EMBED), "evaluate": defaults(EVALUATE)}
 
 
-def study_pipeline(project: Path, study: Path) -> dict[str, Any]:
+def study_pipeline(project: Path) -> dict[str, Any]:
     """The study's dvc.yaml, made from the project's: its pairs, embed and evaluate stages
-    with the code paths made relative to the study and the predictions read from inputs/."""
+    with the code read through the study's CODE link and the predictions from inputs/."""
     doc = yaml.safe_load((project / "dvc.yaml").read_text())
-    rel = Path(os.path.relpath(project, study)).as_posix()
 
     def code(path: str) -> str:
         top = path.split("/", 1)[0]
-        return f"{rel}/{path}" if top in ("stages", "confusion_embeddings") else path
+        return f"{CODE}/{path}" if top in ("stages", "confusion_embeddings") else path
 
     stages = {}
     for name in STAGES:
         entry = dict(doc["stages"][name])
-        cmd = entry["cmd"].replace(f"python -m stages.{name}", f"python {rel}/stages/{name}.py")
+        cmd = entry["cmd"].replace(f"python -m stages.{name}", f"python {CODE}/stages/{name}.py")
         entry["cmd"] = cmd.replace(CLASSIFIERS_ARGS, STUDY_ARGS)
         # The inputs folder, not the file: a mistyped pairs.predictions then reaches the
         # stage, which names the param, instead of stopping DVC with a bare missing path.
@@ -156,12 +161,12 @@ def _build(folder: Path, predictions: Path, project: Path) -> None:
     _run(["git", "init", "-q", "-b", "main"], folder)
     _run(["dvc", "init", "-q"], folder)
     shutil.copytree(project / ".dvc" / "plots", folder / ".dvc" / "plots")
-    # dvc_plots/: what `dvc plots diff` renders, never part of the study's history.
-    (folder / ".gitignore").write_text("__pycache__/\n/.cache/\n/dvc_plots/\n")
+    # dvc_plots/, comparison/: what `dvc plots diff` and compare write, never history.
+    (folder / ".gitignore").write_text("__pycache__/\n/.cache/\n/dvc_plots/\n/comparison/\n")
     (folder / ".dvcignore").write_text("__pycache__/\n")
     (folder / "params.yaml").write_text(yaml.safe_dump(study_params(), sort_keys=False))
-    # The sibling folder sits at the study's depth: the relative code paths hold after renaming.
-    pipeline = study_pipeline(project, folder.resolve())
+    (folder / CODE).symlink_to(project.resolve(), target_is_directory=True)
+    pipeline = study_pipeline(project)
     (folder / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     _run(["dvc", "add", "-q", PREDICTIONS], folder)
     ran = _run(["dvc", "repro"], folder)

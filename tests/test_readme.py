@@ -84,23 +84,19 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         ["git", "ls-files"], cwd=study, capture_output=True, text=True
     ).stdout.split()
     assert "inputs/predictions.npz.dvc" in tracked and "inputs/predictions.npz" not in tracked
-    # Untargeted `dvc repro` had nothing to do after the baseline; dim10 ran embed and
-    # evaluate only, top1 (from the baseline, not stacked on dim10) pairs too.
+    # Untargeted `dvc repro` had nothing to do after the baseline; the queued experiments ran
+    # from the baseline: dim10 reran embed and evaluate, top1 pairs too, and top1 kept
+    # embed.dim 5 (not stacked on dim10).
     assert "Data and pipelines are up to date" in outputs["dvc repro"]
-    ran = set(
-        re.findall(r"Running stage '([^']+)'", outputs["dvc exp run -n dim10 -S embed.dim=10"])
-    )
-    assert ran == {"embed", "evaluate"}
-    ran = set(
-        re.findall(r"Running stage '([^']+)'", outputs["dvc exp run -n top1 -S pairs.top_k=1"])
-    )
-    assert ran == {"pairs", "embed", "evaluate"}
+    ran = outputs["dvc exp run --run-all"]
+    assert "dim10" in ran and "top1" in ran
     # The 80-column view (COLUMNS=80 in cli_env): every experiment's name, changed params and
     # table_reliability in full, no line wider than the terminal, nothing cut to "…".
     lines = outputs["python -m confusion_embeddings.experiments"].splitlines()
     assert all(len(line) <= 80 for line in lines) and "…" not in "".join(lines)
     rows = {line.split()[0]: line for line in lines[1:]}
     assert {"workspace", "main", "dim10", "top1"} <= set(rows)
+    assert "top_k=3 dim=5" in rows["workspace"]  # the queue left the workspace alone
     assert "top_k=1 dim=5" in rows["top1"] and "top_k=3 dim=10" in rows["dim10"]
     baseline = json.loads(
         subprocess.run(
@@ -123,8 +119,8 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
             if column.split(":")[-1] == "secondary_vs_confusion" and row["pairs.top_k"] == "1":
                 continue  # top-1 pairs have no lower guesses to read
             assert row[column] != "", (row["rev"], column)
-    assert "pairs.top_k" in outputs["dvc params diff"]
-    assert "metrics/similarity.json" in outputs["dvc metrics diff"]
+    assert "embed.dim" in outputs["dvc params diff main dim10"]
+    assert "metrics/similarity.json" in outputs["dvc metrics diff main dim10"]
     assert (study / "dvc_plots" / "index.html").exists()
     # dvc_plots/ stays out of git; the plots stay small (counts, not one row per picture).
     assert (
