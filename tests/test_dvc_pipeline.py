@@ -19,6 +19,7 @@ import io
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,7 +213,23 @@ def test_dvc_workflow_end_to_end(tmp_path):
     # The vectors' dimension: in the embed manifest and the report (no longer a metric).
     embed_out = repo / stage_options("embed")["--out"]
     assert yaml.safe_load((embed_out / "manifest.json").read_text())["dim"] == 3
-    assert "(3 dimensions)" in (repo / stage_options("evaluate")["--report"]).read_text()
+    assert (
+        "(3 dimensions, engine jax)" in (repo / stage_options("evaluate")["--report"]).read_text()
+    )
+    # The 80-column view of the experiments: every name, its changed param and its
+    # table_reliability in full, nothing cut to "…".
+    view = subprocess.run(
+        [sys.executable, "-m", "confusion_embeddings.experiments"],
+        cwd=repo,
+        env=cli_env(COLUMNS="80"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert all(len(line) <= 80 for line in view) and "…" not in "".join(view), view
+    reliability = next(c for c in rows[2] if c.split(":")[-1] == "table_reliability")
+    line = next(v for v in view if v.startswith(rows[2]["Experiment"] + " "))
+    assert "dim=3" in line and f" {rows[2][reliability]}" in line, (line, rows[2][reliability])
     # The similarity table drawn with the project's template (.dvc/plots/similarity.json).
     table = stage_options("evaluate")["--table"]
     plots = run(repo, "dvc", "plots", "show", "--json", table)
@@ -309,7 +326,7 @@ def test_bring_your_own_predictions_through_dvc(tmp_path):
     assert not (repo / "models").exists() and not (repo / "data" / "prepared").exists()
     assert {path: path.read_bytes() for path in files} == files
     sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())
-    assert sim["classes"] == len(classes) and sim["classifiers"] == 2
+    assert sim["classifiers"] == 2 and 0 < sim["table_reliability"] <= 1
     assert sim["group_nn_agreement"] == 1.0
     rows = similarity_table(repo)
     assert sorted({r["class"] for r in rows}) == sorted(classes)
