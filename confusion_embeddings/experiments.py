@@ -74,9 +74,7 @@ def table(rows: list[dict[str, str]], metrics: tuple[str, ...], width: int) -> l
     names = [row.get("Experiment") or row.get("rev") or "?" for row in rows]
     changed = changed_params(rows)
     short = _short_keys(changed)
-    params = [
-        " ".join(f"{short[c]}={row.get(c, '')}" for c in changed) or "-" for row in rows
-    ]
+    params = [" ".join(f"{short[c]}={row.get(c, '')}" for c in changed) or "-" for row in rows]
     heads = [SHORT.get(m, m[:8]) for m in metrics]
     values = [[_metric(row, m) or "-" for m in metrics] for row in rows]
     metric_widths = [max(len(h), *(len(v[i]) for v in values)) for i, h in enumerate(heads)]

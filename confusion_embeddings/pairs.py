@@ -244,6 +244,27 @@ def pairs_metrics(pairs: Pairs) -> dict:
 # --------------------------------------------------------------------------- files
 
 
+def predictions_files(path: Path, seeds: list[int] | None) -> list[tuple[str, Path]]:
+    """(classifier name, file) for every classifier to read."""
+    if seeds is None:
+        return [(path.stem, path)]
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"{path}: --seeds names classifiers in a folder; this is a file")
+    return [(f"seed_{s}", path / f"seed_{s}.npz") for s in seeds]
+
+
+def remove_stale(folder: Path, seeds: list[int]) -> None:
+    """Delete the predictions of classifiers no longer in `seeds`: DVC leaves a removed
+    stage's output in place, and this folder is the pairs stage's dependency, so a stale
+    file would enter its hash (and a fresh clone, which never has it, would see pairs as
+    changed)."""
+    wanted = {f"seed_{s}.npz" for s in seeds}
+    for stale in sorted(folder.glob("seed_*.npz")):
+        if stale.name not in wanted:
+            stale.unlink()
+            print(f"pairs: removed {stale} (its seed is no longer in classifiers.seeds)")
+
+
 def write_pairs(pairs: Pairs, out_dir: Path) -> None:
     """Write pairs.npz and confusion.csv into an (empty) directory."""
     save_npz(

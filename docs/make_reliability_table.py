@@ -168,7 +168,7 @@ row(
 )
 
 # cross-field
-from stages.pairs import predictions_files
+from confusion_embeddings.pairs import predictions_files
 
 proj = TMP / "cross"
 SEEDS = [int(s) for s in stage_options("pairs")["--seeds"].split()]

@@ -10,35 +10,19 @@ Writes: --out (pairs.npz + confusion.csv, see confusion_embeddings/pairs.py), re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from confusion_embeddings.core.cli import run_main, stage_args
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_dir, write_json
 from confusion_embeddings.core.params import load_params
-from confusion_embeddings.pairs import SCHEMA, make_pairs, pairs_metrics, write_pairs
+from confusion_embeddings.pairs import (
+    SCHEMA,
+    make_pairs,
+    pairs_metrics,
+    predictions_files,
+    remove_stale,
+    write_pairs,
+)
 from confusion_embeddings.predictions import load_predictions
-
-
-def predictions_files(path: Path, seeds: list[int] | None) -> list[tuple[str, Path]]:
-    """(classifier name, file) for every classifier to read."""
-    if seeds is None:
-        return [(path.stem, path)]
-    if path.exists() and not path.is_dir():
-        raise PipelineError(f"{path}: --seeds names classifiers in a folder; this is a file")
-    return [(f"seed_{s}", path / f"seed_{s}.npz") for s in seeds]
-
-
-def remove_stale(folder: Path, seeds: list[int]) -> None:
-    """Delete the predictions of classifiers no longer in `seeds`: DVC leaves a removed
-    stage's output in place, and this folder is the pairs stage's dependency, so a stale
-    file would enter its hash (and a fresh clone, which never has it, would see pairs as
-    changed)."""
-    wanted = {f"seed_{s}.npz" for s in seeds}
-    for stale in sorted(folder.glob("seed_*.npz")):
-        if stale.name not in wanted:
-            stale.unlink()
-            print(f"pairs: removed {stale} (its seed is no longer in classifiers.seeds)")
 
 
 def main() -> None:

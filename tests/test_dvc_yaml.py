@@ -247,7 +247,7 @@ def test_pairs_reads_exactly_the_predictions_of_the_classifier_seeds():
     unpacking of params `classifiers`) names exactly params' seeds, and the files the stage
     then reads are those predict@<seed> outputs: a seed added reruns pairs (the folder
     changes) and a seed removed drops its file from the tables."""
-    from stages.pairs import predictions_files
+    from confusion_embeddings.pairs import predictions_files
 
     seeds = default_params()["classifiers"]["seeds"]
     options = stage_options("pairs")
