@@ -117,16 +117,24 @@ def _refit_batch(w_in, w_out, freq, noise, steps, lr, l2, negative, *, kind: str
     return jax.vmap(one)(w_in, w_out, freq, noise)
 
 
-def _frequencies(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The pair frequencies F = counts / P and word2vec's noise distribution over the
-    guesses, for a [..., C, C] count matrix (row = input/true word)."""
+def _inputs(counts: np.ndarray, steps: int, lr: float, l2: float, negative: int) -> tuple:
+    """The jitted loop's arguments after its starting point: the pair frequencies F =
+    counts / P and word2vec's noise distribution over the guesses, for a [..., C, C] count
+    matrix (row = input/true word), then the optimisation settings as device scalars."""
     counts = np.asarray(counts, np.float64)
     total = counts.sum(axis=(-2, -1), keepdims=True)
     if (total <= 0).any():
         raise ValueError("the count matrix is empty")
     noise = counts.sum(axis=-2) ** NOISE_POWER
     noise /= np.maximum(noise.sum(axis=-1, keepdims=True), np.finfo(np.float64).tiny)
-    return counts / total, noise
+    return (
+        jnp.asarray(counts / total, jnp.float32),
+        jnp.asarray(noise, jnp.float32),
+        jnp.int32(steps),
+        jnp.float32(lr),
+        jnp.float32(l2),
+        jnp.float32(negative),
+    )
 
 
 def train_skipgram(
@@ -143,17 +151,8 @@ def train_skipgram(
     """Train one directed skip-gram on a [C, C] count matrix (row = input/true word)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
-    freq, noise = _frequencies(counts)
     w_in, w_out, loss, grad_norm = _train(
-        jax.random.key(seed),
-        jnp.asarray(freq, jnp.float32),
-        jnp.asarray(noise, jnp.float32),
-        jnp.int32(steps),
-        jnp.float32(lr),
-        jnp.float32(l2),
-        jnp.float32(negative),
-        dim=dim,
-        kind=objective,
+        jax.random.key(seed), *_inputs(counts, steps, lr, l2, negative), dim=dim, kind=objective
     )
     return SkipGram(
         w_in=np.asarray(w_in, np.float32),
@@ -172,21 +171,15 @@ def refit_skipgram(
     l2: float,
     objective: str,
     negative: int,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refit one trained model on each of R count matrices [R, C, C] at once (vmapped),
     starting from its vectors: the optimum of each matrix in the basin the model found.
     Returns the input vectors [R, C, dim] and each fit's final loss and gradient norm [R]."""
-    freq, noise = _frequencies(counts)
-    r = freq.shape[0]
+    r = len(counts)
     w_in, _, loss, grad_norm = _refit_batch(
         jnp.broadcast_to(jnp.asarray(start.w_in), (r, *start.w_in.shape)),
         jnp.broadcast_to(jnp.asarray(start.w_out), (r, *start.w_out.shape)),
-        jnp.asarray(freq, jnp.float32),
-        jnp.asarray(noise, jnp.float32),
-        jnp.int32(steps),
-        jnp.float32(lr),
-        jnp.float32(l2),
-        jnp.float32(negative),
+        *_inputs(counts, steps, lr, l2, negative),
         kind=objective,
     )
     return (

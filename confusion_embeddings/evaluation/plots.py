@@ -84,7 +84,7 @@ def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
 MAP_REPLICATES = 50
 
 
-def replicate_tables(ev: Evaluation, count: int) -> list[np.ndarray]:
+def redrawn_tables(ev: Evaluation, count: int) -> list[np.ndarray]:
     """Up to `count` bootstrap replicates' full tables, where the replicates were kept for
     every class pair (up to KEEP_ALL_PAIRS_MAX_CLASSES classes); else none."""
     u, c = ev.uncertainty, len(ev.classes)
@@ -128,7 +128,7 @@ def _class_map(ev: Evaluation, path: Path) -> ClassMap:
     layout = ev.class_map
     coords = layout.coords
     runs = (
-        replicate_maps(layout, replicate_tables(ev, MAP_REPLICATES))
+        replicate_maps(layout, redrawn_tables(ev, MAP_REPLICATES))
         if c <= PLOT_LABEL_MAX_CLASSES
         else None
     )
