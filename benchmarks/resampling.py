@@ -12,7 +12,8 @@
    `embed_predictions` call on 60,000 pictures x 10 classes (the CIFAR-10 predictions of
    classifier seed_0 where present, else synthetic ones of that size).
 
-Writes benchmarks/resampling.json and benchmarks/api.json (figures with the CPU's name).
+Writes benchmarks/resampling.json and benchmarks/api.json (figures with the CPU's name), and
+the CIFAR-10 figures under "resampling" in benchmarks/results.json beside `make bench`'s.
 """
 
 from __future__ import annotations
@@ -164,6 +165,15 @@ def main() -> None:
     }
     (HERE / "resampling.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
+    merge_into_results(figures)
+
+
+def merge_into_results(figures: dict) -> None:
+    """results.json's "resampling" entry: the CIFAR-10 evaluate figures and the CPU."""
+    path = HERE / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["resampling"] = {"cpu": figures["cpu"], **figures["cifar10"]}
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
