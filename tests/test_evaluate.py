@@ -35,7 +35,6 @@ from confusion_embeddings.evaluation.scores import (
     confusion_similarity,
     cosine_matrices,
     evaluate,
-    ranked_neighbours,
     resolve_groups,
     secondary_structure,
     seed_mean_std,
@@ -43,7 +42,10 @@ from confusion_embeddings.evaluation.scores import (
     table_agreement,
     top1_accuracy,
 )
-from confusion_embeddings.evaluation.uncertainty import KEEP_ALL_PAIRS_MAX_CLASSES
+from confusion_embeddings.evaluation.uncertainty import (
+    KEEP_ALL_PAIRS_MAX_CLASSES,
+    ranked_neighbours,
+)
 from confusion_embeddings.method import assess
 from confusion_embeddings.pairs import Pairs, build_pairs, combine
 from confusion_embeddings.predictions import load_predictions
@@ -561,7 +563,7 @@ def test_report_and_metrics_of_several_classifiers(tmp_path):
     assert "of 3 classifiers; each similarity is the mean of their tables" in report
     assert "(each the mean over 2 word2vec seeds)" in report
     assert "30 redraws of the pictures and the 3 classifiers" in report
-    assert f"the {ev.dominant_source} dominate" in report
+    assert f"the {ev.uncertainty.dominant} dominate" in report
     # Each cell: mean ± half the width of its bootstrap interval.
     i, j = CIFAR10.index("cat"), ranked_neighbours(ev.mean, CIFAR10.index("cat"))[0]
     half = (ev.uncertainty.high[i, j] - ev.uncertainty.low[i, j]) / 2

@@ -14,8 +14,11 @@ from matplotlib.figure import Figure
 from scipy.cluster import hierarchy
 
 from confusion_embeddings.evaluation.projection import ClassMap, replicate_maps
-from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
-from confusion_embeddings.evaluation.uncertainty import KEEP_ALL_PAIRS_MAX_CLASSES
+from confusion_embeddings.evaluation.scores import Evaluation
+from confusion_embeddings.evaluation.uncertainty import (
+    KEEP_ALL_PAIRS_MAX_CLASSES,
+    ranked_neighbours,
+)
 
 # Presentation limits, not hyperparameters: beyond them labels stop being readable.
 PLOT_LABEL_MAX_CLASSES = 60

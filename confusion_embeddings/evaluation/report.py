@@ -11,7 +11,8 @@ import sys
 import numpy as np
 from scipy.stats import spearmanr
 
-from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
+from confusion_embeddings.evaluation.scores import Evaluation
+from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 
 REPORT_TOP_PAIRS = 10  # most similar pairs named in the report's summary
 JSON_DECIMALS = 4
@@ -97,7 +98,7 @@ def _trust_lines(ev: Evaluation) -> list[str]:
         f"{ev.covers}."
         + (
             f" Spread of a similarity from the pictures {u.picture_part:.3f}, from the "
-            f"classifiers {u.classifier_part:.3f}: the {ev.dominant_source} dominate."
+            f"classifiers {u.classifier_part:.3f}: the {ev.uncertainty.dominant} dominate."
             if u.classifier_part is not None
             else ""
         ),

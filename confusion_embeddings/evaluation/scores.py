@@ -146,10 +146,6 @@ class Evaluation:
         )
 
     @property
-    def dominant_source(self) -> str:
-        return self.uncertainty.dominant
-
-    @property
     def warnings(self) -> tuple[str, ...]:
         """Every warning a reader needs, one line each, naming the remedy."""
         lines = [f"collapsed vectors: {r}" for r in self.collapse_reasons]
@@ -173,12 +169,6 @@ class Evaluation:
 def seed_mean_std(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and population std (ddof=0) over the seed axis."""
     return sims.mean(axis=0), sims.std(axis=0)
-
-
-def ranked_neighbours(mean: np.ndarray, i: int) -> np.ndarray:
-    """The other classes in descending mean similarity to class i (ties: lower index first)."""
-    order = np.argsort(-mean[i], kind="stable")
-    return order[order != i]
 
 
 def confusion_counts(pairs: Pairs) -> np.ndarray:

@@ -73,13 +73,18 @@ def replicate_tables(
         yield per_classifier[drawn].mean(axis=0), per_classifier.mean(axis=0)
 
 
+def ranked_neighbours(table: np.ndarray, i: int) -> np.ndarray:
+    """The other classes in descending similarity to class i (ties: lower index first)."""
+    order = np.argsort(-table[i], kind="stable")
+    return order[order != i]
+
+
 def listed_entries(c: int, table: np.ndarray, listed: int) -> np.ndarray:
     """Bool [C, C]: the (class, neighbour) entries the report lists (`listed` nearest of
     each class under `table`; every other class when listed >= C - 1)."""
     mask = np.zeros((c, c), bool)
     for i in range(c):
-        order = np.argsort(-table[i], kind="stable")
-        mask[i, order[order != i][:listed]] = True
+        mask[i, ranked_neighbours(table, i)[:listed]] = True
     return mask
 
 
@@ -121,7 +126,7 @@ def uncertainty(
     position = np.full((c, c), -1)
     position[pairs] = np.arange(pairs[0].size)
     among_kept = position[confused]
-    nearest = np.array([_nearest(mean[i], i) for i in range(c)])
+    nearest = np.array([ranked_neighbours(mean, i)[0] for i in range(c)])
     values = np.empty((b_count, rows.size))
     ranks = np.empty((b_count, rows.size), np.int32)
     agree = np.zeros(c)
@@ -169,11 +174,6 @@ def uncertainty(
         pairs=pairs,
         tables=kept,
     )
-
-
-def _nearest(row: np.ndarray, i: int) -> int:
-    order = np.argsort(-row, kind="stable")
-    return int(order[order != i][0])
 
 
 def replicate_agreement(kept: np.ndarray, other: np.ndarray | None = None) -> float | None:
