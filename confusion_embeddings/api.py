@@ -33,7 +33,8 @@ from confusion_embeddings.embedding.engines import Embedding, embed
 from confusion_embeddings.embedding.store import write_embedding
 from confusion_embeddings.evaluation.report import metrics_dict, render_report
 from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
-from confusion_embeddings.evaluation.scores import Evaluation, ranked_neighbours
+from confusion_embeddings.evaluation.scores import Evaluation
+from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 from confusion_embeddings.method import EvaluateOutputs, assess, write_evaluation
 from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, make_pairs, pairs_metrics, write_pairs
@@ -76,12 +77,12 @@ def split_params(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _as_list(x: Any, m: int | None = None) -> list:
-    if x is None:
-        return [None] * (m or 1)
-    if isinstance(x, (list, tuple)) and x and not np.isscalar(x[0]):
+def _per_classifier(x: Any, ndim: int) -> list:
+    """A list of one array per classifier: `x` itself, or its items when it is a list or
+    tuple of arrays of `ndim` dimensions (a nested list of numbers is one array)."""
+    if isinstance(x, (list, tuple)) and x and np.ndim(x[0]) == ndim:
         return list(x)
-    return [x] * (m or 1)
+    return [x]
 
 
 @dataclass(frozen=True)
@@ -201,17 +202,23 @@ def embed_predictions(
     e.g. top_k=1, dim=10, bootstrap=500."""
     sections = split_params(params)
     given = {"probs": probs, "logits": logits, "topk": topk}
-    scores = {k: v for k, v in given.items() if v is not None}
-    m = max((len(v) for v in scores.values() if isinstance(v, (list, tuple))), default=1)
-    label_list = _as_list(labels, m)
+    scores = {k: _per_classifier(v, 2) for k, v in given.items() if v is not None}
+    label_list = _per_classifier(labels, 1)
+    m = max([len(label_list), *(len(v) for v in scores.values())])
+    for key, v in {"labels": label_list, **scores}.items():
+        if len(v) not in (1, m):
+            raise PipelineError(
+                f"embed_predictions: '{key}' holds {len(v)} classifiers' arrays where another "
+                f"holds {m}; give one array per classifier, or one shared by all"
+            )
     predictions = []
     for i in range(m):
         name = "predictions" if m == 1 else f"predictions[{i}]"
         arrays = {
-            "labels": label_list[i] if i < len(label_list) else None,
+            "labels": label_list[i if len(label_list) > 1 else 0],
             "classes": np.asarray(classes, dtype=str),
             "groups": groups,
-            **{k: _as_list(v, m)[i] for k, v in scores.items()},
+            **{k: v[i if len(v) > 1 else 0] for k, v in scores.items()},
         }
         predictions.append((name, predictions_from_arrays(arrays, name)))
     pairs = make_pairs(predictions, sections["pairs"])

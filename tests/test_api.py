@@ -98,6 +98,11 @@ def test_several_classifiers_as_lists():
     )
     assert result.evaluation.classifiers == ("predictions[0]", "predictions[1]")
     assert "classifier_agreement" in result.metrics and result.runs.shape[0] == 2
+    labels = [parts[0]["labels"]] * 3
+    with pytest.raises(
+        PipelineError, match="'probs' holds 2 classifiers' arrays where another holds 3"
+    ):
+        ce.embed_predictions(labels, CIFAR10, probs=[p["probs"] for p in parts])
 
 
 def test_bad_input_raises_the_studys_messages(tmp_path):
