@@ -13,6 +13,8 @@ import os
 import platform
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,12 +26,16 @@ from jax.sharding import PartitionSpec as P
 
 from confusion_embeddings.core.cli import progress
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import Param, int_or_auto
+from confusion_embeddings.core.params import Param, at_least, int_or_auto
 
 _initialized = False
 
 # The params key of every stage that runs the network (see use_cpu_devices).
 CPU_DEVICES = Param((str, int), "auto", int_or_auto(1))
+
+# params.yaml `hosts:`, read by every stage that runs the network. Not a DVC dependency of
+# any stage: it changes no result, only how long a multi-process job waits for a peer.
+HOSTS = {"peer_timeout": Param(int, 60, at_least(5))}
 
 
 def _int_env(name: str) -> int | None:
@@ -68,8 +74,13 @@ def distributed_request() -> dict | None:
     return {} if num is None else {"num_processes": num, "process_id": pid}
 
 
-def init_distributed() -> None:
-    """Join a multi-process job if the environment describes one; a no-op otherwise."""
+def init_distributed(peer_timeout: int = HOSTS["peer_timeout"].default) -> None:
+    """Join a multi-process job if the environment describes one; a no-op otherwise.
+
+    In a job, a process whose peer stops (killed, crashed, hung) exits with one line on
+    stderr within about `peer_timeout` seconds (params `hosts.peer_timeout`), instead of
+    waiting in a collective or aborting with JAX's stack trace: see `_PeerWatch`.
+    """
     global _initialized
     if _initialized:
         return
@@ -77,7 +88,14 @@ def init_distributed() -> None:
     if request is None:
         return
     try:
-        jax.distributed.initialize(**request)
+        # JAX's own heartbeat check is the backstop; ours (_PeerWatch) comes first and
+        # says what happened in one line. The shutdown barrier at exit waits for the
+        # slowest process (process 0 writes the outputs): bounded by the same timeout.
+        jax.distributed.initialize(
+            **request,
+            heartbeat_timeout_seconds=2 * peer_timeout,
+            shutdown_timeout_seconds=2 * peer_timeout,
+        )
     except ValueError as exc:  # JAX found no cluster to fill in what is missing
         raise PipelineError(
             f"environment: JAX_COORDINATOR_ADDRESS is set but the job's size is unknown "
@@ -85,11 +103,111 @@ def init_distributed() -> None:
             "Open MPI"
         ) from None
     _initialized = True
+    if jax.process_count() > 1:
+        _PeerWatch(peer_timeout).start()
+        sys.excepthook = _exit_on_uncaught
+
+
+# What a collective says when the process at the other end has gone (XLA's CPU
+# collectives run over Gloo's TCP pairs; the coordination service reports missed beats).
+_PEER_LOST = re.compile(r"Gloo|[Cc]onnection (reset|refused|closed)|heartbeat|coordination")
+
+
+def _die(message: str) -> None:
+    """One line on stderr and exit 2 at once: a normal exit would wait at JAX's shutdown
+    barrier for the process that is gone, then abort with a stack trace."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
+
+
+def _job() -> str:
+    return f"process {jax.process_index()} of {jax.process_count()}"
+
+
+def _exit_on_uncaught(kind, exc, tb) -> None:
+    """sys.excepthook in a multi-process job: a collective that failed because a peer went
+    away is said in one line; anything else keeps its traceback. Either way the process
+    exits now, so that its peers see it gone instead of waiting at a barrier."""
+    if isinstance(exc, jax.errors.JaxRuntimeError) and _PEER_LOST.search(str(exc)):
+        _die(
+            f"{_job()}: another process of this job stopped; rerun every process "
+            "(training resumes from its last checkpoint)"
+        )
+    sys.__excepthook__(kind, exc, tb)
+    _die(f"{_job()} failed (above); the job's other processes stop too")
+
+
+class _PeerWatch(threading.Thread):
+    """Every process bumps a counter in the coordination service's key-value store each
+    second and watches the others': one that has not moved for `timeout` seconds, or a
+    coordinator that no longer answers, ends this process with one line (`_die`)."""
+
+    KEY = "confusion_embeddings/beat/{}"
+
+    def __init__(self, timeout: int) -> None:
+        super().__init__(name="peer-watch", daemon=True)
+        self.timeout = timeout
+
+    def run(self) -> None:
+        from jax._src import distributed  # the client the runtime already holds
+
+        client = distributed.global_state.client
+        me, n = jax.process_index(), jax.process_count()
+        seen = {p: ("", time.monotonic()) for p in range(n) if p != me}
+        beat = 0
+        while True:
+            beat += 1
+            try:
+                client.key_value_set(self.KEY.format(me), str(beat), allow_overwrite=True)
+                for p, (last, since) in seen.items():
+                    value = _try_get(client, self.KEY.format(p))
+                    now = time.monotonic()
+                    if value != last:
+                        seen[p] = (value, now)
+                    elif now - since > self.timeout:
+                        _die(
+                            f"{_job()}: process {p} gave no sign of life for "
+                            f"{self.timeout} s (params hosts.peer_timeout); rerun every "
+                            "process (training resumes from its last checkpoint)"
+                        )
+            except Exception as exc:  # the coordinator (process 0) is gone
+                _die(
+                    f"{_job()}: lost the job's coordinator ({str(exc).splitlines()[0]}); "
+                    "rerun every process"
+                )
+            time.sleep(1.0)
+
+
+def _try_get(client, key: str) -> str:
+    """The value under `key`, or "" while the process that writes it has not yet."""
+    try:
+        return client.key_value_try_get(key)
+    except jax.errors.JaxRuntimeError as exc:
+        if "NOT_FOUND" in str(exc):
+            return ""
+        raise
 
 
 def is_primary() -> bool:
     """Whether this process writes the stage's outputs: process 0 of a multi-host job."""
     return jax.process_index() == 0
+
+
+def agreed(flag: bool, what: str) -> bool:
+    """`flag` where every process of the job has the same one; a PipelineError naming `what`
+    where they differ (one process alone would then wait forever in a collective)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(flag))).ravel()
+    if (flags != flags[0]).any():
+        raise PipelineError(
+            f"{what} on processes {np.flatnonzero(flags).tolist()} of {len(flags)} only; "
+            "it must be the same on every process of the job"
+        )
+    return flag
 
 
 def cpu_cores() -> int:

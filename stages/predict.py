@@ -43,6 +43,7 @@ def main() -> None:
         saved["inference"]["cpu_devices"],
         [p["batch_size"]],
         precision=saved["model"].get("precision", "f32"),
+        peer_timeout=load_params("hosts", devices.HOSTS, args.params)["peer_timeout"],
     )
 
     data = load_prepared(args.prepared, p["splits"])

@@ -80,6 +80,7 @@ def main() -> None:
         p["cpu_devices"],
         [p["batch_size"], p["eval_batch_size"]],
         precision=p["precision"],
+        peer_timeout=load_params("hosts", devices.HOSTS, args.params)["peer_timeout"],
     )
 
     data = load_prepared(args.prepared, ["train", "test"])

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from confusion_embeddings import devices
 from confusion_embeddings.core.params import defaults
 
 from helpers import (
@@ -44,7 +45,12 @@ KERNEL_SOURCE = "confusion_embeddings/cnn/onednn_conv.cc"
 # The stages that run the network, and so compile and call the oneDNN kernel.
 CNN_STAGES = ("train", "predict")
 # Command-line paths that are no part of the stage's outputs.
-NOT_OUTPUTS = {("train", "--checkpoints")}  # the resume checkpoint: removed when train ends
+NOT_OUTPUTS = {
+    ("train", "--checkpoints"),  # the resume checkpoint: removed when train ends
+    # Wall times: DVC would hash them, and a rerun with byte-identical results would
+    # change dvc.lock (tests/test_dvc_pipeline.py checks that it does not).
+    *((stage, "--timings") for stage in ("prepare", "train", "predict")),
+}
 # Command-line options that are no paths: the classifier's seed (train@<seed>) and the seeds
 # whose predictions the pairs stage reads (DVC unpacks params `classifiers` to `--seeds ...`).
 NOT_PATHS = {("train", "--seed"), ("pairs", "--seeds")}
@@ -321,7 +327,7 @@ def test_the_resume_checkpoints_are_no_output():
     """train's --checkpoints is a cache folder that the stage removes when it ends (an
     output there would make DVC cache a folder that should not outlive the run); each
     classifier has its own (Resume.remove clears the whole folder)."""
-    (flag,) = [f for s, f in NOT_OUTPUTS if s == "train"]
+    flag = "--checkpoints"
     seeds = default_params()["classifiers"]["seeds"]
     values = [stage_options(f"train@{s}")[flag] for s in seeds]
     assert all(v.startswith(".cache/") for v in values)
@@ -365,9 +371,18 @@ def test_no_params_key_is_required():
     assert req == set()
 
 
+def test_hosts_params_are_spelt_out_and_no_stage_depends_on_them():
+    """`hosts` (how long a multi-process job waits for a peer) changes no result: a change
+    must not make DVC retrain, so no stage lists it among its params."""
+    assert default_params()["hosts"] == defaults(devices.HOSTS)
+    for name, entry in dvc_stages().items():
+        params = entry.get("do", entry).get("params", [])
+        assert "hosts" not in params, f"dvc.yaml: stage {name} depends on params hosts"
+
+
 def test_params_yaml_holds_a_section_per_stage_and_the_classifiers():
     params = default_params()
-    assert set(params) == {*STAGES, "classifiers"}
+    assert set(params) == {*STAGES, "classifiers", "hosts"}
     seeds = params["classifiers"]["seeds"]
     assert list(params["classifiers"]) == ["seeds"]  # `${classifiers}` unpacks to --seeds
     assert seeds and len(set(seeds)) == len(seeds)

@@ -219,7 +219,9 @@ def train_epoch(
     loss_acc, correct_acc = jnp.zeros(()), jnp.zeros((), jnp.int32)
     t0 = time.perf_counter()
     for i in progress(range(steps), desc, unit="step", enabled=show_progress):
-        idx = np.sort(order[i * batch_size : (i + 1) * batch_size][host_rows])  # faster mmap reads
+        # Sorted for faster mmap reads, then this host's rows: every host's rows sit where
+        # one process would put them, so the run does not depend on the process count.
+        idx = np.sort(order[i * batch_size : (i + 1) * batch_size])[host_rows]
         xb, yb = devices.shard_batch(mesh, np.asarray(train.images[idx]), train.labels[idx])
         state, loss_sum, correct = step(state, xb, yb)
         loss_acc, correct_acc = loss_acc + loss_sum, correct_acc + correct
@@ -304,7 +306,10 @@ def train_and_evaluate(
         graphdef, state, tx = create_train_state(cfg, p, seed, steps_per_epoch * p["epochs"])
         history: list[dict[str, float]] = []
         train_seconds = 0.0
-        if resume is not None and resume.exists():
+        # Every process resumes, or none: the checkpoint folder must be one they all see.
+        if resume is not None and devices.agreed(
+            resume.exists(), f"the resume checkpoint {resume.path} exists"
+        ):
             state, history, train_seconds = resume.load(state)
             print(f"resuming from {resume.path} after epoch {len(history)}")
         state = jax.device_put(state, devices.replicated(mesh))
