@@ -150,47 +150,48 @@ def weights(folder: Path) -> list[np.ndarray]:
     return jax.tree.leaves(serialization.msgpack_restore(blob))
 
 
-@pytest.fixture(scope="module", params=["xla", "onednn"])
-def trained(request, tmp_path_factory):
-    """(one process with two devices, two processes) trained on the same tiny project."""
-    if request.param == "onednn" and not onednn.available():
-        pytest.skip("oneDNN convolutions run on x86-64 Linux CPUs only")
-    tmp = tmp_path_factory.mktemp(f"multiprocess_{request.param}")
-    one = make_project(tmp / "one", request.param)
+def train_both(tmp: Path, conv_impl: str) -> tuple[Path, Path, list]:
+    """Train on the same tiny project twice: one process with two devices, two processes
+    with one each; (the first's folder, the second's, the two processes' results)."""
+    one = make_project(tmp / "one", conv_impl)
     set_cpu_devices(one, 2)
-    two = make_project(tmp / "two", request.param)
+    two = make_project(tmp / "two", conv_impl)
     set_cpu_devices(two, 1)
     assert_ok([run_alone(one, "train@0")])
     results = run_job(two, "train@0")
     assert_ok(results)
-    return request.param, one, two, results
+    (_, out0, _), (_, out1, _) = results
+    assert '"device_count": 2' in out0, out0[-1500:]  # the job saw both processes' devices
+    assert "test accuracy" in out1  # process 1 trained too...
+    assert not (two / ELSEWHERE).exists(), "process 1 wrote outputs"  # ... and wrote nothing
+    config = json.loads((two / "models/cnn/seed_0/config.json").read_text())
+    assert config["inference"]["cpu_devices"] == 1
+    return one, two, results
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """train_both with XLA's convolutions, shared by the tests of this file."""
+    return train_both(tmp_path_factory.mktemp("multiprocess"), "xla")
 
 
 def test_two_processes_train_as_one_process_with_two_devices(trained):
-    conv_impl, one, two, results = trained
-    (_, out0, _), (_, out1, _) = results
-    assert '"device_count": 2' in out0, out0[-1500:]  # the job saw both processes' devices
-    assert not (two / ELSEWHERE).exists(), "process 1 wrote outputs"
-    assert "test accuracy" in out1  # it trained, and wrote nothing
+    one, two, _ = trained
+    for path in ("models/cnn/seed_0/model.msgpack", "metrics/train/seed_0.json"):
+        assert (one / path).read_bytes() == (two / path).read_bytes(), path
+
+
+@pytest.mark.skipif(not onednn.available(), reason="oneDNN runs on x86-64 Linux CPUs only")
+def test_with_onednn_two_processes_train_as_one_within_its_rounding(tmp_path):
+    one, two, _ = train_both(tmp_path, "onednn")
     a, b = weights(one), weights(two)
-    if conv_impl == "xla":
-        assert (one / "models/cnn/seed_0/model.msgpack").read_bytes() == (
-            two / "models/cnn/seed_0/model.msgpack"
-        ).read_bytes()
-        metrics = "metrics/train/seed_0.json"
-        assert (one / metrics).read_text() == (two / metrics).read_text()
-    else:
-        assert len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_allclose(x, y, rtol=0, atol=ONEDNN_ATOL)
-    config = json.loads((two / "models/cnn/seed_0/config.json").read_text())
-    assert config["inference"]["cpu_devices"] == 1
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=ONEDNN_ATOL)
 
 
 def test_predict_under_two_processes_writes_one_file(trained):
-    conv_impl, one, two, _ = trained
-    if conv_impl != "xla":
-        pytest.skip("checked with XLA's convolutions, where it is byte-identical")
+    one, two, _ = trained
     # The one-process model says cpu_devices 2 and the two-process one 1 (per process): the
     # same two devices in all, and the same weights (the test above).
     assert_ok([run_alone(one, "predict@0")])
@@ -238,10 +239,8 @@ def interrupt_training(project: Path, sig: signal.Signals) -> tuple[str, str, fl
 
 
 def test_a_killed_process_stops_its_peer_and_a_rerun_resumes(trained, tmp_path):
-    conv_impl, one, _, _ = trained
-    if conv_impl != "xla":
-        pytest.skip("checked with XLA's convolutions, where the resumed run is byte-identical")
-    project = make_project(tmp_path / "killed", conv_impl)
+    one, _, _ = trained
+    project = make_project(tmp_path / "killed", "xla")
     set_cpu_devices(project, 1)
     # A dead peer closes its sockets: the collective fails at once.
     _, error, _ = interrupt_training(project, signal.SIGKILL)
@@ -252,7 +251,7 @@ def test_a_killed_process_stops_its_peer_and_a_rerun_resumes(trained, tmp_path):
     for _, out, _ in resumed:
         assert "resuming from" in out, out[-1500:]
     # Onto the same computation: the weights of the uninterrupted run (one process with
-    # two devices, byte-identical to two processes by the first test).
+    # two devices, byte-identical to two processes by the test above).
     assert (project / "models/cnn/seed_0/model.msgpack").read_bytes() == (
         one / "models/cnn/seed_0/model.msgpack"
     ).read_bytes()
@@ -260,11 +259,8 @@ def test_a_killed_process_stops_its_peer_and_a_rerun_resumes(trained, tmp_path):
     assert not list(checkpoints.glob("*.msgpack")), "the finished run left its checkpoint"
 
 
-def test_a_hung_process_stops_its_peer_after_the_timeout(trained, tmp_path):
-    conv_impl, _, _, _ = trained
-    if conv_impl != "xla":
-        pytest.skip("the same host logic as with XLA's convolutions")
-    project = make_project(tmp_path / "hung", conv_impl)
+def test_a_hung_process_stops_its_peer_after_the_timeout(tmp_path):
+    project = make_project(tmp_path / "hung", "xla")
     set_cpu_devices(project, 1)
     # A stopped peer keeps its sockets open: only the heartbeat notices (hosts.peer_timeout).
     _, error, waited = interrupt_training(project, signal.SIGSTOP)
