@@ -17,31 +17,27 @@ import yaml
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
 from confusion_embeddings.embedding.engines import embed
-from confusion_embeddings.evaluation import scores
+from confusion_embeddings.evaluation.caveats import collapse_reasons
+from confusion_embeddings.evaluation.confusion import (
+    confusion_counts,
+    confusion_similarity,
+    on_test_split,
+    secondary_structure,
+    top1_accuracy,
+)
+from confusion_embeddings.evaluation.groups import adjusted_rand_index, resolve_groups
 from confusion_embeddings.evaluation.plots import (
     SIMILARITY_COLUMNS,
     similarity_rows,
     write_plots,
     write_similarity_csv,
 )
+from confusion_embeddings.evaluation.ranking import seed_mean_std, spearman_upper, table_agreement
 from confusion_embeddings.evaluation.report import metrics_dict, print_warnings, render_report
-from confusion_embeddings.evaluation.scores import (
-    SCHEMA,
-    adjusted_rand_index,
-    collapse_reasons,
-    confusion_counts,
-    confusion_similarity,
-    cosine_matrices,
-    evaluate,
-    resolve_groups,
-    secondary_structure,
-    seed_mean_std,
-    spearman_upper,
-    table_agreement,
-    top1_accuracy,
-)
+from confusion_embeddings.evaluation.scores import SCHEMA, evaluate
 from confusion_embeddings.evaluation.uncertainty import (
     KEEP_ALL_PAIRS_MAX_CLASSES,
     ranked_neighbours,
@@ -547,7 +543,7 @@ def test_classifier_spread_mean_and_accuracy_by_hand(tmp_path):
 
 def test_test_pictures_and_top1_accuracy_without_a_test_split():
     p = hand_pairs([0, 0, 1, 1, 2, 2], [0, 1, 0, 2, 2, 1], 2, "abc")
-    assert scores.on_test_split(p).all()  # no test split: every picture
+    assert on_test_split(p).all()  # no test split: every picture
     assert top1_accuracy(p) == pytest.approx(2 / 3)
 
 

@@ -30,6 +30,7 @@ from confusion_embeddings.predictions import load_predictions
 from stages import evaluate as evaluate_stage
 from stages import predict as predict_stage
 
+from dvc_repo import make_repo, run
 from helpers import (
     cli_env,
     make_dataset,
@@ -304,8 +305,6 @@ def test_predict_model_and_data_disagree(tmp_path, monkeypatch, capsys):
 def test_missing_raw_data_and_missing_remote(tmp_path):
     """What a user sees when data/raw is not there and cannot be pulled: `dvc repro` stops
     before running prepare, naming the file; `dvc pull` names the missing remote / files."""
-    from test_dvc_pipeline import make_repo, run
-
     repo = make_repo(tmp_path)
     source = stage_options("prepare")["--source"]  # data/raw/cifar10-jpeg.tar.gz
     (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n")  # track data/raw as in the project

@@ -57,7 +57,7 @@ def _bf16(a):
 
 
 # oneDNN has bf16 convolutions only where the CPU has bf16 instructions; elsewhere the
-# pipeline never asks for them (it falls back to f32: test_train's fallback test).
+# pipeline never asks for them (it falls back to f32: test_conv's fallback test).
 @pytest.mark.skipif(not native_bf16(), reason="this CPU has no avx512_bf16 or amx_bf16")
 @pytest.mark.parametrize(
     "n, h, w, cin, cout, k",

@@ -15,6 +15,7 @@ from gensim.models import KeyedVectors
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding import engines
+from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import (
     SCHEMA,
     train_restarts,
@@ -24,7 +25,6 @@ from confusion_embeddings.embedding.engines import (
 from confusion_embeddings.embedding.formats import write_word2vec
 from confusion_embeddings.embedding.skipgram import _train, train_skipgram
 from confusion_embeddings.embedding.store import load_embedding, load_vectors
-from confusion_embeddings.evaluation.scores import cosine_matrices
 from confusion_embeddings.pairs import Pairs, count_matrix, write_pairs
 from stages import embed
 
