@@ -141,9 +141,10 @@ def compare(data, splits: list[str], probs: dict[str, np.ndarray], seconds: dict
 
     from confusion_embeddings.core.files import save_npz
     from confusion_embeddings.core.params import validate_section
+    from confusion_embeddings.embedding.consensus import cosine_matrices
     from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
     from confusion_embeddings.embedding.engines import train_vectors
-    from confusion_embeddings.evaluation.scores import confusion_similarity, cosine_matrices
+    from confusion_embeddings.evaluation.confusion import confusion_similarity
     from confusion_embeddings.pairs import build_pairs
     from confusion_embeddings.predictions import load_predictions
 

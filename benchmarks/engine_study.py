@@ -29,17 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from confusion_embeddings.core.params import defaults, validate_section
+from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED
 from confusion_embeddings.embedding.engines import train_restarts, train_vectors
+from confusion_embeddings.evaluation.caveats import collapse_reasons
+from confusion_embeddings.evaluation.confusion import confusion_similarity
+from confusion_embeddings.evaluation.ranking import mean_offdiag, seed_reliability, spearman_upper
 from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
-from confusion_embeddings.evaluation.scores import (
-    collapse_reasons,
-    confusion_similarity,
-    cosine_matrices,
-    mean_offdiag,
-    seed_reliability,
-    spearman_upper,
-)
 from confusion_embeddings.pairs import Pairs, build_pairs
 from confusion_embeddings.predictions import load_predictions
 

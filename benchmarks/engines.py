@@ -48,14 +48,10 @@ import yaml
 from scipy.stats import spearmanr
 
 from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import SCHEMA, train_restarts, train_vectors
-from confusion_embeddings.evaluation.scores import (
-    confusion_similarity,
-    cosine_matrices,
-    mean_offdiag,
-    seed_mean_std,
-    spearman_upper,
-)
+from confusion_embeddings.evaluation.confusion import confusion_similarity
+from confusion_embeddings.evaluation.ranking import mean_offdiag, seed_mean_std, spearman_upper
 from confusion_embeddings.pairs import PAIRS_FILE, Pairs, build_pairs, load_pairs
 from confusion_embeddings.predictions import load_predictions
 

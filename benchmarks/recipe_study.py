@@ -36,16 +36,15 @@ import numpy as np
 import yaml
 
 from confusion_embeddings.core.params import defaults, validate_section
+from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED
 from confusion_embeddings.embedding.engines import train_vectors
-from confusion_embeddings.evaluation.scores import (
+from confusion_embeddings.evaluation.confusion import (
     confusion_similarity,
-    cosine_matrices,
     secondary_structure,
-    spearman_upper,
-    table_agreement,
     top1_accuracy,
 )
+from confusion_embeddings.evaluation.ranking import spearman_upper, table_agreement
 from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, build_pairs
 from confusion_embeddings.predictions import load_predictions

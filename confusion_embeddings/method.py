@@ -21,9 +21,10 @@ from confusion_embeddings.core.files import atomic_dir, atomic_file, save_npz, w
 from confusion_embeddings.embedding.engines import Embedding
 from confusion_embeddings.embedding.formats import write_class_vectors
 from confusion_embeddings.embedding.resampling import replicate_vectors
+from confusion_embeddings.evaluation.groups import resolve_groups
 from confusion_embeddings.evaluation.plots import write_plots, write_similarity_csv
 from confusion_embeddings.evaluation.report import metrics_dict, render_report
-from confusion_embeddings.evaluation.scores import Evaluation, evaluate, resolve_groups
+from confusion_embeddings.evaluation.scores import Evaluation, evaluate
 from confusion_embeddings.pairs import Pairs
 
 
