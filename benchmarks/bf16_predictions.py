@@ -145,6 +145,7 @@ def compare(data, splits: list[str], probs: dict[str, np.ndarray], seconds: dict
     from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
     from confusion_embeddings.embedding.engines import train_vectors
     from confusion_embeddings.evaluation.confusion import confusion_similarity
+    from confusion_embeddings.pairs import SCHEMA as PAIRS
     from confusion_embeddings.pairs import build_pairs
     from confusion_embeddings.predictions import load_predictions
 
@@ -171,7 +172,7 @@ def compare(data, splits: list[str], probs: dict[str, np.ndarray], seconds: dict
                     "groups": np.array(json.dumps(data.groups)),
                 },
             )
-            pairs = build_pairs(load_predictions(path), top_k, 65536)
+            pairs = build_pairs(load_predictions(path), top_k, PAIRS["block_size"].default)
             guesses[name] = pairs.guess.reshape(-1, top_k)
             cosines = cosine_matrices(train_vectors(pairs, embed)).mean(axis=0)
             tables[name] = (cosines, confusion_similarity(pairs))

@@ -36,12 +36,13 @@ from confusion_embeddings.evaluation.caveats import collapse_reasons
 from confusion_embeddings.evaluation.confusion import confusion_similarity
 from confusion_embeddings.evaluation.ranking import mean_offdiag, seed_reliability, spearman_upper
 from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
+from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, build_pairs
 from confusion_embeddings.predictions import load_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_K = 3
-BLOCK = 65536
+BLOCK = PAIRS["block_size"].default
 SETTINGS = [(10, 200), (10, 1000), (10, 5000), (10, 60000), (100, 50000), (1000, 1281167)]
 
 

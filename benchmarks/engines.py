@@ -53,6 +53,7 @@ from confusion_embeddings.embedding.engines import SCHEMA, train_restarts, train
 from confusion_embeddings.evaluation.confusion import confusion_similarity
 from confusion_embeddings.evaluation.ranking import mean_offdiag, seed_mean_std, spearman_upper
 from confusion_embeddings.pairs import PAIRS_FILE, Pairs, build_pairs, load_pairs
+from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.predictions import load_predictions
 
 ENGINES = ("gensim", "jax")
@@ -77,7 +78,7 @@ def synthetic_pairs(n_per_class: int, strength: float, seed: int) -> Pairs:
                 n_per_class, CIFAR10, CIFAR10_GROUPS, confusion_strength=strength, seed=seed
             ),
         )
-        return build_pairs(load_predictions(path), top_k=3, block_size=65536)
+        return build_pairs(load_predictions(path), top_k=3, block_size=PAIRS["block_size"].default)
 
 
 def embed_params(params_file: Path, seeds: list[int] | None) -> dict:

@@ -67,13 +67,17 @@ from flax import nnx
 
 from confusion_embeddings import devices
 from confusion_embeddings.cnn import conv
+from confusion_embeddings.cnn.inference import SCHEMA as PREDICT
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, ModelConfig, count_flops
 from confusion_embeddings.cnn.training import SCHEMA as TRAIN_SCHEMA
 from confusion_embeddings.cnn.training import create_train_state, make_train_step
 from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.embedding.engines import SCHEMA as EMBED
 
 ROOT = Path(__file__).resolve().parents[1]
+# Inference is timed at the predict stage's default batch.
+PREDICT_BATCH = PREDICT["batch_size"].default
 
 
 class Timing(NamedTuple):
@@ -271,7 +275,7 @@ def repro_times(reps: int) -> dict:
     original = params_file.read_text()
     doc = yaml.safe_load(original)
     try:
-        doc["embed"]["alpha"] = float(doc["embed"].get("alpha", 0.025)) * 1.01
+        doc["embed"]["alpha"] = float(doc["embed"].get("alpha", EMBED["alpha"].default)) * 1.01
         params_file.write_text(yaml.safe_dump(doc, sort_keys=False))
         # --no-run-cache: this same edit was made by the last benchmark run, and DVC would
         # restore its outputs from the run cache instead of running embed and evaluate.
@@ -396,7 +400,7 @@ def main() -> None:
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
     choice = conv.resolve(p["conv_impl"])
     bf16 = conv.resolve(p["conv_impl"], "bf16")  # the same convolution, or a warning why not
-    host = devices.prepare_host(p["cpu_devices"], [p["batch_size"], 1000], choice.impl)
+    host = devices.prepare_host(p["cpu_devices"], [p["batch_size"], PREDICT_BATCH], choice.impl)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -485,7 +489,7 @@ def main() -> None:
     )
 
     print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
-    pbatch = rng.integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
+    pbatch = rng.integers(0, 256, (PREDICT_BATCH, 32, 32, 3), dtype=np.uint8)
     predict_bf16 = {}
     if cfg_bf16 is not None:
         predict_bf16 = {
