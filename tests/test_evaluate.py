@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
@@ -316,7 +317,11 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     assert len(rows) == c * 4 and [r[0] for r in rows[:4]] == ["n0"] * 4
     assert [r[1] for r in rows[:4]] == [classes[j] for j in ranked_neighbours(ev.mean, 0)[:4]]
     write_plots(ev, tmp_path, params)
-    assert (tmp_path / "dendrogram.png").exists()
+    # The plots of 60 classes: drawn at a readable size, not blank.
+    for name in ("similarity_heatmap.png", "dendrogram.png", "class_map.png"):
+        with Image.open(tmp_path / name) as im:
+            pixels = np.asarray(im.convert("L"))
+        assert min(pixels.shape) >= 300 and pixels.std() > 10, (name, pixels.shape)
 
 
 # --------------------------------------------------------------------------- the chain, via main()
