@@ -115,12 +115,25 @@ def _trust_lines(ev: Evaluation) -> list[str]:
 
 
 def render_report(ev: Evaluation, params: dict) -> str:
-    names, c = ev.classes, len(ev.classes)
-    u = ev.uncertainty
+    """reports/similarity.md: how far to trust the table, the summary, the classifiers,
+    the consensus vectors, the tables (or neighbour lists) and the stability of each class."""
     lines = [
         "# Class similarity learned from the classifier's confusions",
         "",
         *_trust_lines(ev),
+        *_what_lines(ev),
+        *_summary_section(ev, params),
+        *_classifiers_section(ev),
+        *_consensus_section(ev, params),
+        *_tables_section(ev, params),
+        *_stability_section(ev),
+    ]
+    return "\n".join(lines)
+
+
+def _what_lines(ev: Evaluation) -> list[str]:
+    """One sentence: what the similarities are cosines of, and how they were averaged."""
+    return [
         f"Cosine similarity between the class vectors ({ev.dim} dimensions, engine "
         f"{ev.engine}), trained on {ev.n_pictures} pictures x top-{ev.top_k} guesses"
         + (
@@ -131,6 +144,14 @@ def render_report(ev: Evaluation, params: dict) -> str:
         + (f" (each the mean over {ev.seeds} word2vec seeds)" if ev.seeds > 1 else "")
         + ".",
         "",
+    ]
+
+
+def _summary_section(ev: Evaluation, params: dict) -> list[str]:
+    """The headline figures as a table, then the most similar class pairs."""
+    names, c = ev.classes, len(ev.classes)
+    u = ev.uncertainty
+    lines = [
         "## Summary",
         "",
         "| figure | value |",
@@ -167,7 +188,7 @@ def render_report(ev: Evaluation, params: dict) -> str:
     ]
     iu = np.triu_indices(c, k=1)
     top = np.argsort(-ev.mean[iu], kind="stable")[:REPORT_TOP_PAIRS]
-    lines += [
+    return lines + [
         "Most similar pairs: "
         + ", ".join(
             f"{names[iu[0][t]]}~{names[iu[1][t]]} {ev.mean[iu[0][t], iu[1][t]]:.2f}" for t in top
@@ -175,23 +196,31 @@ def render_report(ev: Evaluation, params: dict) -> str:
         "",
     ]
 
-    if len(ev.classifiers) > 1:
-        iu_all = np.triu_indices(c, k=1)
-        lines += [
-            "## Classifiers",
-            "",
-            "| classifier | top-1 accuracy (test) | Spearman of its table vs the mean |",
-            "|---|---|---|",
-        ]
-        for name, acc, table in zip(ev.classifiers, ev.classifier_accuracy, ev.tables, strict=True):
-            rho = spearmanr(table[iu_all], ev.mean[iu_all]).statistic
-            lines.append(f"| {name} | {fmt(acc)} | {fmt(float(rho))} |")
-        lines.append("")
 
-    lines += _consensus_section(ev, params)
+def _classifiers_section(ev: Evaluation) -> list[str]:
+    """Each classifier's accuracy and how its table ranks the pairs against the mean (none
+    with one classifier)."""
+    if len(ev.classifiers) < 2:
+        return []
+    iu = np.triu_indices(len(ev.classes), k=1)
+    lines = [
+        "## Classifiers",
+        "",
+        "| classifier | top-1 accuracy (test) | Spearman of its table vs the mean |",
+        "|---|---|---|",
+    ]
+    for name, acc, table in zip(ev.classifiers, ev.classifier_accuracy, ev.tables, strict=True):
+        rho = spearmanr(table[iu], ev.mean[iu]).statistic
+        lines.append(f"| {name} | {fmt(acc)} | {fmt(float(rho))} |")
+    return [*lines, ""]
 
+
+def _tables_section(ev: Evaluation, params: dict) -> list[str]:
+    """The paper's tables, one per group (up to evaluate.table_max_classes classes), else
+    each class's nearest evaluate.top_n classes."""
+    names, c = ev.classes, len(ev.classes)
     if c <= params["table_max_classes"]:
-        lines += [
+        lines = [
             "## Similarity tables",
             "",
             "Each column ranks all other classes, most similar first.",
@@ -203,20 +232,18 @@ def render_report(ev: Evaluation, params: dict) -> str:
             grouped["other" if grouped else "all classes"] = rest
         for title, columns in grouped.items():
             lines += [f"### {title}", "", *_table(ev, columns), ""]
-    else:
-        n = min(params["top_n"], c - 1)
-        group_names = list((ev.groups or {}).keys())
-        lines += [f"## Nearest {n} classes of each class", ""]
-        for i, name in enumerate(names):
-            tag = f" ({group_names[ev.group_labels[i]]})" if ev.group_labels[i] >= 0 else ""
-            near = ", ".join(
-                f"{_cell(ev, i, j)}{_ranks(ev, i, j, ' (rank ', ')')}"
-                for j in ranked_neighbours(ev.mean, i)[:n]
-            )
-            lines.append(f"- **{name}**{tag}: {near}")
-        lines.append("")
-    lines += _stability_section(ev)
-    return "\n".join(lines)
+        return lines
+    n = min(params["top_n"], c - 1)
+    group_names = list((ev.groups or {}).keys())
+    lines = [f"## Nearest {n} classes of each class", ""]
+    for i, name in enumerate(names):
+        tag = f" ({group_names[ev.group_labels[i]]})" if ev.group_labels[i] >= 0 else ""
+        near = ", ".join(
+            f"{_cell(ev, i, j)}{_ranks(ev, i, j, ' (rank ', ')')}"
+            for j in ranked_neighbours(ev.mean, i)[:n]
+        )
+        lines.append(f"- **{name}**{tag}: {near}")
+    return [*lines, ""]
 
 
 def _ranks(ev: Evaluation, i: int, j: int, before: str = "", after: str = "") -> str:

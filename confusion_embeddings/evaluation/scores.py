@@ -193,14 +193,10 @@ def evaluate(
     c = len(pairs.classes)
     max_pairs = c * params["top_n"]
     per_classifier = [pairs.of(i) for i in range(len(pairs.classifiers))]
-    secondary = [secondary_structure(p, max_pairs) for p in per_classifier]
-    secondary = [s for s in secondary if s is not None]
-    secondary_mean = float(np.mean(secondary)) if secondary else None
     conf_sim = confusion_similarity(pairs)
+    secondary = _mean_of([secondary_structure(p, max_pairs) for p in per_classifier])
+    reliability = _mean_of([seed_reliability(s, conf_sim, max_pairs) for s in sims])
     rho = spearman_upper(mean, conf_sim, max_pairs=max_pairs)
-    reliabilities = [seed_reliability(s, conf_sim, max_pairs) for s in sims]
-    reliabilities = [r for r in reliabilities if r is not None]
-    reliability = float(np.mean(reliabilities)) if reliabilities else None
     if replicates is None:
         replicates = np.empty((*vectors.shape[:1], 0, *vectors.shape[2:]), np.float32)
     listed = c - 1 if c <= KEEP_ALL_PAIRS_MAX_CLASSES else min(params["top_n"], c - 1)
@@ -212,17 +208,7 @@ def evaluate(
         params["confidence"],
         params["seed"],
     )
-    consensus = spread_around(
-        align_runs(vectors.reshape(-1, *vectors.shape[2:])),
-        replicates.reshape(-1, *replicates.shape[2:]),
-    )
-    iu = np.triu_indices(len(mean), k=1)
-    consensus_table = consensus.table()
     offdiag = mean_offdiag(mean)
-    groups = resolve_groups(params["groups"], pairs.groups, pairs.classes)
-    labels = group_labels(groups, pairs.classes)
-    separation, agreement, ari = group_scores(mean, labels)
-    link = average_linkage(mean)
     return Evaluation(
         classes=pairs.classes,
         classifiers=pairs.classifiers,
@@ -234,7 +220,7 @@ def evaluate(
         classifier_std=tables.std(axis=0),
         seed_std=sims.std(axis=1).mean(axis=0),
         classifier_agreement=table_agreement(tables),
-        secondary=secondary_mean,
+        secondary=secondary,
         classifier_accuracy=tuple(top1_accuracy(p) for p in per_classifier),
         reliability=reliability,
         noise_reasons=caveats.noise_reasons(
@@ -245,33 +231,71 @@ def evaluate(
             spread.reliability,
         ),
         uncertainty=spread,
-        consensus=consensus,
         class_map=class_map(mean),
-        consensus_agreement=(
-            float(spearmanr(consensus_table[iu], mean[iu]).statistic) if len(iu[0]) > 1 else None
-        ),
-        consensus_max_diff=float(np.abs(consensus_table - mean)[iu].max()) if len(iu[0]) else 0.0,
-        unstable=tuple(
-            int(i) for i in np.flatnonzero(consensus.dispersion > params["unstable_dispersion"])
-        ),
-        unstable_nearest=tuple(
-            int(i)
-            for i in np.argsort(spread.nearest_share, kind="stable")
-            if spread.replicates and spread.nearest_share[i] < params["nearest_stability"]
-        ),
-        flat_guesses=caveats.flat_guesses_reason(secondary_mean, pairs.top_k, params),
+        unstable_nearest=_unstable_nearest(spread, params["nearest_stability"]),
+        flat_guesses=caveats.flat_guesses_reason(secondary, pairs.top_k, params),
         confusion=confusion_counts(pairs),
         confusion_sim=conf_sim,
         spearman=rho,
         mean_offdiag=offdiag,
         collapse_reasons=caveats.collapse_reasons(rho, offdiag, params),
-        groups=groups,
-        group_labels=labels,
-        group_separation=separation,
-        group_nn_agreement=agreement,
-        group_ari=ari,
-        linkage=link,
-        leaf_order=hierarchy.leaves_list(link),
         n_pictures=pairs.n_pictures,
         top_k=pairs.top_k,
+        **_consensus_figures(vectors, replicates, mean, params),
+        **_group_figures(pairs, mean, params),
     )
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (per classifier), or None."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _unstable_nearest(spread: Uncertainty, threshold: float) -> tuple[int, ...]:
+    """Classes whose nearest class holds in fewer than `threshold` of the redraws, least
+    stable first (none without resampling)."""
+    if not spread.replicates:
+        return ()
+    order = np.argsort(spread.nearest_share, kind="stable")
+    return tuple(int(i) for i in order if spread.nearest_share[i] < threshold)
+
+
+def _consensus_figures(
+    vectors: np.ndarray, replicates: np.ndarray, mean: np.ndarray, params: dict
+) -> dict:
+    """Evaluation's consensus fields: the runs' consensus vectors with the replicates aligned
+    to them, how its own table agrees with the mean table, and the classes it holds loosely."""
+    consensus = spread_around(
+        align_runs(vectors.reshape(-1, *vectors.shape[2:])),
+        replicates.reshape(-1, *replicates.shape[2:]),
+    )
+    iu = np.triu_indices(len(mean), k=1)
+    table = consensus.table()
+    return {
+        "consensus": consensus,
+        "consensus_agreement": (
+            float(spearmanr(table[iu], mean[iu]).statistic) if len(iu[0]) > 1 else None
+        ),
+        "consensus_max_diff": float(np.abs(table - mean)[iu].max()) if len(iu[0]) else 0.0,
+        "unstable": tuple(
+            int(i) for i in np.flatnonzero(consensus.dispersion > params["unstable_dispersion"])
+        ),
+    }
+
+
+def _group_figures(pairs: Pairs, mean: np.ndarray, params: dict) -> dict:
+    """Evaluation's group fields (groups.py) and the average-linkage tree of all classes."""
+    groups = resolve_groups(params["groups"], pairs.groups, pairs.classes)
+    labels = group_labels(groups, pairs.classes)
+    separation, agreement, ari = group_scores(mean, labels)
+    link = average_linkage(mean)
+    return {
+        "groups": groups,
+        "group_labels": labels,
+        "group_separation": separation,
+        "group_nn_agreement": agreement,
+        "group_ari": ari,
+        "linkage": link,
+        "leaf_order": hierarchy.leaves_list(link),
+    }
