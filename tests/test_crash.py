@@ -351,7 +351,10 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
             assert started is not None, repro.output
         if delay is None:  # train: as soon as its checkpoint exists
             while not list((repo / stage_options(stage)["--checkpoints"]).glob("*.msgpack")):
-                assert repro.proc.poll() is None, repro.output
+                if repro.proc.poll() is not None:
+                    # The run ended between two looks (on a loaded machine this process may
+                    # not look for a while): the kill missed, and is tried again.
+                    break
                 time.sleep(0.005)
         else:
             time.sleep(max(0.0, started + delay - time.monotonic()))
