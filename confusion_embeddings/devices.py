@@ -8,6 +8,8 @@ into several JAX devices (`use_cpu_devices`), and glibc is told to reuse freed m
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import os
 import platform
@@ -104,7 +106,11 @@ def init_distributed(peer_timeout: int = HOSTS["peer_timeout"].default) -> None:
         ) from None
     _initialized = True
     if jax.process_count() > 1:
-        _PeerWatch(peer_timeout).start()
+        watch = _PeerWatch(peer_timeout)
+        watch.start()
+        # atexit runs last-registered first: the watch stops (and tells the others this
+        # process is done) before JAX's own handler shuts the distributed client down.
+        atexit.register(watch.stop)
         sys.excepthook = _exit_on_uncaught
 
 
@@ -141,22 +147,33 @@ def _exit_on_uncaught(kind, exc, tb) -> None:
 class _PeerWatch(threading.Thread):
     """Every process bumps a counter in the coordination service's key-value store each
     second and watches the others': one that has not moved for `timeout` seconds, or a
-    coordinator that no longer answers, ends this process with one line (`_die`)."""
+    coordinator that no longer answers, ends this process with one line (`_die`). A process
+    that ends normally writes DONE there first (`stop`), so that the others, still writing
+    outputs or waiting at JAX's shutdown barrier, do not take it for dead."""
 
     KEY = "confusion_embeddings/beat/{}"
+    DONE = "done"
 
     def __init__(self, timeout: int) -> None:
         super().__init__(name="peer-watch", daemon=True)
         self.timeout = timeout
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Stop watching and say this process is done (called at exit, before JAX's own
+        shutdown; errors ignored: the job is ending either way)."""
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            _client().key_value_set(
+                self.KEY.format(jax.process_index()), self.DONE, allow_overwrite=True
+            )
 
     def run(self) -> None:
-        from jax._src import distributed  # the client the runtime already holds
-
-        client = distributed.global_state.client
+        client = _client()
         me, n = jax.process_index(), jax.process_count()
         seen = {p: ("", time.monotonic()) for p in range(n) if p != me}
         beat = 0
-        while True:
+        while not self.stopped.wait(1.0 if beat else 0.0):
             beat += 1
             try:
                 client.key_value_set(self.KEY.format(me), str(beat), allow_overwrite=True)
@@ -165,18 +182,28 @@ class _PeerWatch(threading.Thread):
                     now = time.monotonic()
                     if value != last:
                         seen[p] = (value, now)
-                    elif now - since > self.timeout:
-                        _die(
+                    elif value != self.DONE and now - since > self.timeout:
+                        self._die_unless_stopped(
                             f"{_job()}: process {p} gave no sign of life for "
                             f"{self.timeout} s (params hosts.peer_timeout); rerun every "
                             "process (training resumes from its last checkpoint)"
                         )
             except Exception as exc:  # the coordinator (process 0) is gone
-                _die(
+                self._die_unless_stopped(
                     f"{_job()}: lost the job's coordinator ({str(exc).splitlines()[0]}); "
                     "rerun every process"
                 )
-            time.sleep(1.0)
+
+    def _die_unless_stopped(self, message: str) -> None:
+        if not self.stopped.is_set():  # else this process is ending normally
+            _die(message)
+
+
+def _client():
+    """The distributed runtime's client, which `jax.distributed.initialize` made."""
+    from jax._src import distributed  # no public API hands it out
+
+    return distributed.global_state.client
 
 
 def _try_get(client, key: str) -> str:
@@ -304,7 +331,7 @@ def _backends_running() -> bool:
     from jax._src import xla_bridge  # no public API tells whether the backends are up
 
     # Private, so guard against its disappearance in a later JAX: assume "not yet" (the
-    # settings then apply as in a fresh process); tests/test_train.py checks the no-op.
+    # settings then apply as in a fresh process); tests/test_devices.py checks the no-op.
     check = getattr(xla_bridge, "backends_are_initialized", None)
     return bool(check()) if check is not None else False
 
