@@ -40,6 +40,7 @@ from helpers import (
     make_prepared,
     scratch_project,
     stage_argv,
+    stage_options,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -100,9 +101,9 @@ def launch(folder: Path, stage: str, process: int | None, port: int = 0) -> subp
     params = yaml.safe_load((folder / "params.yaml").read_text())
     paths = {}
     if process == 1:  # the same command, but with every output moved aside
-        options = stage_argv(stage, params)
+        options = stage_options(stage, params)
         names = OUTPUTS if stage.startswith("train") else ("out", "timings")
-        paths = {n: f"{ELSEWHERE}/{options[options.index('--' + n) + 1]}" for n in names}
+        paths = {n: f"{ELSEWHERE}/{options['--' + n]}" for n in names}
     extra = {}
     if process is not None:
         extra = {
@@ -211,7 +212,7 @@ def interrupt_training(project: Path, sig: signal.Signals) -> tuple[str, str, fl
     (process 0's stdout, its stderr, seconds it ran on after the signal)."""
     port = free_port()
     procs = [launch(project, "train@0", i, port) for i in (0, 1)]
-    checkpoints = project / stage_argv_option(project, "train@0", "--checkpoints")
+    checkpoints = project / project_option(project, "train@0", "--checkpoints")
     deadline = time.monotonic() + 600
     while not list(checkpoints.glob("*.msgpack")):
         assert procs[0].poll() is None, finish(procs)
@@ -255,7 +256,7 @@ def test_a_killed_process_stops_its_peer_and_a_rerun_resumes(trained, tmp_path):
     assert (project / "models/cnn/seed_0/model.msgpack").read_bytes() == (
         one / "models/cnn/seed_0/model.msgpack"
     ).read_bytes()
-    checkpoints = project / stage_argv_option(project, "train@0", "--checkpoints")
+    checkpoints = project / project_option(project, "train@0", "--checkpoints")
     assert not list(checkpoints.glob("*.msgpack")), "the finished run left its checkpoint"
 
 
@@ -269,6 +270,6 @@ def test_a_hung_process_stops_its_peer_after_the_timeout(tmp_path):
     assert PEER_TIMEOUT - 2 <= waited < EXIT_BOUND, waited
 
 
-def stage_argv_option(folder: Path, stage: str, flag: str) -> str:
-    args = stage_argv(stage, yaml.safe_load((folder / "params.yaml").read_text()))
-    return args[args.index(flag) + 1]
+def project_option(folder: Path, stage: str, flag: str) -> str:
+    """An option's value in the stage's command, with the project's own params."""
+    return stage_options(stage, yaml.safe_load((folder / "params.yaml").read_text()))[flag]
