@@ -153,7 +153,7 @@ class Result:
 
         from confusion_embeddings.evaluation.plots import SIMILARITY_COLUMNS, similarity_rows
 
-        rows = similarity_rows(self.evaluation, self.params["evaluate"]["top_n"])
+        rows = similarity_rows(self.evaluation)
         return pd.DataFrame(rows, columns=SIMILARITY_COLUMNS).replace("", np.nan)
 
     def report(self) -> str:

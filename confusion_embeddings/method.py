@@ -90,7 +90,7 @@ def write_evaluation(ev: Evaluation, params: dict[str, Any], out: EvaluateOutput
     with atomic_dir(out.plots) as tmp:
         write_plots(ev, tmp, params)
     with atomic_file(out.table) as tmp:
-        write_similarity_csv(ev, tmp, params["top_n"])
+        write_similarity_csv(ev, tmp)
     with atomic_file(out.report) as tmp:
         tmp.write_text(render_report(ev, params))
     with atomic_file(out.matrices) as tmp:

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from confusion_embeddings import devices as parallel
+from confusion_embeddings import host
 from confusion_embeddings.cnn import conv as conv_module
 from confusion_embeddings.cnn import onednn
-from confusion_embeddings.cnn.network import ModelConfig
-from confusion_embeddings.cnn.training import SCHEMA
+from confusion_embeddings.cnn.config import SCHEMA, RunConfig, TrainParams
 from confusion_embeddings.core.params import validate_section
 
 from helpers import ROOT, TINY_TRAIN, make_prepared, scratch_project, stage_argv, stage_options
@@ -27,12 +26,27 @@ def tiny_params(**over) -> dict:
     return validate_section("train", {**TINY, **over}, SCHEMA)
 
 
-def tiny_config(num_classes: int = 4, conv_impl: str | None = None, **over) -> ModelConfig:
-    """The network of tiny_params(**over) as train builds it; its convolution resolved from
-    train.conv_impl unless given."""
+def tiny_train(**over) -> TrainParams:
+    return TrainParams.from_dict(tiny_params(**over))
+
+
+def tiny_run(
+    num_classes: int = 4,
+    conv_impl: str | None = None,
+    precision: str = "f32",
+    seed: int = 0,
+    **over,
+) -> RunConfig:
+    """The run of tiny_params(**over) as train builds it; its convolution and precision
+    resolved from train.conv_impl and train.precision, unless `conv_impl` is given (then
+    it runs with `precision`)."""
     p = tiny_params(**over)
-    impl = conv_impl or conv_module.resolve(p["conv_impl"]).impl
-    return ModelConfig.from_params(p, num_classes, impl)
+    choice = (
+        conv_module.ConvChoice(conv_impl, precision)
+        if conv_impl
+        else conv_module.resolve(p["conv_impl"], p["precision"])
+    )
+    return RunConfig.resolve(p, seed, num_classes, choice)
 
 
 def train_project(
@@ -51,11 +65,11 @@ def train_project(
 
 NO_BF16 = "x86_64 avx2 avx512f"  # an AVX-512 CPU without bfloat16 instructions
 WITH_BF16 = "x86_64 avx2 avx512f avx512_bf16"
-KERNEL = onednn.available() and conv_module.resolve("auto").impl == "onednn"
+KERNEL = onednn.available() and conv_module.resolve("auto", "f32").impl == "onednn"
 
 
 def fake_cpu_isa(monkeypatch, isa: str) -> None:
-    monkeypatch.setattr(parallel, "cpu_isa", lambda: isa)
+    monkeypatch.setattr(host, "cpu_isa", lambda: isa)
 
 
 # --------------------------------------------------------------------------- subprocess runs

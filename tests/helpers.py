@@ -35,7 +35,7 @@ STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
 # Where each stage's params schema lives (the stage module imports it from there).
 SCHEMA_MODULES = {
     "prepare": "confusion_embeddings.data.prepare",
-    "train": "confusion_embeddings.cnn.training",
+    "train": "confusion_embeddings.cnn.config",
     "predict": "confusion_embeddings.cnn.inference",
     "pairs": "confusion_embeddings.pairs",
     "embed": "confusion_embeddings.embedding.engines",
@@ -401,20 +401,24 @@ def save_tiny_model(
     from flax import nnx
 
     from confusion_embeddings.cnn.checkpoint import save_model
-    from confusion_embeddings.cnn.network import CNN, ModelConfig
+    from confusion_embeddings.cnn.config import SCHEMA, RunConfig
+    from confusion_embeddings.cnn.conv import ConvChoice
+    from confusion_embeddings.cnn.network import CNN
+    from confusion_embeddings.core.params import validate_section
 
-    cfg = ModelConfig(
-        num_classes=num_classes,
-        stem_width=stem_width,
-        widths=tuple(widths),
-        stem_patch=stem_patch,
-        bn_momentum=0.6,
-        logit_scale=1 / 9,
-        conv_impl=conv_impl,
+    section = {
+        "stem_width": stem_width,
+        "widths": list(widths),
+        "stem_patch": stem_patch,
+        "tta_flip": tta_flip,
+        "tta_translate": tta_translate,
+        "cpu_devices": cpu_devices,
+    }
+    run = RunConfig.resolve(
+        validate_section("train", section, SCHEMA), 0, num_classes, ConvChoice(conv_impl, "f32")
     )
-    _, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    inference = {"tta_flip": tta_flip, "tta_translate": tta_translate, "cpu_devices": cpu_devices}
-    save_model(model_dir, cfg, inference, (np.zeros(3), np.ones(3)), params, rest)
+    _, params, rest = nnx.split(CNN(run.model, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    save_model(model_dir, run, (np.zeros(3), np.ones(3)), params, rest)
     return Path(model_dir)
 
 

@@ -14,7 +14,7 @@ from confusion_embeddings.cnn import onednn
 from confusion_embeddings.cnn.conv import conv_dense, conv_matmul_grad, conv_xla
 from confusion_embeddings.cnn.network import CNN
 
-from cnn_helpers import KERNEL, NO_BF16, WITH_BF16, fake_cpu_isa, tiny_config
+from cnn_helpers import KERNEL, NO_BF16, WITH_BF16, fake_cpu_isa, tiny_run
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     out = {}
     for impl in ("onednn", "matmul", "xla"):
-        cfg = tiny_config(5, impl, widths=[8, 16, 16], stem_patch=2)  # blocks at 8, 4, 2 px
+        cfg = tiny_run(5, impl, widths=[8, 16, 16], stem_patch=2).model  # blocks at 8, 4, 2 px
         graphdef, params, rest = nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
         def loss(variables, graphdef=graphdef):
@@ -89,8 +89,8 @@ def test_onednn_and_matmul_networks_match_xla_network(monkeypatch):
 @pytest.mark.skipif(not KERNEL, reason="needs the oneDNN kernel")
 def test_bf16_runs_where_the_cpu_and_the_kernel_allow(monkeypatch):
     fake_cpu_isa(monkeypatch, WITH_BF16)
-    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("onednn", None, "bf16")
-    assert conv_module.resolve("auto", "f32") == conv_module.ConvChoice("onednn", None, "f32")
+    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("onednn", "bf16")
+    assert conv_module.resolve("auto", "f32") == conv_module.ConvChoice("onednn", "f32")
     with pytest.raises(ValueError, match="precision must be one of"):
         conv_module.resolve("auto", "fp16")
 
@@ -124,4 +124,4 @@ def test_both_fallbacks_make_one_warning_line(monkeypatch):
 def test_bf16_on_gpu_means_xla_bf16(monkeypatch):
     monkeypatch.setattr(conv_module, "_cpu_only", lambda: False)
     fake_cpu_isa(monkeypatch, NO_BF16)  # the host CPU does not matter there
-    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("xla", None, "bf16")
+    assert conv_module.resolve("auto", "bf16") == conv_module.ConvChoice("xla", "bf16")

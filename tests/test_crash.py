@@ -402,7 +402,7 @@ def test_killed_anywhere_recovers_to_the_same_results(reference, second, jax_cac
 def test_resumed_training_writes_the_same_dvclive_summary(tmp_path, monkeypatch):
     """Stage level: a training run interrupted after its epoch-1 checkpoint and resumed
     writes the same reports/train/metrics.json bytes as an uninterrupted run."""
-    from stages import train as train_stage
+    from confusion_embeddings.cnn import run as cnn_run
 
     from helpers import make_prepared, run_stage_main, scratch_project
 
@@ -435,7 +435,7 @@ def test_resumed_training_writes_the_same_dvclive_summary(tmp_path, monkeypatch)
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(train_stage, "save_model", killed)
+        m.setattr(cnn_run, "save_model", killed)
         with pytest.raises(KeyboardInterrupt):
             run("resumed")
     assert list(checkpoints.glob("*.msgpack"))

@@ -3,30 +3,29 @@ class-balanced fold s mod K of the training pictures, and predicts only that fol
 train split (plus the other splits whole); K classifiers together predict every training
 picture exactly once, each by a model that never saw it.
 
-confusion_embeddings/data/selection.py:crossfit_folds, cnn/training.py:holdout /
-training_rows / training_split, cnn/inference.py:predict_splits, the train and predict stages.
+confusion_embeddings/data/selection.py:crossfit_folds, cnn/config.py:RunConfig.holdout,
+cnn/training.py:training_rows / training_split, cnn/inference.py:predict_splits, the train
+and predict stages.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
+from confusion_embeddings.cnn.config import Holdout
 from confusion_embeddings.cnn.inference import predict_splits
-from confusion_embeddings.cnn.training import (
-    SCHEMA,
-    holdout,
-    training_rows,
-    training_split,
-)
+from confusion_embeddings.cnn.training import training_rows, training_split
 from confusion_embeddings.core.cli import run_main
-from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.data.prepared import Split, load_prepared
 from confusion_embeddings.data.selection import crossfit_folds
 from confusion_embeddings.predictions import load_predictions
 from stages import train as train_stage
 
+from cnn_helpers import tiny_run
 from helpers import (
     TINY_TRAIN,
     default_params,
@@ -77,8 +76,8 @@ def test_every_classifier_sees_the_same_folds():
     of one common assignment, so seeds 0 .. K-1 leave out disjoint folds that cover all."""
     labels = _labels([9, 8, 7])
     k = 3
-    p = validate_section("train", {"crossfit_folds": k}, SCHEMA)
-    kept = {s: training_rows(labels, holdout(p, s)) for s in range(2 * k)}
+    holdouts = {s: tiny_run(seed=s, crossfit_folds=k).holdout for s in range(2 * k)}
+    kept = {s: training_rows(labels, h) for s, h in holdouts.items()}
     left = {s: np.setdiff1d(np.arange(len(labels)), rows) for s, rows in kept.items()}
     for s in range(k):
         np.testing.assert_array_equal(kept[s], kept[s + k])  # seed s and s + K: one fold
@@ -87,10 +86,9 @@ def test_every_classifier_sees_the_same_folds():
 
 
 def test_holdout_of_a_seed():
-    assert holdout(validate_section("train", {}, SCHEMA), 5) is None  # crossfit_folds: 0
-    p = validate_section("train", {"crossfit_folds": 3}, SCHEMA)
-    assert [holdout(p, s) for s in (0, 1, 2, 3, 7)] == [
-        {"folds": 3, "fold": f} for f in (0, 1, 2, 0, 1)
+    assert tiny_run(seed=5, crossfit_folds=0).holdout is None
+    assert [tiny_run(seed=s, crossfit_folds=3).holdout for s in (0, 1, 2, 3, 7)] == [
+        Holdout(3, f) for f in (0, 1, 2, 0, 1)
     ]
 
 
@@ -99,10 +97,10 @@ def test_training_rows_leave_out_exactly_the_fold():
     fold = crossfit_folds(labels, 3)
     np.testing.assert_array_equal(training_rows(labels, None), np.arange(len(labels)))
     for f in range(3):
-        rows = training_rows(labels, {"folds": 3, "fold": f})
+        rows = training_rows(labels, Holdout(3, f))
         np.testing.assert_array_equal(rows, np.flatnonzero(fold != f))
     images = np.arange(len(labels) * 2, dtype=np.uint8).reshape(len(labels), 2, 1, 1)
-    split = training_split(Split(images, labels), {"folds": 3, "fold": 1})
+    split = training_split(Split(images, labels), Holdout(3, 1))
     rows = np.flatnonzero(fold != 1)
     np.testing.assert_array_equal(split.labels, labels[rows])
     np.testing.assert_array_equal(split.images, images[rows])
@@ -155,7 +153,7 @@ def test_a_crossfit_model_records_its_fold(crossfit_run):
     project, params = crossfit_run
     for s in params["classifiers"]["seeds"]:
         model = project / stage_options(f"train@{s}", params)["--model"]
-        assert read_config(model)["inference"]["holdout"] == {"folds": K, "fold": s % K}
+        assert read_config(model).holdout == Holdout(K, s % K)
 
 
 def test_predictions_cover_the_left_out_fold_and_the_test_split(crossfit_run):
@@ -178,8 +176,8 @@ def test_predictions_cover_the_left_out_fold_and_the_test_split(crossfit_run):
         # They are those pictures' scores: the same model, told it saw every picture,
         # gives the same scores on those rows of the whole train split.
         model = project / stage_options(f"train@{s}", params)["--model"]
-        graphdef, weights, rest, cfg, inference, norm = load_model(model)
-        everything = (graphdef, weights, rest, cfg, {**inference, "holdout": None}, norm)
+        m = load_model(model)
+        everything = replace(m, run=replace(m.run, train=replace(m.run.train, crossfit_folds=0)))
         full, summary = predict_splits(data, everything, ["train", "test"], 8, False)
         assert summary["train"]["pictures"] == len(train_labels)
         np.testing.assert_allclose(

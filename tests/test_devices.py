@@ -13,6 +13,7 @@ import jax
 import pytest
 
 from confusion_embeddings import devices as parallel
+from confusion_embeddings import host
 from confusion_embeddings.cnn.checkpoint import read_config
 
 from cnn_helpers import (
@@ -42,7 +43,7 @@ from helpers import ROOT
     ],
 )
 def test_auto_cpu_devices_divides_every_batch(cores, batch_sizes, want):
-    n = parallel.auto_cpu_devices(cores, batch_sizes)
+    n = host.auto_cpu_devices(cores, batch_sizes)
     assert n == want and all(b % n == 0 for b in batch_sizes)
 
 
@@ -60,7 +61,8 @@ def _run_python(script: str, *args: str) -> list[str]:
 _FAULTS_PER_CALL = """
 import resource, sys
 from confusion_embeddings import devices as parallel
-applied = parallel.reuse_host_memory() if sys.argv[1] == "reuse" else False
+from confusion_embeddings import host
+applied = host.reuse_host_memory() if sys.argv[1] == "reuse" else False
 import jax, jax.numpy as jnp
 f = jax.jit(lambda x: x + 1)
 x = jnp.zeros(16 * 2**20, jnp.float32)
@@ -89,16 +91,16 @@ def test_reuse_host_memory_stops_page_faulting_every_call():
 
 def test_reuse_host_memory_leaves_a_running_jax_alone():
     jax.devices()  # the backends are up, as in any test process
-    assert parallel.reuse_host_memory() is False
+    assert host.reuse_host_memory() is False
 
 
 _PREPARE_HOST = """
 import os
 os.environ.pop("XLA_FLAGS", None)  # a forced device count would win over the setting
-from confusion_embeddings import devices as parallel
-host = parallel.prepare_host(2, [8, 4])
+from confusion_embeddings import host
+setup = host.prepare_host(2, [8, 4], "onednn")
 import jax
-print(host.memory_reused, host.cpu_devices, len(jax.devices("cpu")))
+print(setup.memory_reused, setup.cpu_devices, len(jax.devices("cpu")))
 """
 
 
@@ -107,7 +109,7 @@ def test_prepare_host_before_jax_starts_and_after():
     glibc = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
     assert out == [str(glibc), "2", "2"]
     # In this process JAX is already running: both settings are left alone.
-    assert parallel.prepare_host(2, [8]) == parallel.HostSetup(False, None)
+    assert host.prepare_host(2, [8], "onednn") == host.HostSetup(False, None)
 
 
 def test_data_mesh_over_the_first_devices():
@@ -120,7 +122,7 @@ def test_data_mesh_over_the_first_devices():
 )
 def test_native_bf16_reads_the_cpu_flags(monkeypatch, isa, want):
     fake_cpu_isa(monkeypatch, isa)
-    assert parallel.native_bf16() is want
+    assert host.native_bf16() is want
 
 
 def _device_count(tmp: Path, tag: str) -> int:
@@ -174,7 +176,7 @@ def test_cli_splits_the_cpu_into_devices(tmp_path, setting, conv_impl, batches, 
     env = {k: v for k, v in train_env(1, tmp_path).items() if k != "XLA_FLAGS"}
     subprocess.run(train_cmd("cli"), cwd=tmp_path, env=env, check=True, capture_output=True)
     if want is None:
-        want = parallel.auto_cpu_devices(parallel.cpu_cores(), batches)
+        want = host.auto_cpu_devices(host.cpu_cores(), batches)
     assert _device_count(tmp_path, "cli") == want
     # The count is saved with the model: predict sets up the host the same way.
-    assert read_config(tmp_path / "model-cli")["inference"]["cpu_devices"] == setting
+    assert read_config(tmp_path / "model-cli").train.cpu_devices == setting

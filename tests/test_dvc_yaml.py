@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from confusion_embeddings import devices
+from confusion_embeddings import host
 from confusion_embeddings.core.params import defaults
 
 from helpers import (
@@ -374,7 +374,7 @@ def test_no_params_key_is_required():
 def test_hosts_params_are_spelt_out_and_no_stage_depends_on_them():
     """`hosts` (how long a multi-process job waits for a peer) changes no result: a change
     must not make DVC retrain, so no stage lists it among its params."""
-    assert default_params()["hosts"] == defaults(devices.HOSTS)
+    assert default_params()["hosts"] == defaults(host.HOSTS)
     for name, entry in dvc_stages().items():
         params = entry.get("do", entry).get("params", [])
         assert "hosts" not in params, f"dvc.yaml: stage {name} depends on params hosts"

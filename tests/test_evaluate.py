@@ -39,10 +39,7 @@ from confusion_embeddings.evaluation.plots import (
 from confusion_embeddings.evaluation.ranking import seed_mean_std, spearman_upper, table_agreement
 from confusion_embeddings.evaluation.report import metrics_dict, print_warnings, render_report
 from confusion_embeddings.evaluation.scores import SCHEMA, evaluate
-from confusion_embeddings.evaluation.uncertainty import (
-    KEEP_ALL_PAIRS_MAX_CLASSES,
-    ranked_neighbours,
-)
+from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 from confusion_embeddings.method import assess
 from confusion_embeddings.pairs import Pairs, build_pairs, combine
 from confusion_embeddings.predictions import load_predictions
@@ -265,13 +262,13 @@ def test_report_tables_plots_and_metrics(tmp_path, planted):
     m = metrics_dict(ev)
     assert list(m) == headline(m, SEVERAL_CLASSIFIERS | SEVERAL_RUNS)
     assert m["classifiers"] == 1 and ev.seeds == 1  # jax: the lowest-loss restart alone
-    # The tables: every ordered pair of distinct classes (12 <= KEEP_ALL_PAIRS_MAX_CLASSES),
+    # The tables: every ordered pair of distinct classes (12 <= all_pairs_max_classes),
     # neighbours most similar first, rounded to 4 decimals.
-    write_similarity_csv(ev, tmp_path / "similarity.csv", params["top_n"])
+    write_similarity_csv(ev, tmp_path / "similarity.csv")
     rows = read_table((tmp_path / "similarity.csv").read_text())
     assert tuple(rows[0]) == SIMILARITY_COLUMNS
     assert [tuple(r.values()) for r in rows] == [
-        tuple(str(x) for x in row) for row in similarity_rows(ev, params["top_n"])
+        tuple(str(x) for x in row) for row in similarity_rows(ev)
     ]
     assert {r["class"] for r in rows} == set(CLASSES)
     assert len(rows) == len(CLASSES) * (len(CLASSES) - 1)
@@ -299,7 +296,7 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     p = hand_pairs(true, guess, k, classes, groups={"a": classes[:30], "b": classes[30:]})
     vectors = rng.normal(size=(1, 2, c, 5)).astype(np.float32)
     replicates = vectors[:, :1] + 0.1 * rng.normal(size=(1, 8, c, 5)).astype(np.float32)
-    params = eval_params(top_n=4)
+    params = eval_params(top_n=4, all_pairs_max_classes=c - 1)
     ev = evaluate(p, vectors, params, replicates=replicates)
     report = render_report(ev, params)
     assert "## Nearest 4 classes of each class" in report and "| **n0**" not in report
@@ -311,9 +308,8 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     assert ev.secondary is None
     absent = SEVERAL_CLASSIFIERS | {"secondary_vs_confusion"}
     assert list(m) == headline(m, absent)  # no tables in the metrics
-    # Beyond KEEP_ALL_PAIRS_MAX_CLASSES the table keeps each class's top_n neighbours.
-    assert c > KEEP_ALL_PAIRS_MAX_CLASSES
-    rows = similarity_rows(ev, params["top_n"])
+    # Beyond all_pairs_max_classes the table keeps each class's top_n neighbours.
+    rows = similarity_rows(ev)
     assert len(rows) == c * 4 and [r[0] for r in rows[:4]] == ["n0"] * 4
     assert [r[1] for r in rows[:4]] == [classes[j] for j in ranked_neighbours(ev.mean, 0)[:4]]
     write_plots(ev, tmp_path, params)

@@ -8,11 +8,11 @@ from flax import nnx
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN
 
-from cnn_helpers import tiny_config
+from cnn_helpers import tiny_run
 
 
 def _tiny_model(num_classes: int = 4):
-    cfg = tiny_config(num_classes, stem_patch=2)
+    cfg = tiny_run(num_classes, stem_patch=2).model
     return nnx.split(CNN(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
 
 

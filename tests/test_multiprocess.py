@@ -17,7 +17,6 @@ device count, so the same computation.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
@@ -31,6 +30,7 @@ import yaml
 from flax import serialization
 
 from confusion_embeddings.cnn import onednn
+from confusion_embeddings.cnn.checkpoint import read_config
 
 from helpers import (
     ROOT,
@@ -165,8 +165,7 @@ def train_both(tmp: Path, conv_impl: str) -> tuple[Path, Path, list]:
     assert '"device_count": 2' in out0, out0[-1500:]  # the job saw both processes' devices
     assert "test accuracy" in out1  # process 1 trained too...
     assert not (two / ELSEWHERE).exists(), "process 1 wrote outputs"  # ... and wrote nothing
-    config = json.loads((two / "models/cnn/seed_0/config.json").read_text())
-    assert config["inference"]["cpu_devices"] == 1
+    assert read_config(two / "models/cnn/seed_0").train.cpu_devices == 1
     return one, two, results
 
 

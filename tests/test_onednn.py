@@ -18,7 +18,7 @@ import pytest
 from confusion_embeddings.cnn import onednn
 from confusion_embeddings.cnn.conv import conv_xla
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.devices import native_bf16
+from confusion_embeddings.host import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +105,7 @@ _TWO_DEVICES = """
 import json
 import jax, jax.numpy as jnp, numpy as np
 from confusion_embeddings import devices as parallel
+from confusion_embeddings import host
 from confusion_embeddings.cnn import onednn
 from confusion_embeddings.cnn.conv import conv_xla as xla
 assert jax.device_count() == 2
@@ -133,7 +134,7 @@ xb = x.astype(jnp.bfloat16)
 def loss_bf16(x, w):
     return jnp.sum(jnp.sin(onednn.conv(x, w).astype(jnp.float32)))
 got = {}
-for n in (1, 2) if parallel.native_bf16() else ():
+for n in (1, 2) if host.native_bf16() else ():
     with parallel.data_parallel(n) as mesh:
         xs = jax.device_put(xb, parallel.batch_sharded(mesh))
         ws = jax.device_put(w, parallel.replicated(mesh))

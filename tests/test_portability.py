@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import yaml
 
-from confusion_embeddings import devices
+from confusion_embeddings import host
 from confusion_embeddings.cnn import conv, onednn
+from confusion_embeddings.cnn.checkpoint import read_config
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import _host, atomic_file
 
@@ -76,18 +77,18 @@ def _env(**extra: str) -> dict:
 
 
 def test_resolve_keeps_an_explicit_xla_convolution():
-    assert conv.resolve("matmul") == conv.ConvChoice("matmul")
-    assert conv.resolve("xla") == conv.ConvChoice("xla")
+    assert conv.resolve("matmul", "f32") == conv.ConvChoice("matmul", "f32")
+    assert conv.resolve("xla", "f32") == conv.ConvChoice("xla", "f32")
 
 
 def test_resolve_auto_falls_back_off_the_kernels_platform(monkeypatch):
     monkeypatch.setattr(onednn, "platform_supported", lambda: False)
-    choice = conv.resolve("auto")
+    choice = conv.resolve("auto", "f32")
     assert choice.impl == "matmul"
     assert choice.warning.startswith("warning: oneDNN convolutions unavailable (no oneDNN wheels")
     assert "\n" not in choice.warning and "make setup" in choice.warning
     with pytest.raises(onednn.KernelUnavailable, match="x86-64 Linux only.*conv_impl: auto"):
-        conv.resolve("onednn")
+        conv.resolve("onednn", "f32")
 
 
 def test_resolve_auto_falls_back_when_the_kernel_cannot_be_built(monkeypatch):
@@ -96,11 +97,11 @@ def test_resolve_auto_falls_back_when_the_kernel_cannot_be_built(monkeypatch):
 
     monkeypatch.setattr(onednn, "platform_supported", lambda: True)
     monkeypatch.setattr(onednn, "load", no_kernel)
-    choice = conv.resolve("auto")
+    choice = conv.resolve("auto", "f32")
     assert choice.impl == "matmul"
     assert "(no C++ compiler ('cc' not found))" in choice.warning
     with pytest.raises(onednn.KernelUnavailable, match="long message"):
-        conv.resolve("onednn")
+        conv.resolve("onednn", "f32")
 
 
 @pytest.mark.slow
@@ -127,7 +128,7 @@ def test_training_without_a_compiler_falls_back_and_records_it(tmp_path):
     metrics = json.loads((project / stage_argv_option(project, "train", "--metrics")).read_text())
     assert metrics["conv_impl_used"] == "matmul"
     model = project / stage_argv_option(project, "train", "--model")
-    assert json.loads((model / "config.json").read_text())["model"]["conv_impl"] == "matmul"
+    assert read_config(model).conv_impl == "matmul"
     assert not list((tmp_path / "k").rglob("*.so"))  # nothing half-built left behind
     predicted = _run(project, "predict", env)
     assert sum(line.startswith("warning:") for line in predicted.stderr.splitlines()) == 0
@@ -212,14 +213,14 @@ def clean_env(monkeypatch):
 
 
 def test_one_process_by_default(clean_env):
-    assert devices.distributed_request() is None
+    assert host.distributed_request() is None
 
 
 def test_explicit_job_size_is_passed_on(clean_env):
     clean_env.setenv("JAX_COORDINATOR_ADDRESS", "host0:1234")
     clean_env.setenv("JAX_NUM_PROCESSES", "4")
     clean_env.setenv("JAX_PROCESS_ID", "3")
-    assert devices.distributed_request() == {"num_processes": 4, "process_id": 3}
+    assert host.distributed_request() == {"num_processes": 4, "process_id": 3}
 
 
 @pytest.mark.parametrize(
@@ -234,12 +235,12 @@ def test_explicit_job_size_is_passed_on(clean_env):
 def test_a_cluster_is_left_to_jax_detection(clean_env, env):
     for name, value in env.items():
         clean_env.setenv(name, value)
-    assert devices.distributed_request() == {}
+    assert host.distributed_request() == {}
 
 
 def test_a_single_slurm_task_is_one_process(clean_env):
     clean_env.setenv("SLURM_NTASKS", "1")
-    assert devices.distributed_request() is None
+    assert host.distributed_request() is None
 
 
 @pytest.mark.parametrize(
@@ -254,7 +255,7 @@ def test_an_incomplete_job_description_is_refused(clean_env, env, message):
     for name, value in env.items():
         clean_env.setenv(name, value)
     with pytest.raises(PipelineError, match=message):
-        devices.distributed_request()
+        host.distributed_request()
 
 
 def _free_port() -> int:
@@ -265,10 +266,10 @@ def _free_port() -> int:
 
 _JOIN = """
 import jax
-from confusion_embeddings import devices
-devices.init_distributed()
+from confusion_embeddings import host
+host.init_distributed()
 print(jax.distributed.is_initialized(), jax.process_count(), jax.process_index(),
-      devices.is_primary())
+      host.is_primary())
 """
 
 
@@ -296,7 +297,7 @@ def test_a_coordinator_without_a_job_size_is_a_clear_error(tmp_path):
     env = _env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", PYTHONPATH=str(ROOT))
     code = (
         "from confusion_embeddings.core.cli import run_main\n"
-        + "from confusion_embeddings import devices\nrun_main(devices.init_distributed)\n"
+        + "from confusion_embeddings import host\nrun_main(host.init_distributed)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

@@ -14,8 +14,7 @@ import pytest
 
 from cnn_helpers import (
     OPTIONS,
-    tiny_config,
-    tiny_params,
+    tiny_run,
     train_cmd,
     train_env,
     train_metrics,
@@ -35,39 +34,39 @@ def test_resume_fingerprint_covers_the_content_of_every_dependency(tmp_path, mon
     (code / "a.py").write_text("x = 1\n")
     data = make_prepared(tmp_path / "prepared")
     deps = [Path("code"), Path("prepared"), Path("kernel.cc")]  # the last one missing
-    p = tiny_params()
-    base = fingerprint(p, 0, "xla", deps)
-    assert fingerprint(p, 0, "xla", list(reversed(deps))) == base  # order-free
-    assert fingerprint(tiny_params(lr=0.02), 0, "xla", deps) != base
-    assert fingerprint(p, 1, "xla", deps) != base
-    assert fingerprint(p, 0, "matmul", deps) != base
-    assert fingerprint(p, 0, "xla", deps, precision="bf16") != base
+    run = tiny_run(4, "xla")
+    base = fingerprint(run, deps)
+    assert fingerprint(run, list(reversed(deps))) == base  # order-free
+    assert fingerprint(tiny_run(4, "xla", lr=0.02), deps) != base
+    assert fingerprint(tiny_run(4, "xla", seed=1), deps) != base
+    assert fingerprint(tiny_run(4, "matmul"), deps) != base
+    assert fingerprint(tiny_run(4, "xla", "bf16"), deps) != base
+    assert fingerprint(tiny_run(5, "xla"), deps) != base
     (code / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")  # changes on every import
-    assert fingerprint(p, 0, "xla", deps) == base
+    assert fingerprint(run, deps) == base
     (code / "a.py").write_text("x = 2\n")
-    assert fingerprint(p, 0, "xla", deps) != base
+    assert fingerprint(run, deps) != base
     (code / "a.py").write_text("x = 1\n")
-    assert fingerprint(p, 0, "xla", deps) == base
+    assert fingerprint(run, deps) == base
     labels = np.load(data / "train_labels.npy")
     np.save(data / "train_labels.npy", labels[::-1])  # same size, other content
-    assert fingerprint(p, 0, "xla", deps) != base
+    assert fingerprint(run, deps) != base
     np.save(data / "train_labels.npy", labels)
     (tmp_path / "kernel.cc").write_text("")  # a missing dep differs from an empty one
-    assert fingerprint(p, 0, "xla", deps) != base
+    assert fingerprint(run, deps) != base
 
 
 def test_resume_checkpoint_round_trip(tmp_path):
     from confusion_embeddings.cnn.resume import HISTORY_KEYS, Resume
     from confusion_embeddings.cnn.training import create_train_state
 
-    p = tiny_params()
-    _, state, _ = create_train_state(tiny_config(), p, 0, total_steps=10)
+    _, state, _ = create_train_state(tiny_run(), total_steps=10)
     resume = Resume(tmp_path / "ckpt", "abc123")
     assert not resume.exists() and resume.path == tmp_path / "ckpt" / "abc123.msgpack"
     history = [dict(zip(HISTORY_KEYS, (e, 1.0 / e, 0.5, 0.25), strict=True)) for e in (1, 2)]
     resume.save(state, history, 12.5)
     assert resume.exists()
-    _, template, _ = create_train_state(tiny_config(), p, 1, total_steps=10)  # other weights
+    _, template, _ = create_train_state(tiny_run(seed=1), total_steps=10)  # other weights
     loaded, hist, seconds = resume.load(template)
     assert hist == history and [list(h) for h in hist] == [list(HISTORY_KEYS)] * 2
     assert seconds == 12.5

@@ -117,6 +117,7 @@ def fit(counts: np.ndarray, seed: int = 0, **overrides):
         "l2": d["jax_l2"],
         "objective": d["jax_objective"],
         "negative": d["jax_negative"],
+        "init_std": d["jax_init_std"],
         **overrides,
     }
     return train_skipgram(counts, seed, **kw)
@@ -207,9 +208,7 @@ def test_training_compiles_once_per_shape():
     counts = np.arange(49, dtype=np.int64).reshape(7, 7) + 1  # a shape no other test uses
     before = _train._cache_size()
     for seed, steps, lr, l2 in ((0, 10, 0.05, 1e-4), (1, 25, 0.01, 1e-3), (2, 7, 0.1, 0.5)):
-        train_skipgram(
-            counts, seed, dim=3, steps=steps, lr=lr, l2=l2, objective="softmax", negative=5
-        )
+        fit(counts, seed, dim=3, steps=steps, lr=lr, l2=l2)
     assert _train._cache_size() == before + 1
 
 

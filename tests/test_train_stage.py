@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from confusion_embeddings import devices as parallel
-from confusion_embeddings.cnn import conv as conv_module
+from confusion_embeddings import host
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.training import train_and_evaluate
@@ -23,7 +22,7 @@ from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data.prepared import load_prepared
 from stages import train as train_stage
 
-from cnn_helpers import KERNEL, NO_BF16, OPTIONS, fake_cpu_isa, tiny_params, train_project
+from cnn_helpers import KERNEL, NO_BF16, OPTIONS, fake_cpu_isa, tiny_run, train_project
 from helpers import (
     default_params,
     run_in_project,
@@ -59,13 +58,10 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
         "cpu",
     ]
     assert np.isfinite(m["train_loss"])
-    assert m["conv_impl_used"] == conv_module.resolve(tiny_params()["conv_impl"]).impl
-    # The default precision where this machine can run it (conv.resolve's fallback rule).
-    assert (
-        m["precision_used"]
-        == conv_module.resolve(tiny_params()["conv_impl"], tiny_params()["precision"]).precision
-    )
-    assert m["backend"] == jax.default_backend() and m["cpu"] == parallel.cpu_isa()
+    # The default convolution and precision where this machine runs them (conv.resolve).
+    want = tiny_run(4, seed=seed, epochs=1)
+    assert (m["conv_impl_used"], m["precision_used"]) == (want.conv_impl, want.precision)
+    assert m["backend"] == jax.default_backend() and m["cpu"] == host.cpu_isa()
     t = json.loads((project / OPTIONS["--timings"]).read_text())
     assert list(t) == [
         "train_seconds",
@@ -76,29 +72,21 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     ]
     assert t["device_count"] == jax.device_count() and t["wall_seconds"] >= t["train_seconds"] > 0
     assert t["images_per_second"] > 0 and t["gflops_per_image_train"] > 0
-    graphdef, params, rest, cfg, inference, norm = load_model(project / OPTIONS["--model"])
-    assert cfg.num_classes == 4 and cfg.widths == (8, 16) and cfg.conv_impl == m["conv_impl_used"]
-    assert cfg.precision == m["precision_used"]
-    assert cfg.logit_scale == tiny_params()["logit_scale"]
-    # What predict needs to run the network as train did, saved with it.
-    assert inference == {
-        "tta_flip": True,
-        "tta_translate": 1,
-        "cpu_devices": "auto",
-        "holdout": None,  # train.crossfit_folds 0: every training picture (tests/test_crossfit.py)
-    }
-    assert norm[0].shape == norm[1].shape == (3,)
+    # What predict needs to run the network as train did, saved with it: the whole run.
+    model = load_model(project / OPTIONS["--model"])
+    assert model.run == want  # seed, class count, train params, convolution, precision
+    assert model.run.model.widths == (8, 16) and model.run.holdout is None
+    assert model.norm[0].shape == model.norm[1].shape == (3,)
     # The headline figures are the saved model's: its test accuracy, recomputed from the
     # model with the saved test-time augmentation and without, and the last epoch's curve.
     test = load_prepared(project / OPTIONS["--prepared"], ["test"]).splits["test"]
-    for key, tta in (("test_accuracy", inference), ("test_accuracy_no_tta", {})):
-        infer = make_inference_fn(
-            graphdef,
-            norm,
-            tta_flip=tta.get("tta_flip", False),
-            tta_translate=tta.get("tta_translate", 0),
-        )
-        logits = np.asarray(infer(params, rest, np.asarray(test.images)))
+    t = model.run.train
+    for key, tta in (
+        ("test_accuracy", (t.tta_flip, t.tta_translate)),
+        ("test_accuracy_no_tta", (False, 0)),
+    ):
+        infer = make_inference_fn(model.graphdef, model.norm, *tta)
+        logits = np.asarray(infer(model.params, model.rest, np.asarray(test.images)))
         assert m[key] == round(float((logits.argmax(-1) == test.labels).mean()), 6), key
     live = project / OPTIONS["--live"]
     assert (live / "plots" / "metrics" / "test" / "accuracy.tsv").exists()
@@ -124,9 +112,7 @@ def test_bad_batch_size_is_refused_before_any_output(tmp_path, monkeypatch, caps
     with pytest.raises(PipelineError, match="train.batch_size"):
         train_and_evaluate(
             load_prepared(project / OPTIONS["--prepared"]),
-            tiny_params(batch_size=64),
-            0,
-            "xla",
+            tiny_run(4, "xla", batch_size=64),
             show_progress=False,
         )
 
@@ -185,11 +171,11 @@ def test_bf16_falls_back_through_the_train_stage_with_one_warning(tmp_path, monk
     warnings = _warnings(capsys.readouterr().err)
     assert len(warnings) == 1 and "precision bf16 unavailable" in warnings[0], warnings
     assert json.loads((project / OPTIONS["--metrics"]).read_text())["precision_used"] == "f32"
-    assert read_config(project / OPTIONS["--model"])["model"]["precision"] == "f32"
+    assert read_config(project / OPTIONS["--model"]).precision == "f32"
 
 
 @pytest.mark.skipif(
-    not (KERNEL and parallel.native_bf16()), reason="needs the oneDNN kernel and a bf16 CPU"
+    not (KERNEL and host.native_bf16()), reason="needs the oneDNN kernel and a bf16 CPU"
 )
 def test_bf16_train_and_predict_through_the_stages(tmp_path, monkeypatch, capsys):
     """A tiny bf16 run end to end: train records bf16 in its metrics and in the saved model,
@@ -199,7 +185,7 @@ def test_bf16_train_and_predict_through_the_stages(tmp_path, monkeypatch, capsys
     m = json.loads((project / OPTIONS["--metrics"]).read_text())
     assert m["precision_used"] == "bf16" and m["conv_impl_used"] == "onednn"
     assert np.isfinite(m["train_loss"]) and 0 <= m["test_accuracy"] <= 1
-    assert read_config(project / OPTIONS["--model"])["model"]["precision"] == "bf16"
+    assert read_config(project / OPTIONS["--model"]).precision == "bf16"
     out = project / stage_options("predict")["--out"]
     capsys.readouterr()
     run_in_project(project, "predict")

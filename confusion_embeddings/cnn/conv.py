@@ -14,11 +14,12 @@ All give the same numbers up to float rounding; the choice is about speed only
 kernel's window (2x2 under 3x3) are convolved as one dense matmul (`conv_dense`).
 
 `train.precision` (saved with the model too), decided here with the convolution:
-- `f32` (default): float32 throughout.
-- `bf16`: bfloat16 convolutions and matmuls with float32 accumulation (cnn/network.py),
-  through oneDNN's bf16 kernel on CPU, XLA's own on GPU/TPU. On a CPU without native bf16
-  instructions (avx512_bf16, amx_bf16), or where the oneDNN kernel does not run, float32
-  with one warning line (docs/design/bf16.md).
+- `f32`: float32 throughout.
+- `bf16` (the default, cnn/config.py's SCHEMA): bfloat16 convolutions and matmuls with
+  float32 accumulation (cnn/network.py), through oneDNN's bf16 kernel on CPU, XLA's own
+  on GPU/TPU. On a CPU without native bf16 instructions (avx512_bf16, amx_bf16), or where
+  the oneDNN kernel does not run, float32 with one warning line (docs/design/bf16.md).
+`resolve_saved` decides for a saved model: its own convolution where it runs here.
 
     python -m confusion_embeddings.cnn.conv   # build the oneDNN kernel now and check it
 """
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from confusion_embeddings import devices
+from confusion_embeddings import host
 from confusion_embeddings.cnn import onednn
 
 IMPLS = ("auto", "onednn", "matmul", "xla")
@@ -164,13 +165,13 @@ class ConvChoice:
     asked for (one line)."""
 
     impl: str
+    precision: str
     warning: str | None = None
-    precision: str = "f32"
 
 
 def _cpu_only() -> bool:
     """Whether JAX will run on the CPU, told without starting its backends where possible
-    (starting them would fix the CPU device count too early, see devices.py)."""
+    (starting them would fix the CPU device count too early, see host.py)."""
     platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
@@ -185,7 +186,7 @@ def _cpu_only() -> bool:
     return not plugins or jax.default_backend() == "cpu"
 
 
-def resolve(requested: str, precision: str = "f32") -> ConvChoice:
+def resolve(requested: str, precision: str) -> ConvChoice:
     """Decide, before JAX starts where it can, which convolution `requested` and which
     precision mean here.
 
@@ -195,31 +196,39 @@ def resolve(requested: str, precision: str = "f32") -> ConvChoice:
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    choice = _resolve_impl(requested)
+    impl, impl_warning = _resolve_impl(requested)
     if precision == "f32" or not _cpu_only():  # GPU/TPU: XLA's own bf16 convolutions
-        return ConvChoice(choice.impl, choice.warning, precision)
-    if choice.impl != "onednn":
-        reason = f"it needs oneDNN's convolutions, and conv_impl {choice.impl} runs here"
-    elif not devices.native_bf16():
+        return ConvChoice(impl, precision, impl_warning)
+    if impl != "onednn":
+        reason = f"it needs oneDNN's convolutions, and conv_impl {impl} runs here"
+    elif not host.native_bf16():
         reason = (
-            f"this CPU has no native bfloat16 instructions ({' or '.join(devices.BF16_ISA)}; "
-            f"it has {devices.cpu_isa()})"
+            f"this CPU has no native bfloat16 instructions ({' or '.join(host.BF16_ISA)}; "
+            f"it has {host.cpu_isa()})"
         )
     else:
-        return ConvChoice(choice.impl, choice.warning, "bf16")
+        return ConvChoice(impl, "bf16", impl_warning)
     warning = f"warning: precision bf16 unavailable ({reason}); using f32"
-    if choice.warning:  # one line for both fallbacks
-        warning = f"{choice.warning}; {warning.removeprefix('warning: ')}"
-    return ConvChoice(choice.impl, warning, "f32")
+    if impl_warning:  # one line for both fallbacks
+        warning = f"{impl_warning}; {warning.removeprefix('warning: ')}"
+    return ConvChoice(impl, "f32", warning)
 
 
-def _resolve_impl(requested: str) -> ConvChoice:
+def resolve_saved(impl: str, precision: str) -> ConvChoice:
+    """The convolution and precision to run a saved model with: those it was trained with,
+    or where they cannot run here (a model moved to another machine), the fastest that
+    can. All give the same numbers up to float rounding."""
+    return resolve("auto" if impl == "onednn" else impl, precision)
+
+
+def _resolve_impl(requested: str) -> tuple[str, str | None]:
+    """(the convolution that runs, the warning line when it is not the one asked for)."""
     if requested not in IMPLS:
         raise ValueError(f"conv_impl must be one of {IMPLS}, not {requested!r}")
     if requested in ("matmul", "xla"):
-        return ConvChoice(requested)
+        return requested, None
     if not _cpu_only():
-        return ConvChoice("xla")  # GPU/TPU: XLA's convolutions (cuDNN and the like)
+        return "xla", None  # GPU/TPU: XLA's convolutions (cuDNN and the like)
     if not onednn.platform_supported():
         if requested == "onednn":
             raise onednn.KernelUnavailable(
@@ -227,16 +236,16 @@ def _resolve_impl(requested: str) -> ConvChoice:
                 f"{sys.platform} {os.uname().machine}; set train.conv_impl: auto",
                 reason="not x86-64 Linux",
             )
-        return ConvChoice(
-            "matmul", _fallback_warning(f"no oneDNN wheels for {sys.platform} {os.uname().machine}")
+        return "matmul", _fallback_warning(
+            f"no oneDNN wheels for {sys.platform} {os.uname().machine}"
         )
     try:
         onednn.load()
     except onednn.KernelUnavailable as exc:
         if requested == "onednn":
             raise
-        return ConvChoice("matmul", _fallback_warning(exc.reason))
-    return ConvChoice("onednn")
+        return "matmul", _fallback_warning(exc.reason)
+    return "onednn", None
 
 
 def _fallback_warning(reason: str) -> str:
@@ -249,7 +258,7 @@ def _fallback_warning(reason: str) -> str:
 def main() -> None:
     """Build the oneDNN kernel now and check it against XLA's convolution on random data;
     where it cannot be built, say so and what runs instead (exit code 0: not an error)."""
-    choice = resolve("auto")
+    choice = resolve("auto", "f32")
     if choice.impl != "onednn":
         print(choice.warning or f"oneDNN convolutions are not used here ({choice.impl})")
         return

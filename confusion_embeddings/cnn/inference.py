@@ -1,6 +1,6 @@
 """Running a trained network over pictures: the jitted inference function and predict's core.
 
-Reads and writes nothing itself; stages/predict.py writes what `predict_splits` returns.
+Reads and writes nothing itself; cnn/run.py writes what `predict_splits` returns.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from confusion_embeddings import devices
+from confusion_embeddings.cnn.checkpoint import Model
 from confusion_embeddings.core.params import Param, at_least
 from confusion_embeddings.data.prepared import Prepared, Split
 from confusion_embeddings.data.selection import crossfit_folds
@@ -71,29 +72,26 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_splits(
-    data: Prepared, model, splits: list[str], batch_size: int, show_progress: bool = True
+    data: Prepared, model: Model, splits: list[str], batch_size: int, show_progress: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run `model` = load_model(...)'s tuple over `splits`; return the predictions-file
-    arrays (predictions.py's contract) and a summary (pictures, top-1 accuracy per split).
+    """Run `model` over `splits`; return the predictions-file arrays (predictions.py's
+    contract) and a summary (pictures, top-1 accuracy per split).
 
     A model trained under cross-fitting predicts only the training pictures it never saw
-    (its left-out fold, `holdout` in its saved settings); the other splits whole.
+    (its RunConfig's `holdout`); the other splits whole.
     """
-    graphdef, params, rest, _, inference, norm = model
     devices.check_batch_size(batch_size, "predict.batch_size")
+    t, holdout = model.run.train, model.run.holdout
     with devices.data_parallel() as mesh:  # the mesh the network's convolutions see
-        params, rest = jax.device_put((params, rest), devices.replicated(mesh))
+        params, rest = jax.device_put((model.params, model.rest), devices.replicated(mesh))
         infer = make_inference_fn(
-            graphdef, norm, tta_flip=inference["tta_flip"], tta_translate=inference["tta_translate"]
+            model.graphdef, model.norm, tta_flip=t.tta_flip, tta_translate=t.tta_translate
         )
         labels, probs, split_ids, summary = [], [], [], {}
         for i, name in enumerate(splits):
             split = data.splits[name]
-            left_out = inference.get("holdout")
-            if name == "train" and left_out is not None:
-                rows = np.flatnonzero(
-                    crossfit_folds(split.labels, left_out["folds"]) == left_out["fold"]
-                )
+            if name == "train" and holdout is not None:
+                rows = np.flatnonzero(crossfit_folds(split.labels, holdout.folds) == holdout.fold)
                 split = Split(np.asarray(split.images[rows]), split.labels[rows])
             logits = devices.map_batches(
                 lambda x: infer(params, rest, x),

@@ -1,7 +1,6 @@
 """The CNN: a small airbench-style network in Flax NNX.
 
-Reads and writes nothing; cnn/training.py builds it from the train params
-(`ModelConfig.from_params`), cnn/checkpoint.py rebuilds it from the saved config.
+Reads and writes nothing; cnn/config.py's RunConfig says its shape (`RunConfig.model`).
 
 Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv, BN, GELU)
 -> global max-pool -> linear. Each block halves the resolution, so three blocks take a
@@ -15,8 +14,7 @@ GELU and the logits stay float32 (docs/design/bf16.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +25,8 @@ from confusion_embeddings.cnn.conv import conv, matmul
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network's shape and the convolution it runs; built from the train params only
-    (`from_params`), so every default lives in cnn/training.py's SCHEMA."""
+    """The network's shape and the convolution it runs (built by cnn/config.py's RunConfig
+    from the train params, where every default lives)."""
 
     num_classes: int
     stem_width: int
@@ -37,35 +35,12 @@ class ModelConfig:
     bn_momentum: float
     logit_scale: float  # the final linear layer's logits are scaled by this
     conv_impl: str  # resolved (cnn/conv.py): "onednn", "matmul" or "xla", never "auto"
-    # Resolved too: "f32" or "bf16", the precision that ran (models saved before it: f32).
-    precision: str = "f32"
-
-    @classmethod
-    def from_params(
-        cls, p: dict[str, Any], num_classes: int, conv_impl: str, precision: str = "f32"
-    ) -> ModelConfig:
-        return cls(
-            num_classes=num_classes,
-            stem_width=p["stem_width"],
-            widths=tuple(p["widths"]),
-            stem_patch=p["stem_patch"],
-            bn_momentum=p["bn_momentum"],
-            logit_scale=p["logit_scale"],
-            conv_impl=conv_impl,
-            precision=precision,
-        )
+    precision: str  # resolved too: "f32" or "bf16"
 
     @property
     def dtype(self) -> jnp.dtype:
         """The activations' type between layers (and the multiplies' inputs)."""
         return jnp.dtype(jnp.bfloat16 if self.precision == "bf16" else jnp.float32)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "widths": list(self.widths)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{**d, "widths": tuple(d["widths"])})
 
 
 class Conv(nnx.Module):
@@ -116,8 +91,9 @@ def _maxpool2_bf16_fwd(x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Ar
 
 def _maxpool2_bf16_bwd(res, g: jax.Array) -> tuple[jax.Array]:
     """Autodiff's gradient (each maximum of a window gets g / their count), bit for bit,
-    counted from four slices instead of a reduction: autodiff's bf16 form took 3x as long.
-    (Not used in f32, where it would move the fusions and so the last bits of the result.)"""
+    counted from four slices instead of a reduction, which is faster in bf16
+    (docs/design/bf16.md). Not used in f32, where it would move the fusions and so the
+    last bits of the result."""
     x, y = res
     x6, top = _windows(x), y[:, :, None, :, None, :]
     count = sum(

@@ -32,7 +32,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.devices import cpu_cores
+from confusion_embeddings.host import cpu_cores
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 FAST_PATH_HINT = "install g++ and the project's oneDNN wheels (`make setup`) for the fast path"

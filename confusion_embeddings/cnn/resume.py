@@ -3,8 +3,8 @@
 Writes/reads `<dir>/<fingerprint>.msgpack` (the train state's leaves, the epoch history and
 the seconds trained so far), replaced atomically after every epoch and removed when training
 ends; `<dir>` belongs to one classifier. The fingerprint names exactly the computation that
-would continue: the params, the seed, the convolution and precision that run, the device
-count, and the content of every path the train stage depends on (dvc.yaml's list: data,
+would continue: the RunConfig (params, seed, the convolution and precision that run), the
+device count, and the content of every path the train stage depends on (dvc.yaml's list: data,
 code, kernel source). Any change starts afresh.
 """
 
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from flax import serialization
 
+from confusion_embeddings.cnn.config import RunConfig
 from confusion_embeddings.core.files import atomic_file
 
 # Folders DVC ignores too (.dvcignore): Python's byte-code caches change on every import.
@@ -41,18 +42,10 @@ def _hash_path(h: hashlib._Hash, path: Path) -> None:
             h.update(chunk)
 
 
-def fingerprint(
-    p: dict[str, Any], seed: int, conv_impl: str, deps: Iterable[Path], precision: str = "f32"
-) -> str:
+def fingerprint(run: RunConfig, deps: Iterable[Path]) -> str:
     """Hex digest of everything a resumed run must share with the run that saved it."""
-    run = {
-        "params": p,
-        "seed": seed,
-        "conv_impl": conv_impl,
-        "precision": precision,
-        "devices": jax.device_count(),
-    }
-    h = hashlib.sha256(json.dumps(run, sort_keys=True).encode())
+    computation = {"run": run.to_dict(), "devices": jax.device_count()}
+    h = hashlib.sha256(json.dumps(computation, sort_keys=True).encode())
     for dep in sorted(Path(d) for d in deps):
         if dep.exists():
             _hash_path(h, dep)

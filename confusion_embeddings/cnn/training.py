@@ -1,6 +1,6 @@
 """Training the CNN: the train params, the jitted step, one epoch, and the whole run.
 
-Reads and writes nothing itself (stages/train.py does, and cnn/resume.py keeps the resume
+Reads and writes nothing itself (cnn/run.py does, and cnn/resume.py keeps the resume
 checkpoint). Shaped like flax's examples: `create_train_state`, `make_train_step` (the only
 jitted function, buffer-donating), `train_epoch`, `train_and_evaluate`.
 
@@ -28,57 +28,22 @@ import numpy as np
 import optax
 from flax import nnx
 
-from confusion_embeddings import devices
-from confusion_embeddings.cnn.conv import IMPLS, PRECISIONS
+from confusion_embeddings import devices, host
+from confusion_embeddings.cnn.config import Holdout, RunConfig, TrainParams
 from confusion_embeddings.cnn.inference import make_inference_fn
-from confusion_embeddings.cnn.network import CNN, ModelConfig
+from confusion_embeddings.cnn.network import CNN
 from confusion_embeddings.cnn.resume import HISTORY_KEYS, Resume
 from confusion_embeddings.core.cli import progress
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import Param, above, at_least, in_range, int_list, one_of
 from confusion_embeddings.data.prepared import Prepared, Split
 from confusion_embeddings.data.selection import crossfit_folds
 
-# numpy's default_rng refuses negative seeds and jax.random.key takes at most 64 bits.
-SEED_RANGE = (0, 2**32 - 1)
 
-SCHEMA = {
-    # 14: the fewest that keep every classifier above 86% test accuracy (docs/recipe.md).
-    "epochs": Param(int, 14, at_least(1)),
-    "batch_size": Param(int, 512, at_least(1)),
-    "lr": Param(float, 0.2, above(0)),  # peak learning rate, per mean loss over a batch
-    "momentum": Param(float, 0.9, in_range(0.0, 0.999)),
-    "nesterov": Param(bool, True),
-    "weight_decay": Param(float, 5e-4, at_least(0.0)),  # conv and linear kernels only
-    "warmup_fraction": Param(float, 0.2, in_range(0.0, 1.0)),
-    # 0: smoothing pulls the wrong classes' logits together and erases the order of the
-    # 2nd and 3rd guesses, which is what the method reads (docs/recipe.md).
-    "label_smoothing": Param(float, 0.0, in_range(0.0, 0.999)),
-    "translate": Param(int, 2, at_least(0)),
-    "flip": Param(bool, True),
-    "tta_flip": Param(bool, True),
-    "tta_translate": Param(int, 1, at_least(0)),
-    "eval_batch_size": Param(int, 1000, at_least(1)),
-    "stem_patch": Param(int, 2, at_least(1)),
-    "stem_width": Param(int, 32, at_least(1)),
-    "widths": Param(list, [64, 128, 256], int_list(1, what="positive ints")),
-    # 0: train on every training picture; K >= 2: leave out fold seed mod K (cross-fitting).
-    "crossfit_folds": Param(int, 0, lambda v: None if v == 0 or v >= 2 else "0 or an int >= 2"),
-    "bn_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
-    "logit_scale": Param(float, 1 / 9, above(0)),
-    "conv_impl": Param(str, "auto", one_of(*IMPLS)),
-    # bf16 where the CPU has it (f32 with a warning elsewhere): 1.8x the train step,
-    # quality within the f32 classifiers' spread (docs/design/bf16.md).
-    "precision": Param(str, "bf16", one_of(*PRECISIONS)),
-    "cpu_devices": devices.CPU_DEVICES,
-}
-
-
-def check_geometry(image_hw: tuple[int, int], p: dict[str, Any]) -> None:
+def check_geometry(image_hw: tuple[int, int], t: TrainParams) -> None:
     """The stem's space-to-depth needs stem_patch to divide the picture; each block then
     halves the feature map (2x2 max-pool), so it must stay even down to the last block."""
     h, w = image_hw
-    patch, blocks = p["stem_patch"], len(p["widths"])
+    patch, blocks = t.stem_patch, len(t.widths)
     if h % patch or w % patch:
         raise PipelineError(
             f"params.yaml: 'train.stem_patch' = {patch} does not divide the {h}x{w} pictures; "
@@ -87,18 +52,18 @@ def check_geometry(image_hw: tuple[int, int], p: dict[str, Any]) -> None:
     need = 2**blocks
     if (h // patch) % need or (w // patch) % need:
         raise PipelineError(
-            f"params.yaml: 'train.widths' = {p['widths']} has {blocks} blocks, each halving the "
+            f"params.yaml: 'train.widths' = {list(t.widths)} has {blocks} blocks, each halving the "
             f"{h // patch}x{w // patch} map after the stem, so both sides must be divisible by "
             f"{need}; use fewer widths, a smaller train.stem_patch or a larger prepare.image_size"
         )
 
 
-def check_batch_sizes(p: dict[str, Any], n_train: int) -> None:
-    devices.check_batch_size(p["batch_size"], "train.batch_size")
-    devices.check_batch_size(p["eval_batch_size"], "train.eval_batch_size")
-    if n_train < p["batch_size"]:
+def check_batch_sizes(t: TrainParams, n_train: int) -> None:
+    devices.check_batch_size(t.batch_size, "train.batch_size")
+    devices.check_batch_size(t.eval_batch_size, "train.eval_batch_size")
+    if n_train < t.batch_size:
         raise PipelineError(
-            f"params.yaml: 'train.batch_size' = {p['batch_size']} exceeds the {n_train} "
+            f"params.yaml: 'train.batch_size' = {t.batch_size} exceeds the {n_train} "
             "training pictures; lower it"
         )
 
@@ -135,29 +100,29 @@ def _kernels_only(params):
     return jax.tree.map(lambda a: a.ndim > 1, params)
 
 
-def make_optimizer(p: dict[str, Any], steps: int) -> optax.GradientTransformation:
+def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
     """Nesterov SGD, linear warm-up over `warmup_fraction` of the steps, then linear decay."""
-    warmup = max(1, int(p["warmup_fraction"] * steps))
+    warmup = max(1, int(t.warmup_fraction * steps))
     schedule = optax.join_schedules(
         [
-            optax.linear_schedule(0.0, p["lr"], warmup),
-            optax.linear_schedule(p["lr"], 0.0, max(1, steps - warmup)),
+            optax.linear_schedule(0.0, t.lr, warmup),
+            optax.linear_schedule(t.lr, 0.0, max(1, steps - warmup)),
         ],
         [warmup],
     )
     return optax.chain(
-        optax.add_decayed_weights(p["weight_decay"], mask=_kernels_only),
-        optax.sgd(schedule, momentum=p["momentum"], nesterov=p["nesterov"]),
+        optax.add_decayed_weights(t.weight_decay, mask=_kernels_only),
+        optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov),
     )
 
 
-def create_train_state(cfg: ModelConfig, p: dict[str, Any], seed: int, total_steps: int):
-    """(graphdef, state, optimizer): the network initialised from `seed`; the state is a
-    plain dict (params, rest = batch-norm statistics, opt, step, key) that serialises."""
-    key = jax.random.key(seed)
-    model = CNN(cfg, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
+def create_train_state(run: RunConfig, total_steps: int):
+    """(graphdef, state, optimizer): the network initialised from the run's seed; the state
+    is a plain dict (params, rest = batch-norm statistics, opt, step, key) that serialises."""
+    key = jax.random.key(run.seed)
+    model = CNN(run.model, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(p, total_steps)
+    tx = make_optimizer(run.train, total_steps)
     state = {
         "params": params,
         "rest": rest,
@@ -169,16 +134,16 @@ def create_train_state(cfg: ModelConfig, p: dict[str, Any], seed: int, total_ste
     return graphdef, state, tx
 
 
-def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], p: dict[str, Any]):
+def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], t: TrainParams):
     """Return jitted `step(state, images_u8, labels) -> (state, loss_sum, correct)`."""
     mean, std = norm
-    smoothing = p["label_smoothing"]
+    smoothing = t.label_smoothing
 
     def loss_fn(variables, images, labels, key):
         # Batch statistics are differentiated too (their gradient is zero and compiled
         # away): NNX refuses to update variables created at an outer trace level.
         model = nnx.merge(graphdef, *variables)
-        x = (augment(images, key, p["translate"], p["flip"]) - mean) / std
+        x = (augment(images, key, t.translate, t.flip) - mean) / std
         logits = model(x)
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
         losses = optax.softmax_cross_entropy(logits, targets)
@@ -237,23 +202,17 @@ def accuracy(infer, state, split: Split, batch_size: int, mesh) -> float:
     return float((logits.argmax(-1) == split.labels).mean())
 
 
-def holdout(p: dict[str, Any], seed: int) -> dict[str, int] | None:
-    """The training fold the classifier of `seed` leaves out under cross-fitting, or None."""
-    folds = p["crossfit_folds"]
-    return {"folds": folds, "fold": seed % folds} if folds else None
-
-
-def training_rows(labels: np.ndarray, left_out: dict[str, int] | None) -> np.ndarray:
-    """Rows of the train split a classifier trains on: all, or all but its left-out fold."""
-    if left_out is None:
+def training_rows(labels: np.ndarray, holdout: Holdout | None) -> np.ndarray:
+    """Rows of the train split a classifier trains on: all, or all but its held-out fold."""
+    if holdout is None:
         return np.arange(len(labels))
-    return np.flatnonzero(crossfit_folds(labels, left_out["folds"]) != left_out["fold"])
+    return np.flatnonzero(crossfit_folds(labels, holdout.folds) != holdout.fold)
 
 
-def training_split(train: Split, left_out: dict[str, int] | None) -> Split:
-    if left_out is None:
+def training_split(train: Split, holdout: Holdout | None) -> Split:
+    if holdout is None:
         return train
-    rows = training_rows(train.labels, left_out)
+    rows = training_rows(train.labels, holdout)
     return Split(np.asarray(train.images[rows]), train.labels[rows])
 
 
@@ -269,84 +228,75 @@ class Trained:
 
     graphdef: Any
     state: dict
-    cfg: ModelConfig
     norm: tuple[np.ndarray, np.ndarray]
     history: list[dict[str, float]]
     test_accuracy: float  # with test-time augmentation, as predict runs the network
     train_seconds: float  # the epochs alone, summed over resumed runs
+    images_trained: int  # pictures through the train step, over every epoch
 
 
 def train_and_evaluate(
     data: Prepared,
-    p: dict[str, Any],
-    seed: int,
-    conv_impl: str,
+    run: RunConfig,
     resume: Resume | None = None,
     on_epoch: Callable[[dict[str, float]], None] = lambda rec: None,
     show_progress: bool = True,
-    precision: str = "f32",
 ) -> Trained:
-    """Train on data's train split (less the fold `seed` leaves out under cross-fitting),
-    scoring on its test split after every epoch.
+    """Train the run's network on data's train split (less its held-out fold under
+    cross-fitting), scoring on its test split after every epoch.
 
-    `conv_impl` and `precision` are resolved (cnn/conv.py). `resume` keeps a checkpoint
-    after every epoch and continues from one; `on_epoch` gets each epoch's record (also the
-    records of epochs restored from a checkpoint, in order).
+    `resume` keeps a checkpoint after every epoch and continues from one; `on_epoch` gets
+    each epoch's record (also the records of epochs restored from a checkpoint, in order).
     """
-    train = training_split(data.splits["train"], holdout(p, seed))
-    test = data.splits["test"]
-    bs = p["batch_size"]
-    check_batch_sizes(p, len(train.labels))
-    check_geometry(data.image_hw, p)
-    steps_per_epoch = len(train.labels) // bs
-    cfg = ModelConfig.from_params(p, len(data.classes), conv_impl, precision)
+    t = run.train
+    train = training_split(data.splits["train"], run.holdout)
+    check_batch_sizes(t, len(train.labels))
+    check_geometry(data.image_hw, t)
+    steps_per_epoch = len(train.labels) // t.batch_size
     norm = pixel_norm(train.images)
 
     with devices.data_parallel() as mesh:  # the mesh the step's convolutions see
-        graphdef, state, tx = create_train_state(cfg, p, seed, steps_per_epoch * p["epochs"])
+        graphdef, state, tx = create_train_state(run, steps_per_epoch * t.epochs)
         history: list[dict[str, float]] = []
         train_seconds = 0.0
         # Every process resumes, or none: the checkpoint folder must be one they all see.
-        if resume is not None and devices.agreed(
+        if resume is not None and host.agreed(
             resume.exists(), f"the resume checkpoint {resume.path} exists"
         ):
             state, history, train_seconds = resume.load(state)
             print(f"resuming from {resume.path} after epoch {len(history)}")
         state = jax.device_put(state, devices.replicated(mesh))
-        step = make_train_step(graphdef, tx, (jnp.asarray(norm[0]), jnp.asarray(norm[1])), p)
+        step = make_train_step(graphdef, tx, (jnp.asarray(norm[0]), jnp.asarray(norm[1])), t)
         # The per-epoch curve uses the plain network (one view, cheap); the final score the
         # test-time augmentation that predict applies too.
         infer_plain = make_inference_fn(graphdef, norm)
         infer_tta = make_inference_fn(
-            graphdef, norm, tta_flip=p["tta_flip"], tta_translate=p["tta_translate"]
+            graphdef, norm, tta_flip=t.tta_flip, tta_translate=t.tta_translate
         )
         for rec in history:
             on_epoch(rec)
-        for epoch in range(len(history), p["epochs"]):
-            order = np.random.default_rng([seed, epoch]).permutation(len(train.labels))
+        for epoch in range(len(history), t.epochs):
+            order = np.random.default_rng([run.seed, epoch]).permutation(len(train.labels))
+            desc = f"epoch {epoch + 1}/{t.epochs}"
             state, loss, acc, seconds = train_epoch(
-                step,
-                state,
-                train,
-                order,
-                bs,
-                mesh,
-                f"epoch {epoch + 1}/{p['epochs']}",
-                show_progress,
+                step, state, train, order, t.batch_size, mesh, desc, show_progress
             )
             train_seconds += seconds
-            test_acc = accuracy(infer_plain, state, test, p["eval_batch_size"], mesh)
-            values = (epoch + 1, round(loss, 6), round(acc, 6), round(test_acc, 6))
-            rec = dict(zip(HISTORY_KEYS, values, strict=True))
-            history.append(rec)
-            on_epoch(rec)
+            test_acc = accuracy(infer_plain, state, data.splits["test"], t.eval_batch_size, mesh)
+            history.append(_epoch_record(epoch + 1, loss, acc, test_acc))
             print(
-                f"epoch {epoch + 1}/{p['epochs']}: loss {loss:.4f} train acc {acc:.4f} "
-                f"test acc {test_acc:.4f} ({steps_per_epoch * bs / seconds:.0f} img/s, "
-                f"{seconds:.0f} s)",
+                f"{desc}: loss {loss:.4f} train acc {acc:.4f} test acc {test_acc:.4f} "
+                f"({steps_per_epoch * t.batch_size / seconds:.0f} img/s, {seconds:.0f} s)",
                 flush=True,
             )
-            if resume is not None and epoch + 1 < p["epochs"] and devices.is_primary():
+            if resume is not None and epoch + 1 < t.epochs and host.is_primary():
                 resume.save(state, history, train_seconds)
-        final_acc = accuracy(infer_tta, state, test, p["eval_batch_size"], mesh)
-    return Trained(graphdef, state, cfg, norm, history, final_acc, train_seconds)
+            on_epoch(history[-1])  # after the save: a failing logger loses no epoch
+        final_acc = accuracy(infer_tta, state, data.splits["test"], t.eval_batch_size, mesh)
+    images = steps_per_epoch * t.batch_size * t.epochs
+    return Trained(graphdef, state, norm, history, final_acc, train_seconds, images)
+
+
+def _epoch_record(epoch: int, loss: float, acc: float, test_acc: float) -> dict[str, float]:
+    values = (epoch, round(loss, 6), round(acc, 6), round(test_acc, 6))
+    return dict(zip(HISTORY_KEYS, values, strict=True))

@@ -41,6 +41,7 @@ SCHEMA = {
     "jax_l2": Param(float, 0.01, above(0)),
     "jax_objective": Param(str, "softmax", one_of(*OBJECTIVES)),
     "jax_negative": Param(int, 5, at_least(1)),
+    "jax_init_std": Param(float, 0.1, above(0)),
 }
 
 # engine jax: a final gradient norm above this means "not converged yet" (a warning).
@@ -134,7 +135,9 @@ def train_restarts(pairs: Pairs, params: dict[str, Any]) -> Restarts:
     counts = count_matrix(pairs.true, pairs.guess, pairs.n_classes)
     _check_true_classes(pairs, counts)
     fits = [
-        train_skipgram(counts, seed, dim=params["dim"], **jax_settings(params))
+        train_skipgram(
+            counts, seed, dim=params["dim"], init_std=params["jax_init_std"], **jax_settings(params)
+        )
         for seed in params["seeds"]
     ]
     if not all(np.isfinite(f.w_in).all() and np.isfinite(f.loss) for f in fits):

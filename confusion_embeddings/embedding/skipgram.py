@@ -32,7 +32,6 @@ import numpy as np
 import optax
 
 OBJECTIVES = ("softmax", "negative")
-INIT_STD = 0.1
 NOISE_POWER = 0.75  # word2vec's unigram ** 0.75 noise distribution
 
 
@@ -69,11 +68,11 @@ def _objective(
     return data + l2 * (jnp.sum(w_in**2) + jnp.sum(w_out**2)) / w_in.shape[0]
 
 
-def _init(key: jax.Array, c: int, dim: int) -> dict:
+def _init(key: jax.Array, c: int, dim: int, std: float) -> dict:
     k_in, k_out = jax.random.split(key)
     return {
-        "w_in": INIT_STD * jax.random.normal(k_in, (c, dim), jnp.float32),
-        "w_out": INIT_STD * jax.random.normal(k_out, (c, dim), jnp.float32),
+        "w_in": std * jax.random.normal(k_in, (c, dim), jnp.float32),
+        "w_out": std * jax.random.normal(k_out, (c, dim), jnp.float32),
     }
 
 
@@ -99,10 +98,10 @@ def _fit(params, freq, noise, steps, lr, l2, negative, kind: str):
     return params["w_in"], params["w_out"], loss, grad_norm
 
 
-@functools.partial(jax.jit, static_argnames=("dim", "kind"))
-def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str):
+@functools.partial(jax.jit, static_argnames=("dim", "kind", "init_std"))
+def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str, init_std: float):
     """Init from `key`, then `steps` full-batch Adam steps; one compilation per (C, dim, kind)."""
-    params = _init(key, freq.shape[0], dim)
+    params = _init(key, freq.shape[0], dim, init_std)
     return _fit(params, freq, noise, steps, lr, l2, negative, kind)
 
 
@@ -147,12 +146,17 @@ def train_skipgram(
     l2: float,
     objective: str,
     negative: int,
+    init_std: float,
 ) -> SkipGram:
     """Train one directed skip-gram on a [C, C] count matrix (row = input/true word)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
     w_in, w_out, loss, grad_norm = _train(
-        jax.random.key(seed), *_inputs(counts, steps, lr, l2, negative), dim=dim, kind=objective
+        jax.random.key(seed),
+        *_inputs(counts, steps, lr, l2, negative),
+        dim=dim,
+        kind=objective,
+        init_std=init_std,
     )
     return SkipGram(
         w_in=np.asarray(w_in, np.float32),

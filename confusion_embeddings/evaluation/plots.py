@@ -16,7 +16,6 @@ from scipy.cluster import hierarchy
 from confusion_embeddings.evaluation.projection import ClassMap, replicate_maps
 from confusion_embeddings.evaluation.scores import Evaluation
 from confusion_embeddings.evaluation.uncertainty import (
-    KEEP_ALL_PAIRS_MAX_CLASSES,
     ranked_neighbours,
 )
 
@@ -89,7 +88,7 @@ MAP_REPLICATES = 50
 
 def redrawn_tables(ev: Evaluation, count: int) -> list[np.ndarray]:
     """Up to `count` bootstrap replicates' full tables, where the replicates were kept for
-    every class pair (up to KEEP_ALL_PAIRS_MAX_CLASSES classes); else none."""
+    every class pair (params `evaluate.all_pairs_max_classes`); else none."""
     u, c = ev.uncertainty, len(ev.classes)
     if u.pairs[0].size != c * (c - 1) // 2:
         return []
@@ -195,15 +194,15 @@ def _class_map(ev: Evaluation, path: Path) -> ClassMap:
 SIMILARITY_COLUMNS = ("class", "neighbour", "cosine", "low", "high", "rank_low", "rank_high")
 
 
-def similarity_rows(ev: Evaluation, top_n: int) -> list[tuple]:
+def similarity_rows(ev: Evaluation) -> list[tuple]:
     """(class, neighbour, cosine, low, high, rank_low, rank_high) rows, neighbours most
     similar first: the long table DVC draws as a heatmap (dvc.yaml's `similarity` plot) and
     `dvc plots diff` compares between experiments. low/high: the similarity's bootstrap
-    interval; rank_low/rank_high: the neighbour's rank interval (1 = nearest). Every ordered
-    pair up to KEEP_ALL_PAIRS_MAX_CLASSES classes, each class's top_n neighbours beyond (a
-    1,000-class table would be a million rows no plot can show)."""
-    c, u = len(ev.classes), ev.uncertainty
-    n = c - 1 if c <= KEEP_ALL_PAIRS_MAX_CLASSES else min(top_n, c - 1)
+    interval; rank_low/rank_high: the neighbour's rank interval (1 = nearest). Each class's
+    listed neighbours: every other class up to params `evaluate.all_pairs_max_classes`
+    classes, its top_n beyond (a 1,000-class table would be a million rows)."""
+    u = ev.uncertainty
+    n = u.listed
 
     def num(x: float) -> float | str:
         return "" if np.isnan(x) else round(float(x), 4)
@@ -225,8 +224,8 @@ def similarity_rows(ev: Evaluation, top_n: int) -> list[tuple]:
     return rows
 
 
-def write_similarity_csv(ev: Evaluation, path: Path, top_n: int) -> None:
+def write_similarity_csv(ev: Evaluation, path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(SIMILARITY_COLUMNS)
-        writer.writerows(similarity_rows(ev, top_n))
+        writer.writerows(similarity_rows(ev))

@@ -45,7 +45,6 @@ from confusion_embeddings.evaluation.ranking import (
     table_agreement,
 )
 from confusion_embeddings.evaluation.uncertainty import (
-    KEEP_ALL_PAIRS_MAX_CLASSES,
     Uncertainty,
     uncertainty,
 )
@@ -56,6 +55,9 @@ SCHEMA = {
     "groups": Param(dict, None, nullable=True),
     "top_n": Param(int, 9, at_least(1)),
     "table_max_classes": Param(int, 20, at_least(1)),
+    # Up to this many classes every class pair is listed and its replicates kept (compare
+    # reads them); beyond, each class's top_n (a 1,000-class table is a million rows).
+    "all_pairs_max_classes": Param(int, 50, at_least(2)),
     "collapse_threshold": Param(float, 0.2, in_range(-1.0, 1.0)),
     "collapse_mean_cosine": Param(float, 0.8, in_range(-1.0, 1.0)),
     # "noisy" (a different thing from collapsed; docs/design/embedding-engines.md has the
@@ -199,7 +201,7 @@ def evaluate(
     rho = spearman_upper(mean, conf_sim, max_pairs=max_pairs)
     if replicates is None:
         replicates = np.empty((*vectors.shape[:1], 0, *vectors.shape[2:]), np.float32)
-    listed = c - 1 if c <= KEEP_ALL_PAIRS_MAX_CLASSES else min(params["top_n"], c - 1)
+    listed = c - 1 if c <= params["all_pairs_max_classes"] else min(params["top_n"], c - 1)
     spread = uncertainty(
         tables,
         replicates,

@@ -48,6 +48,7 @@ class Uncertainty:
     classifier_part: float | None  # mean standard error over classifiers (None for one)
     pairs: tuple[np.ndarray, np.ndarray]  # (rows, cols) of the class pairs in `tables`
     tables: np.ndarray  # float32 [B, Q] the replicates' similarities on those pairs
+    listed: int  # neighbours per class the report and the table list
 
     @property
     def half_width(self) -> np.ndarray:
@@ -88,17 +89,14 @@ def listed_entries(c: int, table: np.ndarray, listed: int) -> np.ndarray:
     return mask
 
 
-# Up to this many classes the replicates are kept for every class pair (compare.py reads
-# them); beyond, for the listed and the confused pairs only.
-KEEP_ALL_PAIRS_MAX_CLASSES = 50
-
-
 def kept_pairs(
     entries: np.ndarray, confused: tuple[np.ndarray, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cols), i < j, of the class pairs whose replicates are kept."""
+    """(rows, cols), i < j, of the class pairs whose replicates are kept (compare.py reads
+    them): every pair where the report lists every neighbour (params
+    `evaluate.all_pairs_max_classes`), else the listed and the confused pairs only."""
     c = entries.shape[0]
-    if c <= KEEP_ALL_PAIRS_MAX_CLASSES:
+    if entries.sum(axis=1).min() >= c - 1:
         return np.triu_indices(c, k=1)
     upper = np.triu(entries | entries.T, k=1)
     upper[confused] = True
@@ -173,6 +171,7 @@ def uncertainty(
         classifier_part=classifier_part,
         pairs=pairs,
         tables=kept,
+        listed=listed,
     )
 
 
