@@ -3,13 +3,20 @@
 The DVC stages under `stages/` are thin entry points over these modules:
 
     data/         picture sources (folders, archives, CIFAR pickles) and the prepared arrays
-    cnn/          the Flax CNN: network, convolutions (XLA, oneDNN), training, inference
-    devices.py    host setup, meshes and data parallelism
+    cnn/          the Flax CNN: its run config, network, convolutions (XLA, oneDNN),
+                  training, inference, and the train and predict stages' work (run.py)
+    host.py       the process before JAX starts: CPU devices, memory, multi-process jobs
+    devices.py    meshes and data parallelism
     predictions.py  the predictions-file contract: the seam between a classifier and the method
     pairs.py      (true class, k-th guess) pairs from predictions
     embedding/    word2vec engines (gensim, the JAX skip-gram) and the class-vector files
-    evaluation/   similarity tables, scores, the report and the plots
-    core/         shared plumbing: errors, params, atomic files, entry points
+    evaluation/   similarity tables, scores, uncertainty, the report and the plots
+    method.py     pairs -> vectors -> evaluation, as the stages and the API run it
+    core/         shared plumbing: errors, params, atomic files, npz streaming, entry points
+
+Command-line tools, each also a console script (pyproject.toml), none imported by the rest:
+study.py (a study of one's own predictions), compare.py (two tables against their noise),
+experiments.py (`dvc exp show` in 80 columns).
 
 The library never imports a stage. In Python, `embed_predictions` (api.py) goes from
 predictions in memory to the table in one call; importing the package alone loads nothing

@@ -2,7 +2,7 @@
 
 Reads: one predictions file per classifier (format: predictions.py) and the `pairs` params:
     top_k        guesses per picture, 1 <= top_k < C (and <= k of a `topk` file); default 3
-    block_size   pictures per top-k block; bounds memory whatever N is; default 65536
+    block_size   pictures per top-k block; bounds memory whatever N is
 
 Writes (write_pairs, into the folder the pairs stage names):
   pairs.npz         P = N * top_k pairs, picture-major (picture i's pairs are rows
@@ -43,7 +43,7 @@ import numpy as np
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import save_npz
 from confusion_embeddings.core.params import Param, at_least
-from confusion_embeddings.predictions import Predictions
+from confusion_embeddings.predictions import Predictions, load_predictions
 
 SCHEMA = {
     # A study's own predictions file (confusion_embeddings/study.py); the CIFAR-10 pipeline's
@@ -251,6 +251,36 @@ def predictions_files(path: Path, seeds: list[int] | None) -> list[tuple[str, Pa
     if path.exists() and not path.is_dir():
         raise PipelineError(f"{path}: --seeds names classifiers in a folder; this is a file")
     return [(f"seed_{s}", path / f"seed_{s}.npz") for s in seeds]
+
+
+def read_classifiers(
+    path: Path, seeds: list[int] | None, params: dict
+) -> list[tuple[str, Predictions]]:
+    """(name, predictions) of every classifier the pairs stage reads: the file at `path`,
+    or with `seeds` the files seed_<s>.npz in the folder `path` (whose other classifiers'
+    files are removed, see remove_stale). Values are checked later, block by block, as
+    build_pairs reads them."""
+    if seeds is not None and path.is_dir():
+        remove_stale(path, seeds)
+    predictions = []
+    for name, file in predictions_files(path, seeds):
+        if not file.exists() and params["predictions"] == str(path):
+            raise PipelineError(
+                f"params.yaml: 'pairs.predictions' = {params['predictions']!r} names no file; "
+                "point it at your predictions file (.npz, kept under inputs/)"
+            )
+        predictions.append((name, load_predictions(file, check_values=False)))
+    return predictions
+
+
+def summary_line(metrics: dict) -> str:
+    """One line on what pairs_metrics measured, as the stage prints it."""
+    k = metrics["top_k"]
+    return (
+        f"pairs: {metrics['classifiers']} classifier(s), {metrics['pictures']} pictures x "
+        f"top-{k} -> {metrics['pairs']} pairs; top-1 accuracy "
+        f"{metrics['top1_accuracy']['all']:.4f}, top-{k} {metrics['topk_accuracy']['all']:.4f}"
+    )
 
 
 def remove_stale(folder: Path, seeds: list[int]) -> None:

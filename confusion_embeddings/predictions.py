@@ -18,8 +18,8 @@ holding, for N pictures and C classes:
 
 Writes: nothing. `load_predictions` validates the metadata and small arrays at once and
 keeps the N x C (or N x k) score array on disk: `Predictions.blocks` streams it in blocks of
-rows straight out of the zip member, checking each block's values as it goes, so a
-1,281,167 x 1000 array is never held in memory whole (np.load cannot memory-map an npz).
+rows straight out of the zip member (core/npz.py), checking each block's values as it goes,
+so a 1,281,167 x 1000 array is never held in memory whole.
 """
 
 from __future__ import annotations
@@ -27,116 +27,24 @@ from __future__ import annotations
 import difflib
 import json
 import zipfile
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from numpy.lib import format as npy_format
 
 from confusion_embeddings.core.errors import PipelineError, first_line
+from confusion_embeddings.core.npz import READ_ERRORS, InMemory, NpyMember, damaged
 
 SCORE_KEYS = ("probs", "logits", "topk")
 # Tolerance on the row sums of `probs`: float32 softmax over 1000 classes is off by ~1e-5.
 PROB_SUM_TOLERANCE = 1e-3
 # Rows per block when load_predictions(check_values=True) makes its own pass over the scores.
 CHECK_BLOCK_ROWS = 65536
-# What reading a damaged zip member can raise: a bad CRC, a compression method zipfile does
-# not know, a cut deflate stream, an encrypted member (RuntimeError), a bad .npy header.
-_READ_ERRORS = (
-    ValueError,
-    OSError,
-    EOFError,
-    KeyError,
-    RuntimeError,
-    NotImplementedError,
-    zipfile.BadZipFile,
-    zlib.error,
-)
 
 
 def _fail(path: Path, message: str) -> PipelineError:
     return PipelineError(f"{path}: {message}")
-
-
-def _damaged(path: Path, key: str, exc: BaseException) -> PipelineError:
-    detail = first_line(exc)
-    return _fail(
-        path,
-        f"'{key}' cannot be read ({type(exc).__name__}: {detail}); the file is "
-        "damaged or not written by np.savez, write it again",
-    )
-
-
-def _member_name(zf: zipfile.ZipFile, key: str) -> str:
-    """The zip member np.load shows as `key`: `key.npy`, or `key` itself."""
-    return f"{key}.npy" if f"{key}.npy" in zf.namelist() else key
-
-
-def _read_header(fh) -> tuple | None:
-    """(shape, fortran_order, dtype) of the .npy stream at fh, or None for format 3.0
-    (unicode field names), which numpy has no public reader for."""
-    version = npy_format.read_magic(fh)
-    if version == (1, 0):
-        return npy_format.read_array_header_1_0(fh)
-    if version == (2, 0):
-        return npy_format.read_array_header_2_0(fh)
-    return None
-
-
-class _NpyMember:
-    """One 2-D array inside an npz, read in blocks of rows without loading it whole.
-
-    Works for stored (np.savez) and deflated (np.savez_compressed) members alike, since
-    zipfile decompresses as it streams. A Fortran-ordered array (np.asfortranarray input)
-    cannot be streamed by rows; it is loaded whole instead.
-    """
-
-    def __init__(self, path: Path, key: str) -> None:
-        self.path = path
-        self.key = key
-        with zipfile.ZipFile(path) as zf:
-            self.member = _member_name(zf, key)
-            with zf.open(self.member) as fh:
-                header = _read_header(fh)
-        if header is None:  # a format version we do not stream: let numpy read it whole
-            arr = self._load_whole()
-            header = (arr.shape, True, arr.dtype)
-        shape, fortran, dtype = header
-        self.shape: tuple[int, ...] = tuple(shape)
-        self.dtype: np.dtype = np.dtype(dtype)
-        self.whole = bool(fortran)  # a Fortran-ordered array cannot be streamed by rows
-
-    def _load_whole(self) -> np.ndarray:
-        with np.load(self.path, allow_pickle=False) as npz:
-            arr = npz[self.key]
-        if not isinstance(arr, np.ndarray):  # not .npy data: np.load hands back raw bytes
-            raise ValueError("not .npy data")
-        return np.ascontiguousarray(arr)
-
-    def blocks(self, rows: int) -> Iterator[np.ndarray]:
-        try:
-            yield from self._blocks(rows)
-        except _READ_ERRORS as exc:  # damage found only while streaming (e.g. a bad CRC at the end)
-            raise _damaged(self.path, self.key, exc) from None
-
-    def _blocks(self, rows: int) -> Iterator[np.ndarray]:
-        n, width = self.shape
-        if self.whole:
-            whole = self._load_whole()
-            for start in range(0, n, rows):
-                yield whole[start : start + rows]
-            return
-        row_bytes = width * self.dtype.itemsize
-        with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as fh:
-            _read_header(fh)  # the data follows the header directly
-            for start in range(0, n, rows):
-                count = min(rows, n - start)
-                buf = fh.read(count * row_bytes)
-                if len(buf) != count * row_bytes:
-                    raise _fail(self.path, f"'{self.key}' is truncated; write the file again")
-                yield np.frombuffer(buf, dtype=self.dtype).reshape(count, width)
 
 
 @dataclass(frozen=True)
@@ -151,7 +59,7 @@ class Predictions:
     split: np.ndarray | None  # int [N] indexing `splits`, or None
     splits: tuple[str, ...]
     groups: dict[str, list[str]] | None
-    _member: _NpyMember | _InMemory = field(repr=False, compare=False)
+    _member: NpyMember | InMemory = field(repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -346,9 +254,9 @@ def _member_reader(npz: np.lib.npyio.NpzFile, path: Path):
         except ValueError as exc:
             if "allow_pickle" in str(exc):  # object arrays: refused since they would need pickle
                 raise _fail(path, _object_array(key)) from None
-            raise _damaged(path, key, exc) from None
-        except _READ_ERRORS as exc:
-            raise _damaged(path, key, exc) from None
+            raise damaged(path, key, exc) from None
+        except READ_ERRORS as exc:
+            raise damaged(path, key, exc) from None
         if not isinstance(arr, np.ndarray):  # a member that is not .npy data comes back as bytes
             raise _fail(path, f"'{key}' is not .npy data; write the file with np.savez")
         return arr
@@ -472,28 +380,16 @@ def _lengths(kind: str, rows: int, n: int) -> str:
     )
 
 
-def _score_member(path: Path, kind: str, n: int, n_classes: int) -> _NpyMember:
+def _score_member(path: Path, kind: str, n: int, n_classes: int) -> NpyMember:
     """The score array's header, checked against the contract (its values are not read)."""
     try:
-        member = _NpyMember(path, kind)
+        member = NpyMember(path, kind)
     except ValueError as exc:  # a malformed .npy header
         raise _fail(path, f"'{kind}' is not a valid array ({exc})") from None
-    except _READ_ERRORS as exc:
-        raise _damaged(path, kind, exc) from None
+    except READ_ERRORS as exc:
+        raise damaged(path, kind, exc) from None
     _check_score_shape(path, kind, member.shape, member.dtype, n, n_classes)
     return member
-
-
-class _InMemory:
-    """A score array already in memory, served in blocks of rows like _NpyMember."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = np.ascontiguousarray(array)
-        self.shape, self.dtype = self.array.shape, self.array.dtype
-
-    def blocks(self, rows: int) -> Iterator[np.ndarray]:
-        for start in range(0, self.shape[0], rows):
-            yield self.array[start : start + rows]
 
 
 def _validated(path: Path, keys: set[str], get, score) -> Predictions:
@@ -564,8 +460,8 @@ def predictions_from_arrays(arrays: dict[str, object], name: str = "predictions"
             raise _fail(path, _object_array(key))
         return arr
 
-    def score(kind: str, n: int, c: int) -> _InMemory:
-        member = _InMemory(get(kind))
+    def score(kind: str, n: int, c: int) -> InMemory:
+        member = InMemory(get(kind))
         _check_score_shape(path, kind, member.shape, member.dtype, n, c)
         return member
 

@@ -23,6 +23,7 @@ from confusion_embeddings.pairs import (
     combine,
     load_pairs,
     pairs_metrics,
+    predictions_files,
     write_pairs,
 )
 from confusion_embeddings.predictions import load_predictions
@@ -240,11 +241,11 @@ def test_seeds_read_the_folder_files_in_the_order_given(tmp_path, monkeypatch):
         one = build_pairs(load_predictions(files[s]), 2, 10)
         np.testing.assert_array_equal(back.of(i).guess, one.guess)
         np.testing.assert_array_equal(back.of(i).true, one.true)
-    assert pairs_stage.predictions_files(folder, [3, 0]) == [
+    assert predictions_files(folder, [3, 0]) == [
         ("seed_3", folder / "seed_3.npz"),
         ("seed_0", folder / "seed_0.npz"),
     ]
-    assert pairs_stage.predictions_files(files[0], None) == [("seed_0", files[0])]
+    assert predictions_files(files[0], None) == [("seed_0", files[0])]
 
 
 def test_a_missing_seed_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys):

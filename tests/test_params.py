@@ -280,7 +280,7 @@ def test_missing_params_file(project, monkeypatch, capsys):
 def with_predictions(project) -> Path:
     """The project with a 10-class CIFAR-like predictions file per classifier seed in
     pairs' --predictions folder (data/predictions/seed_<s>.npz, as predict@<s> writes)."""
-    from stages.pairs import predictions_files
+    from confusion_embeddings.pairs import predictions_files
 
     options = stage_options("pairs")
     seeds = [int(s) for s in options["--seeds"].split()]

@@ -20,7 +20,7 @@ from confusion_embeddings.core.params import Param, above, at_least, in_range, i
 SEED_RANGE = (0, 2**32 - 1)
 
 SCHEMA = {
-    # 14: the fewest that keep every classifier above 86% test accuracy (docs/recipe.md).
+    # The fewest epochs that keep every classifier above the accuracy floor (docs/recipe.md).
     "epochs": Param(int, 14, at_least(1)),
     "batch_size": Param(int, 512, at_least(1)),
     "lr": Param(float, 0.2, above(0)),  # peak learning rate, per mean loss over a batch

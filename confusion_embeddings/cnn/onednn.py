@@ -7,10 +7,10 @@ Writes: the compiled kernel library, once per source, jaxlib and compiler comman
 
 `conv(x, w)` is a 'SAME', stride-1 convolution whose forward pass, input gradient and weight
 gradient are one oneDNN primitive each, called from the jitted step; everything around it
-stays in XLA. Why: XLA:CPU's own convolutions ran the train step at 0.7x PyTorch's speed
-(docs/design/convolutions.md). With several devices in the mesh (`devices.data_parallel`)
-each device convolves its own slice of the batch and the weight gradient is summed.
-cnn/conv.py decides when this kernel is used.
+stays in XLA. Why: XLA:CPU's own convolutions ran the train step well below PyTorch's
+speed (docs/design/convolutions.md has the figures). With several devices in the mesh
+(`devices.data_parallel`) each device convolves its own slice of the batch and the weight
+gradient is summed. cnn/conv.py decides when this kernel is used.
 """
 
 from __future__ import annotations
