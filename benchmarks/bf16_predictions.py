@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from confusion_embeddings import devices
+from confusion_embeddings import devices, host
 from confusion_embeddings.cnn import conv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def main() -> None:
     choice = conv.resolve("auto", "bf16")  # before JAX starts, as the stages do
     if choice.precision != "bf16":
         raise SystemExit(f"bf16 does not run here: {choice.warning}")
-    devices.prepare_host("auto", [args.batch_size], choice.impl)
+    host.prepare_host("auto", [args.batch_size], choice.impl)
     report = run(args, choice.impl)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -60,7 +60,8 @@ def main() -> None:
 def run(args, impl: str) -> dict:
     import jax
 
-    from confusion_embeddings.cnn.checkpoint import load_model
+    from confusion_embeddings.cnn.checkpoint import load_model, read_config
+    from confusion_embeddings.cnn.conv import ConvChoice
     from confusion_embeddings.cnn.inference import make_inference_fn, softmax
     from confusion_embeddings.data.prepared import load_prepared
 
@@ -71,15 +72,14 @@ def run(args, impl: str) -> dict:
     probs, seconds = {}, {}
     with devices.data_parallel() as mesh:
         for name, (conv_impl, precision) in variants.items():
-            graphdef, params, rest, cfg, inference, norm = load_model(
-                args.model, conv_impl=conv_impl, precision=precision
-            )
-            params, rest = jax.device_put((params, rest), devices.replicated(mesh))
-            tta = {"tta_flip": inference["tta_flip"], "tta_translate": inference["tta_translate"]}
+            saved = read_config(args.model)
+            m = load_model(args.model, saved.running(ConvChoice(conv_impl, precision)))
+            params, rest = jax.device_put((m.params, m.rest), devices.replicated(mesh))
+            tta = {"tta_flip": saved.train.tta_flip, "tta_translate": saved.train.tta_translate}
             if name == "bf16_logits":
-                infer = _bf16_logits_fn(graphdef, norm, **tta)
+                infer = _bf16_logits_fn(m.graphdef, m.norm, **tta)
             else:
-                infer = make_inference_fn(graphdef, norm, **tta)
+                infer = make_inference_fn(m.graphdef, m.norm, **tta)
             t0 = time.perf_counter()
             out = []
             for split in args.splits:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.engines                    # data/pairs, params.yaml's embed
     .venv/bin/python -m benchmarks.engines --pairs some/dir --seeds 0 1 2
-    .venv/bin/python benchmarks/engines.py --synthetic        # CIFAR-like synthetic pairs
+    PYTHONPATH=tests .venv/bin/python -m benchmarks.engines --synthetic  # CIFAR-like pairs
 
 Reads <pairs>/pairs.npz (the pairs stage's output) and takes one classifier's pairs from it
 (--classifier, by default the first: the engines train on one classifier's pairs, as the
@@ -32,15 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "tests"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 import jax
 import numpy as np
@@ -56,6 +50,7 @@ from confusion_embeddings.pairs import PAIRS_FILE, Pairs, build_pairs, load_pair
 from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.predictions import load_predictions
 
+ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ("gensim", "jax")
 BUDGET_KEY = {"gensim": "epochs", "jax": "jax_steps"}
 

@@ -23,6 +23,7 @@ Writes benchmarks/recipe_study.json (or --out) and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import re
@@ -136,14 +137,35 @@ def model_folder(repo: Path, md5: str) -> Path:
     for entry in json.loads(cached(repo, md5).read_text()):
         shutil.copy(cached(repo, entry["md5"]), folder / entry["relpath"])
     config = json.loads((folder / "config.json").read_text())
-    # Models saved before logit_scale and the inference settings were recorded: the values
-    # they were trained and run with.
-    config["model"].setdefault("logit_scale", 1 / 9)
-    config.setdefault(
-        "inference", {"tta_flip": True, "tta_translate": 1, "cpu_devices": "auto", "holdout": None}
-    )
+    if "run" not in config:
+        config = {**config, "run": run_of_old_config(config)}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
+
+
+def run_of_old_config(config: dict) -> dict:
+    """The RunConfig (as a dict) of a model saved before config.json held one: its network
+    ("model") and inference settings ("inference", absent in the oldest) over the train
+    params' defaults, which every recipe studied here kept for what was not recorded."""
+    from confusion_embeddings.cnn.config import SCHEMA
+    from confusion_embeddings.core.params import defaults
+
+    model, inference = config["model"], config.get("inference", {})
+    holdout = inference.get("holdout")
+    shape = ("stem_width", "widths", "stem_patch", "bn_momentum", "logit_scale")
+    train = {
+        **defaults(SCHEMA),
+        **{k: model[k] for k in shape if k in model},
+        **{k: inference[k] for k in ("tta_flip", "tta_translate", "cpu_devices") if k in inference},
+        "crossfit_folds": holdout["folds"] if holdout else 0,
+    }
+    return {
+        "seed": holdout["fold"] if holdout else 0,  # the seed matters for its fold only
+        "num_classes": model["num_classes"],
+        "train": train,
+        "conv_impl": model["conv_impl"],
+        "precision": model.get("precision", "f32"),
+    }
 
 
 def tta_pairs(model: Path, prepared: Path, flip: bool, translate: int, name: str) -> Pairs:
@@ -152,11 +174,11 @@ def tta_pairs(model: Path, prepared: Path, flip: bool, translate: int, name: str
     from confusion_embeddings.core.files import save_npz
     from confusion_embeddings.data.prepared import load_prepared
 
-    graphdef, params, rest, cfg, inference, norm = load_model(model)
-    inference = {**inference, "tta_flip": flip, "tta_translate": translate}
+    m = load_model(model)
+    tta = dataclasses.replace(m.run.train, tta_flip=flip, tta_translate=translate)
     arrays, _ = predict_splits(
         load_prepared(prepared, ["train", "test"]),
-        (graphdef, params, rest, cfg, inference, norm),
+        dataclasses.replace(m, run=dataclasses.replace(m.run, train=tta)),
         ["train", "test"],
         1000,
         show_progress=False,

@@ -8,7 +8,7 @@ after a warm-up, with the spread (min-max) printed. JAX and PyTorch take turns o
 rounds (two with --quick): a figure is the median of its round medians (each round's
 median is kept under "rounds"), a ratio the median of the ratios measured within a round.
 Like the stages, the process first resolves the convolution (cnn/conv.py) and calls
-devices.prepare_host (glibc keeps freed memory for reuse, which applies to PyTorch as much
+host.prepare_host (glibc keeps freed memory for reuse, which applies to PyTorch as much
 as to JAX); the network is built and initialised by the train stage's own functions.
 Every timed figure also carries the process's minor page faults and kernel CPU seconds per
 repetition.
@@ -65,12 +65,13 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from confusion_embeddings import devices
+from confusion_embeddings import devices, host
 from confusion_embeddings.cnn import conv
+from confusion_embeddings.cnn.config import SCHEMA as TRAIN_SCHEMA
+from confusion_embeddings.cnn.config import RunConfig
 from confusion_embeddings.cnn.inference import SCHEMA as PREDICT
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, ModelConfig, count_flops
-from confusion_embeddings.cnn.training import SCHEMA as TRAIN_SCHEMA
 from confusion_embeddings.cnn.training import create_train_state, make_train_step
 from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED
@@ -137,17 +138,17 @@ def peak_gflops(reps: int) -> dict:
 
 
 def jax_train(
-    p: dict,
-    cfg: ModelConfig,
+    run: RunConfig,
     batch: np.ndarray,
     labels: np.ndarray,
     reps: int,
     augment: bool,
     n_devices: int | None = None,
 ) -> dict:
-    p = {**p, "translate": p["translate"] if augment else 0, "flip": p["flip"] and augment}
-    graphdef, state, tx = create_train_state(cfg, p, seed=0, total_steps=1000)  # as train does
-    step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), p)
+    t = run.train
+    t = dataclasses.replace(t, translate=t.translate if augment else 0, flip=t.flip and augment)
+    graphdef, state, tx = create_train_state(run, total_steps=1000)  # as train does
+    step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), t)
     with devices.data_parallel(n_devices) as mesh:  # as in the train stage
         box = [jax.device_put(state, devices.replicated(mesh))]
         x, y = jax.device_put((batch, labels), devices.batch_sharded(mesh))
@@ -398,15 +399,16 @@ def main() -> None:
     )
     # As the train and predict stages do, before JAX starts: freed host memory reused (for
     # PyTorch too, which runs in this process), and on CPU one JAX device per core.
-    choice = conv.resolve(p["conv_impl"])
+    choice = conv.resolve(p["conv_impl"], "f32")
     bf16 = conv.resolve(p["conv_impl"], "bf16")  # the same convolution, or a warning why not
-    host = devices.prepare_host(p["cpu_devices"], [p["batch_size"], PREDICT_BATCH], choice.impl)
+    setup = host.prepare_host(p["cpu_devices"], [p["batch_size"], PREDICT_BATCH], choice.impl)
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     # The float32 figures are float32 whatever params.yaml's precision; bf16 ones are named so.
-    cfg = ModelConfig.from_params(p, num_classes=10, conv_impl=choice.impl)
-    cfg_bf16 = dataclasses.replace(cfg, precision="bf16") if bf16.precision == "bf16" else None
+    run = RunConfig.resolve(p, 0, 10, choice)
+    run_bf16 = run.running(bf16) if bf16.precision == "bf16" else None
+    cfg, cfg_bf16 = run.model, run_bf16.model if run_bf16 else None
     if cfg_bf16 is None:
         print(f"skipping the bf16 figures: {bf16.warning}", flush=True)
     rng = np.random.default_rng(0)
@@ -424,12 +426,16 @@ def main() -> None:
             "devices": jax.device_count(),
             "cpus": os.cpu_count(),
             "cpu_model": cpu_model(),
-            "cpu_isa": devices.cpu_isa(),
-            "bf16_isa": [f for f in devices.BF16_ISA if f in devices.cpu_isa().split()],
+            "cpu_isa": host.cpu_isa(),
+            "bf16_isa": [f for f in host.BF16_ISA if f in host.cpu_isa().split()],
             "bf16_figures": bf16.warning or "measured",
-            "host_memory_reused": host.memory_reused,
+            "host_memory_reused": setup.memory_reused,
         },
-        "network": {"batch_size": bs, **cfg.to_dict(), "gflops_train_per_image": flops_train / 1e9},
+        "network": {
+            "batch_size": bs,
+            **dataclasses.asdict(cfg),
+            "gflops_train_per_image": flops_train / 1e9,
+        },
     }
     # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
     # machine then lowers one round of every figure instead of all of one engine's. Each
@@ -439,9 +445,7 @@ def main() -> None:
     train_bf16 = {}
     if cfg_bf16 is not None:
         train_bf16 = {
-            "train_images_per_s_jax_bf16": lambda: jax_train(
-                p, cfg_bf16, batch, labels, reps, False
-            ),
+            "train_images_per_s_jax_bf16": lambda: jax_train(run_bf16, batch, labels, reps, False),
             "train_images_per_s_torch_bf16_channels_last": lambda: torch_train(
                 p, cfg, batch, labels, reps, channels_last=True, bf16=True
             ),
@@ -450,12 +454,12 @@ def main() -> None:
         rounds,
         {
             "peak_gflops": lambda: peak_gflops(reps),
-            "train_images_per_s_jax": lambda: jax_train(p, cfg, batch, labels, reps, False),
+            "train_images_per_s_jax": lambda: jax_train(run, batch, labels, reps, False),
             "train_images_per_s_jax_with_augmentation": lambda: jax_train(
-                p, cfg, batch, labels, reps, True
+                run, batch, labels, reps, True
             ),
             "train_images_per_s_jax_one_device": lambda: jax_train(
-                p, cfg, batch, labels, reps, False, n_devices=1
+                run, batch, labels, reps, False, n_devices=1
             ),
             "train_images_per_s_torch_channels_last": lambda: torch_train(
                 p, cfg, batch, labels, reps, channels_last=True

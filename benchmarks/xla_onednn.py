@@ -39,25 +39,25 @@ def child(conv_impl: str, precision: str, reps: int) -> dict:
     import yaml
 
     from benchmarks.run import jax_train
-    from confusion_embeddings import devices
+    from confusion_embeddings import host
     from confusion_embeddings.cnn import conv
-    from confusion_embeddings.cnn.network import ModelConfig
-    from confusion_embeddings.cnn.training import SCHEMA, create_train_state, make_train_step
+    from confusion_embeddings.cnn.config import SCHEMA, RunConfig
+    from confusion_embeddings.cnn.training import create_train_state, make_train_step
     from confusion_embeddings.core.params import validate_section
 
     p = validate_section(
         "train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"], SCHEMA
     )
     choice = conv.resolve(conv_impl, precision)
-    devices.prepare_host(1, [p["batch_size"]], choice.impl)
-    cfg = ModelConfig.from_params(p, 10, choice.impl, choice.precision)
+    host.prepare_host(1, [p["batch_size"]], choice.impl)
+    run = RunConfig.resolve(p, 0, 10, choice)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (p["batch_size"], 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, p["batch_size"]).astype(np.int32)
-    graphdef, state, tx = create_train_state(cfg, p, seed=0, total_steps=1000)
-    step = make_train_step(graphdef, tx, (np.full(3, 120.0), np.full(3, 60.0)), p)
+    graphdef, state, tx = create_train_state(run, total_steps=1000)
+    step = make_train_step(graphdef, tx, (np.full(3, 120.0), np.full(3, 60.0)), run.train)
     hlo = step.lower(state, batch, labels).compile().as_text()
-    figure = jax_train(p, cfg, batch, labels, reps, augment=False, n_devices=1)
+    figure = jax_train(run, batch, labels, reps, augment=False, n_devices=1)
     return {
         "images_per_s": figure["median"],
         "min": figure["min"],
@@ -91,7 +91,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(*args.child, args.reps)))
         return
-    from confusion_embeddings.devices import cpu_isa, native_bf16
+    from confusion_embeddings.host import cpu_isa, native_bf16
 
     precisions = ["f32", "bf16"] if native_bf16() else ["f32"]
     rounds: dict[str, list[dict]] = {}

@@ -17,11 +17,12 @@ import contextlib
 import importlib
 import io
 import os
-import re
 import shlex
 import shutil
+import struct
 import sys
 import tarfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image
+
+from confusion_embeddings.core.cli import _PLACEHOLDER, _lookup
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
@@ -260,9 +263,6 @@ def dvc_stages() -> dict[str, dict[str, Any]]:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-_PLACEHOLDER = re.compile(r"\$\{\s*([^}\s]+)\s*\}")
-
-
 def _render(value: Any) -> str:
     """A value as DVC writes it into a command: a dict unpacks to `--key value ...` (a list
     value to its items, DVC's default `nargs`), anything else to its string."""
@@ -279,14 +279,9 @@ def fill_placeholders(text: str, params: Mapping[str, Any] | None = None, item: 
     """`${section.key}` / `${section}` replaced by its value in `params` (default: the
     project's params.yaml) as DVC renders it, `${item}` by `item` (a foreach stage's)."""
     values = {**(default_params() if params is None else params), "item": item}
-
-    def lookup(match: re.Match) -> str:
-        node: Any = values
-        for part in match.group(1).split("."):
-            node = node[part]
-        return _render(node)
-
-    return _PLACEHOLDER.sub(lookup, text)
+    # The stages' own parsing of dvc.yaml's placeholders (core/cli.py: stage_deps), with
+    # DVC's rendering of a dict on top.
+    return _PLACEHOLDER.sub(lambda m: _render(_lookup(m.group(1), values)), text)
 
 
 def stage_entry(stage: str, params: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
@@ -488,3 +483,25 @@ def without_fallback_warnings(err: str) -> str:
     return "".join(
         line for line in err.splitlines(keepends=True) if not line.startswith(FALLBACK_WARNINGS)
     )
+
+
+def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
+    """A black 1-bit PNG of width x height: tiny on disk, huge once decoded. With
+    complete=False only the header is real (for sizes too large to even compress)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    if complete:
+        rows = zlib.compressobj(9)
+        row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
+        idat = b"".join(rows.compress(row) for _ in range(height)) + rows.flush()
+    else:
+        idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -12,12 +12,10 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import tarfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +30,7 @@ from helpers import (
     make_cifar_tarball,
     make_dataset,
     make_tar_gz,
+    png_bomb,
     stage_argv,
     stage_options,
     tar_with,
@@ -279,28 +278,6 @@ def test_output_symlink_is_replaced_not_followed(box, folder):
 
 
 # --------------------------------------------------------------------------- bombs
-
-
-def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
-    """A black 1-bit PNG of width x height: tiny on disk, huge once decoded. With
-    complete=False only the header is real (for sizes too large to even compress)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    if complete:
-        rows = zlib.compressobj(9)
-        row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed bits
-        idat = b"".join(rows.compress(row) for _ in range(height)) + rows.flush()
-    else:
-        idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """Print the tables of docs/reliability.md: every bad input run through the real code.
 
-    python docs/make_reliability_table.py > /tmp/table.md
+    PYTHONPATH=tests .venv/bin/python -m benchmarks.reliability_table > /tmp/table.md
+
+(from the project root; tests/ holds the fixtures it builds the inputs with.)
 
 Each row is an input that was just tried, the message the code gave for it (the path of the
 scratch folder removed, long messages shortened in the middle), and the test proving it.
@@ -23,17 +25,18 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# The project's own checkout first (the stages are no installed package), then the tests' helpers.
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 os.environ["JAX_PLATFORMS"] = "cpu"
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 
+from dvc_repo import make_repo, run
 from helpers import (
+    cli_env,
     make_cifar_tarball,
     make_dataset,
     make_prepared,
     make_tar_gz,
+    png_bomb,
     save_tiny_model,
     scratch_project,
     stage_argv,
@@ -555,8 +558,6 @@ prep_case(
     "Hostile input",
 )
 (src / "train" / "ant" / "zz.png").unlink()
-sys.path.insert(0, str(ROOT / "tests"))
-from test_security import png_bomb
 
 inf = tarfile.TarInfo("train/ant/bomb.png")
 prep_case(
@@ -577,8 +578,6 @@ prep_case(
 import shutil
 import subprocess
 
-from test_dvc_pipeline import _env, make_repo, run
-
 (TMP / "dvc").mkdir()
 repo = make_repo(TMP / "dvc")
 (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n")
@@ -588,7 +587,7 @@ shutil.rmtree(repo / ".dvc" / "cache")
 
 
 def dvc_error(*args: str) -> str:
-    proc = subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=cli_env(), capture_output=True, text=True)
     assert proc.returncode != 0, proc
     lines = [
         ln
