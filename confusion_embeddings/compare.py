@@ -197,5 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"written: {args.out / JSON_FILE}, {args.out / PLOT_FILE}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): errors as one line and exit code 2."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -108,5 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(table(rows, tuple(args.metrics), width)))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): errors as one line and exit code 2."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

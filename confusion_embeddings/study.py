@@ -207,5 +207,10 @@ def main() -> None:
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script (pyproject.toml): errors as one line and exit code 2."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()
