@@ -7,6 +7,8 @@ import dataclasses
 import json
 import sys
 
+import chex
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -14,7 +16,7 @@ from gensim.models import KeyedVectors
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import validate_section
-from confusion_embeddings.embedding import engines
+from confusion_embeddings.embedding import engines, skipgram
 from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import (
     SCHEMA,
@@ -23,7 +25,7 @@ from confusion_embeddings.embedding.engines import (
     updates_per_class,
 )
 from confusion_embeddings.embedding.formats import write_word2vec
-from confusion_embeddings.embedding.skipgram import _train, train_skipgram
+from confusion_embeddings.embedding.skipgram import train_skipgram
 from confusion_embeddings.embedding.store import load_embedding, load_vectors
 from confusion_embeddings.pairs import Pairs, count_matrix, write_pairs
 from stages import embed
@@ -204,12 +206,18 @@ def test_class_in_no_pair_is_refused(pairs):
 # --------------------------------------------------------------------------- compilation
 
 
-def test_training_compiles_once_per_shape():
-    counts = np.arange(49, dtype=np.int64).reshape(7, 7) + 1  # a shape no other test uses
-    before = _train._cache_size()
+def test_training_compiles_once_per_shape(monkeypatch):
+    """The settings (steps, lr, l2) are traced values: three fits of one shape trace the
+    train function once (chex counts the traces; a second one fails), another shape again."""
+    counted = jax.jit(
+        chex.assert_max_traces(skipgram._train_fn, n=1), static_argnames=skipgram._TRAIN_STATIC
+    )
+    monkeypatch.setattr(skipgram, "_train", counted)
+    counts = np.arange(49, dtype=np.int64).reshape(7, 7) + 1
     for seed, steps, lr, l2 in ((0, 10, 0.05, 1e-4), (1, 25, 0.01, 1e-3), (2, 7, 0.1, 0.5)):
         fit(counts, seed, dim=3, steps=steps, lr=lr, l2=l2)
-    assert _train._cache_size() == before + 1
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        fit(counts[:6, :6], 0, dim=3)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -98,11 +98,15 @@ def _fit(params, freq, noise, steps, lr, l2, negative, kind: str):
     return params["w_in"], params["w_out"], loss, grad_norm
 
 
-@functools.partial(jax.jit, static_argnames=("dim", "kind", "init_std"))
-def _train(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str, init_std: float):
-    """Init from `key`, then `steps` full-batch Adam steps; one compilation per (C, dim, kind)."""
+def _train_fn(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str, init_std: float):
+    """Init from `key`, then `steps` full-batch Adam steps."""
     params = _init(key, freq.shape[0], dim, init_std)
     return _fit(params, freq, noise, steps, lr, l2, negative, kind)
+
+
+# One compilation per (C, dim, kind, init_std): the optimisation settings are traced.
+_TRAIN_STATIC = ("dim", "kind", "init_std")
+_train = jax.jit(_train_fn, static_argnames=_TRAIN_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=("kind",))

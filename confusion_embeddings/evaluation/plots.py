@@ -122,6 +122,39 @@ def _label_positions(coords: np.ndarray, span: float) -> np.ndarray:
     return pos
 
 
+def _map_panel(ax, title, members, names, coords, runs, colours, span: float) -> None:
+    """One panel of the class map: the `members` classes, their replicates' positions
+    (`runs`, or None) faint, and their names where there are few enough to read."""
+    labelled = len(members) <= PLOT_LABEL_MAX_CLASSES
+    if runs is not None and len(runs):
+        for i in members:
+            ax.scatter(runs[:, i, 0], runs[:, i, 1], color=colours[i], s=6, alpha=0.3, linewidths=0)
+    ax.scatter(
+        coords[members, 0],
+        coords[members, 1],
+        c=[colours[i] for i in members],
+        s=40 if labelled else 8,
+        edgecolors="black",
+        linewidths=0.5,
+        zorder=3,
+    )
+    if labelled:
+        labels = _label_positions(coords[members], span)
+        for i, at in zip(members, labels, strict=True):
+            ax.annotate(
+                names[i],
+                coords[i],
+                xytext=at,
+                fontsize=9,
+                zorder=4,
+                arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
+            )
+    ax.set_title(title or "Classes by metric MDS on 1 - cosine", fontsize=10)
+    ax.set_xlabel("MDS axis 1 (distance: 1 - cosine)")
+    ax.set_ylabel("MDS axis 2")
+    ax.set_aspect("equal", adjustable="datalim")
+
+
 def _class_map(ev: Evaluation, path: Path) -> ClassMap:
     """The classes in 2-D by metric MDS on 1 - cosine (projection.py), the replicates'
     positions as faint points; one panel per group when there are too many classes to label
@@ -144,36 +177,7 @@ def _class_map(ev: Evaluation, path: Path) -> ClassMap:
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     span = float(np.ptp(coords, axis=0).max()) or 1.0
     for ax, (title, members) in zip(axes, panels, strict=False):
-        labelled = len(members) <= PLOT_LABEL_MAX_CLASSES
-        if runs is not None and len(runs):
-            for i in members:
-                ax.scatter(
-                    runs[:, i, 0], runs[:, i, 1], color=colours[i], s=6, alpha=0.3, linewidths=0
-                )
-        ax.scatter(
-            coords[members, 0],
-            coords[members, 1],
-            c=[colours[i] for i in members],
-            s=40 if labelled else 8,
-            edgecolors="black",
-            linewidths=0.5,
-            zorder=3,
-        )
-        if labelled:
-            labels = _label_positions(coords[members], span)
-            for i, at in zip(members, labels, strict=True):
-                ax.annotate(
-                    names[i],
-                    coords[i],
-                    xytext=at,
-                    fontsize=9,
-                    zorder=4,
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"},
-                )
-        ax.set_title(title or "Classes by metric MDS on 1 - cosine", fontsize=10)
-        ax.set_xlabel("MDS axis 1 (distance: 1 - cosine)")
-        ax.set_ylabel("MDS axis 2")
-        ax.set_aspect("equal", adjustable="datalim")
+        _map_panel(ax, title, members, names, coords, runs, colours, span)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     if len(panels) == 1 and ev.groups and len(ev.groups) <= 20:

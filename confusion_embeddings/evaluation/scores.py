@@ -176,6 +176,17 @@ class Evaluation:
         return tuple(lines)
 
 
+def _spread(
+    tables: np.ndarray, replicates: np.ndarray, conf_sim: np.ndarray, params: dict
+) -> Uncertainty:
+    """The tables' uncertainty (evaluation/uncertainty.py) over the neighbours the report
+    lists: every other class up to `all_pairs_max_classes` classes, else the top_n."""
+    c = tables.shape[-1]
+    listed = c - 1 if c <= params["all_pairs_max_classes"] else min(params["top_n"], c - 1)
+    confused = ranked_pairs(conf_sim, c * params["top_n"])
+    return uncertainty(tables, replicates, listed, confused, params["confidence"], params["seed"])
+
+
 def evaluate(
     pairs: Pairs,
     vectors: np.ndarray,
@@ -187,13 +198,11 @@ def evaluate(
     R runs each) and their refits on bootstrap draws of the pictures, [M, B, C, dim]
     (embedding/resampling.py; None: no resampling, B = 0); `manifest` (the embed stage's)
     names the engine and how many pairs reached it."""
-    manifest = manifest or {}
-    engine = manifest.get("engine", "?")
+    manifest = {"engine": "?", **(manifest or {})}
     sims = cosine_matrices(vectors)  # [M, R, C, C]
     tables = sims.mean(axis=1)
     mean = tables.mean(axis=0)
-    c = len(pairs.classes)
-    max_pairs = c * params["top_n"]
+    max_pairs = len(pairs.classes) * params["top_n"]
     per_classifier = [pairs.of(i) for i in range(len(pairs.classifiers))]
     conf_sim = confusion_similarity(pairs)
     secondary = _mean_of([secondary_structure(p, max_pairs) for p in per_classifier])
@@ -201,21 +210,13 @@ def evaluate(
     rho = spearman_upper(mean, conf_sim, max_pairs=max_pairs)
     if replicates is None:
         replicates = np.empty((*vectors.shape[:1], 0, *vectors.shape[2:]), np.float32)
-    listed = c - 1 if c <= params["all_pairs_max_classes"] else min(params["top_n"], c - 1)
-    spread = uncertainty(
-        tables,
-        replicates,
-        listed,
-        ranked_pairs(conf_sim, max_pairs),
-        params["confidence"],
-        params["seed"],
-    )
+    spread = _spread(tables, replicates, conf_sim, params)
     offdiag = mean_offdiag(mean)
     return Evaluation(
         classes=pairs.classes,
         classifiers=pairs.classifiers,
         seeds=vectors.shape[1],
-        engine=engine,
+        engine=manifest["engine"],
         dim=vectors.shape[3],
         tables=tables,
         mean=mean,
@@ -228,7 +229,7 @@ def evaluate(
         noise_reasons=caveats.noise_reasons(
             reliability,
             manifest.get("updates_per_class"),
-            engine,
+            manifest["engine"],
             params,
             spread.reliability,
         ),

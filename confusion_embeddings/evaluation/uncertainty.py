@@ -127,11 +127,9 @@ def uncertainty(
     nearest = np.array([ranked_neighbours(mean, i)[0] for i in range(c)])
     values = np.empty((b_count, rows.size))
     ranks = np.empty((b_count, rows.size), np.int32)
-    agree = np.zeros(c)
-    defined = np.zeros(c)
+    agree, defined = np.zeros(c), np.zeros(c)
     kept = np.empty((b_count, pairs[0].size), np.float32)
-    sum_p = np.zeros((c, c))
-    sum_p2 = np.zeros((c, c))
+    sum_p, sum_p2 = np.zeros((c, c)), np.zeros((c, c))
     rng = np.random.default_rng([seed, 1])
     for b, (table, picture_only) in enumerate(replicate_tables(replicate_vectors, rng)):
         values[b] = table[rows, cols]
@@ -144,19 +142,8 @@ def uncertainty(
         kept[b] = table[pairs]
         sum_p += picture_only
         sum_p2 += picture_only**2
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.full((c, c), np.nan), np.full((c, c), np.nan)
-    rank_low, rank_high = np.zeros((c, c), np.int32), np.zeros((c, c), np.int32)
-    if b_count:
-        low[rows, cols] = np.nanpercentile(values, tail, axis=0)
-        high[rows, cols] = np.nanpercentile(values, 100 - tail, axis=0)
-        rank_low[rows, cols] = np.percentile(ranks, tail, axis=0, method="lower")
-        rank_high[rows, cols] = np.percentile(ranks, 100 - tail, axis=0, method="higher")
+    low, high, rank_low, rank_high = _intervals(values, ranks, (rows, cols), c, confidence)
     var_p = sum_p2 / max(b_count, 1) - (sum_p / max(b_count, 1)) ** 2
-    picture_part = float(np.sqrt(np.maximum(var_p, 0.0))[off].mean())
-    classifier_part = (
-        float((tables.std(axis=0, ddof=1) / np.sqrt(m))[off].mean()) if m > 1 else None
-    )
     return Uncertainty(
         replicates=b_count,
         confidence=confidence,
@@ -167,12 +154,35 @@ def uncertainty(
         rank_low=rank_low,
         rank_high=rank_high,
         reliability=replicate_agreement(kept[:, among_kept]),
-        picture_part=picture_part,
-        classifier_part=classifier_part,
+        picture_part=float(np.sqrt(np.maximum(var_p, 0.0))[off].mean()),
+        classifier_part=float((tables.std(axis=0, ddof=1) / np.sqrt(m))[off].mean())
+        if m > 1
+        else None,
         pairs=pairs,
         tables=kept,
         listed=listed,
     )
+
+
+def _intervals(
+    values: np.ndarray,
+    ranks: np.ndarray,
+    entries: tuple[np.ndarray, np.ndarray],
+    c: int,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(low, high, rank_low, rank_high) [C, C]: the central `confidence` share of the
+    replicates' similarities `values` and ranks `ranks` [B, E] at the listed `entries`
+    (NaN and 0 elsewhere, and everywhere when there are no replicates)."""
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.full((c, c), np.nan), np.full((c, c), np.nan)
+    rank_low, rank_high = np.zeros((c, c), np.int32), np.zeros((c, c), np.int32)
+    if len(values):
+        low[entries] = np.nanpercentile(values, tail, axis=0)
+        high[entries] = np.nanpercentile(values, 100 - tail, axis=0)
+        rank_low[entries] = np.percentile(ranks, tail, axis=0, method="lower")
+        rank_high[entries] = np.percentile(ranks, 100 - tail, axis=0, method="higher")
+    return low, high, rank_low, rank_high
 
 
 def replicate_agreement(kept: np.ndarray, other: np.ndarray | None = None) -> float | None:
