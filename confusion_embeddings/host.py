@@ -330,7 +330,7 @@ def _backends_running() -> bool:
     from jax._src import xla_bridge  # no public API tells whether the backends are up
 
     # Private, so guard against its disappearance in a later JAX: assume "not yet" (the
-    # settings then apply as in a fresh process); tests/test_devices.py checks the no-op.
+    # settings then apply as in a fresh process); tests/test_host.py checks the no-op.
     check = getattr(xla_bridge, "backends_are_initialized", None)
     return bool(check()) if check is not None else False
 

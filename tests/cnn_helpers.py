@@ -102,6 +102,11 @@ def train_env(devices: int, tmp: Path) -> dict:
     return env
 
 
+def device_count(tmp: Path, tag: str) -> int:
+    """The JAX device count a train_cmd(tag) run recorded in its timings."""
+    return json.loads((tmp / f"timings-{tag}.json").read_text())["device_count"]
+
+
 def train_metrics(tmp: Path, tag: str) -> dict:
     m = json.loads((tmp / f"train-{tag}.json").read_text())
     return {k: m[k] for k in ("test_accuracy", "train_accuracy", "train_loss")}

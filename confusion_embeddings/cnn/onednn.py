@@ -154,7 +154,7 @@ def available() -> bool:
 
 
 def _threads() -> int:
-    # One JAX device per core (devices.py) leaves one thread to each call.
+    # One JAX device per core (host.py) leaves one thread to each call.
     return max(1, cpu_cores() // max(1, jax.local_device_count()))
 
 
