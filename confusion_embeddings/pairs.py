@@ -42,8 +42,12 @@ import numpy as np
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import save_npz
-from confusion_embeddings.core.params import Param, at_least
+from confusion_embeddings.core.params import Param, at_least, int_list
 from confusion_embeddings.predictions import Predictions, load_predictions
+
+# params.yaml `classifiers:`: one CNN per seed (dvc.yaml's train@<seed> and predict@<seed>),
+# whose predictions files the pairs stage reads; dvc.yaml hands the seeds to the stages.
+CLASSIFIERS = {"seeds": Param(list, [0, 1, 2], int_list(0, distinct=True, what="seeds"))}
 
 SCHEMA = {
     # A study's own predictions file (confusion_embeddings/study.py); the CIFAR-10 pipeline's

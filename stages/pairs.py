@@ -14,6 +14,7 @@ from confusion_embeddings.core.cli import run_main, stage_args
 from confusion_embeddings.core.files import atomic_dir, write_json
 from confusion_embeddings.core.params import load_params
 from confusion_embeddings.pairs import (
+    CLASSIFIERS,
     SCHEMA,
     make_pairs,
     pairs_metrics,
@@ -34,6 +35,8 @@ def main() -> None:
         seeds={"type": int, "nargs": "+", "help": "classifiers' seeds (files seed_<s>.npz)"},
     )
     params = load_params("pairs", SCHEMA, args.params)
+    if args.seeds is not None:  # the project's classifiers (a study reads one file instead)
+        load_params("classifiers", CLASSIFIERS, args.params)
     pairs = make_pairs(read_classifiers(args.predictions, args.seeds, params), params)
     metrics = pairs_metrics(pairs)
     with atomic_dir(args.out) as tmp:

@@ -27,6 +27,7 @@ import yaml
 
 from confusion_embeddings import host
 from confusion_embeddings.core.params import defaults
+from confusion_embeddings.pairs import CLASSIFIERS
 
 from helpers import (
     SCHEMA_MODULES,
@@ -369,6 +370,10 @@ def test_no_params_key_is_required():
         if spec.required
     }
     assert req == set()
+
+
+def test_classifiers_params_are_spelt_out():
+    assert default_params()["classifiers"] == defaults(CLASSIFIERS)
 
 
 def test_hosts_params_are_spelt_out_and_no_stage_depends_on_them():

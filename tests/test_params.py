@@ -437,6 +437,25 @@ def test_train_seed_out_of_range(seed, project, monkeypatch, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "seeds, fragment",
+    [([0, 0], "[0, 0] is out of range"), ([1, -2], "[1, -2] is out of range")],
+)
+def test_classifiers_seeds_are_checked_by_pairs(seeds, fragment, project, monkeypatch, capsys):
+    """The `classifiers` section has its schema (pairs.CLASSIFIERS), checked by the stage that
+    reads every classifier's predictions, before it reads any."""
+    params = with_value("classifiers", "seeds", seeds)
+    expected = "expected a non-empty list of distinct seeds >= 0"
+    assert_refused(
+        "pairs",
+        params,
+        [f"'classifiers.seeds' = {fragment}", expected],
+        monkeypatch,
+        capsys,
+        project,
+    )
+
+
 @pytest.mark.parametrize("seed", [0, 2**32 - 1])
 def test_train_seed_range_ends_are_accepted(seed, project, monkeypatch, capsys):
     """The ends of the range pass the seed check: the stage goes on to its (missing) data."""
