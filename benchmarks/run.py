@@ -88,8 +88,8 @@ class Timing(NamedTuple):
     min: float
     max: float
     # Minor page faults and kernel CPU seconds of the whole process, per repetition: a
-    # step that page-faults its working set afresh (see stages/devices.py:
-    # reuse_host_memory) shows up here long before anyone profiles it.
+    # step that page-faults its working set afresh (see host.py: reuse_host_memory) shows
+    # up here long before anyone profiles it.
     minor_faults: float
     kernel_s: float
 
