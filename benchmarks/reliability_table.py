@@ -42,6 +42,7 @@ from helpers import (
     stage_argv,
     stage_options,
     tar_with,
+    with_unknown_compression,
 )
 from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
 
@@ -359,13 +360,7 @@ path = TMP / "bz.npz"
 with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
     for k, v in VALID.items():
         zf.writestr(f"{k}.npy", npy(v))
-raw = bytearray(path.read_bytes())
-for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
-    at = raw.find(sig)
-    while at != -1:
-        raw[at + off] = 99
-        at = raw.find(sig, at + 1)
-path.write_bytes(bytes(raw))
+with_unknown_compression(path)
 row(
     "Predictions file",
     "a compression method zipfile cannot read",

@@ -505,3 +505,16 @@ def png_bomb(width: int, height: int, complete: bool = True) -> bytes:
     else:
         idat = zlib.compress(b"\x00" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def with_unknown_compression(path: Path) -> Path:
+    """Rewrite every header of the zip at `path` to compression method 99 (AES, which
+    zipfile cannot read): an npz whose members exist but cannot be decompressed."""
+    raw = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local and central headers
+        at = raw.find(sig)
+        while at != -1:
+            raw[at + off] = 99
+            at = raw.find(sig, at + 1)
+    path.write_bytes(bytes(raw))
+    return path

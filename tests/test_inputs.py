@@ -39,6 +39,7 @@ from helpers import (
     scratch_project,
     stage_argv,
     stage_options,
+    with_unknown_compression,
 )
 from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
 
@@ -107,14 +108,7 @@ def test_unknown_compression_method(tmp_path):
     path = write_zip(
         tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()}, zipfile.ZIP_BZIP2
     )
-    raw = bytearray(path.read_bytes())
-    # Compression method 12 (bzip2) -> 99 (AES, which zipfile cannot read), in every header.
-    for sig, off in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
-        at = raw.find(sig)
-        while at != -1:
-            raw[at + off] = 99
-            at = raw.find(sig, at + 1)
-    path.write_bytes(bytes(raw))
+    with_unknown_compression(path)  # bzip2 (12) -> 99 in every header
     refused(path, "cannot be read (NotImplementedError: That compression method is not supported)")
 
 
