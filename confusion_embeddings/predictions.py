@@ -15,6 +15,11 @@ holding, for N pictures and C classes:
       split  int [N]        index into `splits` of the split each picture came from
       splits str [S]        split names, e.g. ["train", "test"] (given together with `split`)
       groups str []         a JSON object {group: [class names]}, or "null"
+      unseen str [u]        classes the classifier was never trained on (params.yaml's
+                            train.unseen): their pictures are scored like any other, but
+                            the classifier cannot name them, so they are never a guess
+                            (their probs/logits columns are ignored; a `topk` row must not
+                            hold them). At least two classes must remain known.
 
 Writes: nothing. `load_predictions` validates the metadata and small arrays at once and
 keeps the N x C (or N x k) score array on disk: `Predictions.blocks` streams it in blocks of
@@ -59,6 +64,7 @@ class Predictions:
     split: np.ndarray | None  # int [N] indexing `splits`, or None
     splits: tuple[str, ...]
     groups: dict[str, list[str]] | None
+    unseen: tuple[str, ...]  # classes never trained on: never a guess (see the contract)
     _member: NpyMember | InMemory = field(repr=False, compare=False)
 
     @property
@@ -284,7 +290,7 @@ def _did_you_mean(key: str, unknown: set[str]) -> str:
 
 def _score_kind(path: Path, keys: set[str]) -> str:
     found = ", ".join(sorted(keys)) or "none"
-    known = {"labels", "classes", *SCORE_KEYS, "split", "splits", "groups"}
+    known = {"labels", "classes", *SCORE_KEYS, "split", "splits", "groups", "unseen"}
     for key in ("labels", "classes"):
         if key not in keys:
             hint = _did_you_mean(key, keys - known)
@@ -406,6 +412,7 @@ def _validated(path: Path, keys: set[str], get, score) -> Predictions:
     if "groups" in keys:
         text = _str_array(path, "groups", get("groups"), 0)
         groups = parse_groups(str(path), str(text.item()), classes)
+    unseen = _read_unseen(path, get, keys, classes)
     member = score(kind, labels.shape[0], len(classes))
     return Predictions(
         path=path,
@@ -416,8 +423,27 @@ def _validated(path: Path, keys: set[str], get, score) -> Predictions:
         split=split,
         splits=splits,
         groups=groups,
+        unseen=unseen,
         _member=member,
     )
+
+
+def _read_unseen(path: Path, get, keys: set[str], classes: tuple[str, ...]) -> tuple[str, ...]:
+    if "unseen" not in keys:
+        return ()
+    unseen = tuple(str(c) for c in _str_array(path, "unseen", get("unseen"), 1).tolist())
+    strangers = [c for c in unseen if c not in classes]
+    if strangers:
+        raise _fail(path, f"'unseen' names {strangers}, which 'classes' does not list")
+    if len(set(unseen)) != len(unseen):
+        raise _fail(path, f"'unseen' lists a class twice: {list(unseen)}")
+    if len(classes) - len(unseen) < 2:
+        raise _fail(
+            path,
+            f"'unseen' leaves {len(classes) - len(unseen)} known class(es); a classifier "
+            "knows at least two",
+        )
+    return unseen
 
 
 def load_predictions(path: str | Path, *, check_values: bool = True) -> Predictions:
@@ -445,7 +471,7 @@ def predictions_from_arrays(arrays: dict[str, object], name: str = "predictions"
     """Validate arrays in memory against the same contract as a file, with the same
     messages (prefixed by `name` instead of a path); every value is checked here. Keys as
     in the file: labels, classes, exactly one of probs/logits/topk, and optionally split,
-    splits and groups (a JSON string or a {group: [classes]} dict)."""
+    splits, unseen and groups (a JSON string or a {group: [classes]} dict)."""
     path = Path(name)
     given = {k: v for k, v in arrays.items() if v is not None}
     if isinstance(given.get("groups"), dict):

@@ -19,6 +19,13 @@ from confusion_embeddings.core.params import Param, above, at_least, in_range, i
 # numpy's default_rng refuses negative seeds and jax.random.key takes at most 64 bits.
 SEED_RANGE = (0, 2**32 - 1)
 
+
+def _class_names(v: list) -> str | None:
+    """A list of distinct class names (strings), possibly empty."""
+    ok = all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v)
+    return None if ok else "a list of distinct class names, e.g. [truck]"
+
+
 SCHEMA = {
     # The fewest epochs that keep every classifier above the accuracy floor (docs/recipe.md).
     "epochs": Param(int, 14, at_least(1)),
@@ -46,6 +53,9 @@ SCHEMA = {
     # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
     "precision": Param(str, "bf16", one_of(*PRECISIONS)),
     "cpu_devices": host.CPU_DEVICES,
+    # Classes whose pictures the classifier never trains on (names): it has C - k outputs,
+    # predict still scores every picture, and the report places these classes (unseen.md).
+    "unseen": Param(list, [], _class_names),
 }
 
 
@@ -84,13 +94,18 @@ class TrainParams:
     conv_impl: str
     precision: str
     cpu_devices: int | str
+    unseen: tuple[str, ...]
 
     @classmethod
     def from_dict(cls, p: dict[str, Any]) -> TrainParams:
-        return cls(**{**p, "widths": tuple(p["widths"])})
+        # A model trained on every class is saved without `unseen` (see to_dict).
+        return cls(**{**p, "widths": tuple(p["widths"]), "unseen": tuple(p.get("unseen", ()))})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "widths": list(self.widths)}
+        d = {**asdict(self), "widths": list(self.widths), "unseen": list(self.unseen)}
+        if not self.unseen:  # saved as before the key existed: the same model, the same bytes
+            del d["unseen"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -108,7 +123,7 @@ class RunConfig:
     the model as config.json and loaded back (`from_dict`)."""
 
     seed: int
-    num_classes: int
+    num_classes: int  # the classes it is trained on: the dataset's, less train.unseen
     train: TrainParams
     conv_impl: str  # resolved (cnn/conv.py): "onednn", "matmul" or "xla", never "auto"
     precision: str  # resolved: "f32" or "bf16", the precision that runs
@@ -123,6 +138,13 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        if self.train.unseen and self.train.crossfit_folds:
+            # The folds are dealt per class over all classes; predict could not tell which
+            # of an unseen-class run's training pictures it left out.
+            raise PipelineError(
+                "params.yaml: 'train.unseen' and 'train.crossfit_folds' >= 2 cannot be "
+                "combined; set one of them back to its default ([] or 0)"
+            )
 
     @property
     def model(self) -> ModelConfig:

@@ -17,7 +17,7 @@ from confusion_embeddings import devices
 from confusion_embeddings.cnn.checkpoint import Model
 from confusion_embeddings.core.params import Param, at_least
 from confusion_embeddings.data.prepared import Prepared, Split
-from confusion_embeddings.data.selection import crossfit_folds
+from confusion_embeddings.data.selection import crossfit_folds, known_classes
 
 SCHEMA = {
     # Every picture by default, train and test, as in the paper.
@@ -78,10 +78,12 @@ def predict_splits(
     contract) and a summary (pictures, top-1 accuracy per split).
 
     A model trained under cross-fitting predicts only the training pictures it never saw
-    (its RunConfig's `holdout`); the other splits whole.
+    (its RunConfig's `holdout`); the other splits whole. A model trained without some
+    classes (train.unseen) scores their pictures too; its file names them in `unseen`.
     """
     devices.check_batch_size(batch_size, "predict.batch_size")
     t, holdout = model.run.train, model.run.holdout
+    known = np.asarray(known_classes(data.classes, t.unseen))
     with devices.data_parallel() as mesh:  # the mesh the network's convolutions see
         params, rest = jax.device_put((model.params, model.rest), devices.replicated(mesh))
         infer = make_inference_fn(
@@ -101,13 +103,10 @@ def predict_splits(
                 show_progress,
                 desc=f"predict {name}",
             )
-            probs.append(softmax(logits))
+            probs.append(_all_classes(softmax(logits), known, len(data.classes)))
             labels.append(split.labels)
             split_ids.append(np.full(len(split.labels), i, np.int8))
-            summary[name] = {
-                "pictures": len(split.labels),
-                "accuracy": round(float((logits.argmax(1) == split.labels).mean()), 6),
-            }
+            summary[name] = _summary(logits, split.labels, known)
     arrays = {
         "labels": np.concatenate(labels).astype(np.int32),
         "classes": np.array(data.classes),
@@ -116,4 +115,26 @@ def predict_splits(
         "splits": np.array(splits),
         "groups": np.array(json.dumps(data.groups)),
     }
+    if t.unseen:
+        arrays["unseen"] = np.array(t.unseen)
     return arrays, summary
+
+
+def _all_classes(probs: np.ndarray, known: np.ndarray, n_classes: int) -> np.ndarray:
+    """[N, C] probabilities from the network's [N, len(known)]: an unseen class's column
+    is 0 (the classifier cannot name a class it never saw)."""
+    if len(known) == n_classes:
+        return probs
+    out = np.zeros((len(probs), n_classes), probs.dtype)
+    out[:, known] = probs
+    return out
+
+
+def _summary(logits: np.ndarray, labels: np.ndarray, known: np.ndarray) -> dict[str, Any]:
+    """Pictures, and top-1 accuracy over the pictures of the classes it was trained on."""
+    on_known = np.isin(labels, known)
+    hits = known[logits.argmax(1)] == labels
+    out = {"pictures": len(labels), "accuracy": round(float(hits[on_known].mean()), 6)}
+    if not on_known.all():
+        out["unseen_pictures"] = int((~on_known).sum())
+    return out

@@ -5,7 +5,8 @@ and dvc.yaml (the train stage's dependencies, which the resume checkpoint's fing
 covers); it writes the model folder (cnn/checkpoint.py), the headline metrics, the wall
 times, and dvclive's per-epoch curves, and keeps a resume checkpoint while it runs
 (cnn/resume.py). `predict_classifier` reads the prepared dataset, a model folder and
-`predict:`; it writes the predictions file (predictions.py's contract) and the wall times.
+`predict:`; it writes the predictions file (predictions.py's contract; every picture, the
+unseen classes' too) and the wall times.
 In a multi-process job (host.py) every process computes and process 0 alone writes.
 """
 
@@ -35,6 +36,7 @@ from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_file, save_npz, write_json
 from confusion_embeddings.core.params import load_params, read_params_file
 from confusion_embeddings.data.prepared import load_prepared
+from confusion_embeddings.data.selection import known_classes, without_classes
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ def train_classifier(seed: int, prepared: Path, out: TrainOutputs, params_file: 
         [params["batch_size"], params["eval_batch_size"]],
         params_file,
     )
-    data = load_prepared(prepared, ["train", "test"])
+    data = without_classes(load_prepared(prepared, ["train", "test"]), tuple(params["unseen"]))
+    if params["unseen"]:
+        print(f"train: leaving out {params['unseen']}; {len(data.classes)} classes remain")
     run = RunConfig.resolve(params, seed, len(data.classes), choice)
     deps = stage_deps("train", item=seed, params=read_params_file(params_file))
     resume = Resume(out.checkpoints, fingerprint(run, deps))
@@ -158,10 +162,12 @@ def predict_classifier(
     choice = conv.resolve_saved(saved.conv_impl, saved.precision)
     start_host(choice, saved.train.cpu_devices, [p["batch_size"]], params_file)
     data = load_prepared(prepared, p["splits"])
-    if saved.num_classes != len(data.classes):
+    unseen = saved.train.unseen
+    if saved.num_classes != len(known_classes(data.classes, unseen)):
+        less = f" (less {len(unseen)} unseen)" if unseen else ""
         raise PipelineError(
             f"{model_dir} predicts {saved.num_classes} classes but {prepared} has "
-            f"{len(data.classes)}; rerun `dvc repro train`"
+            f"{len(data.classes)}{less}; rerun `dvc repro train`"
         )
     model = load_model(model_dir, saved.running(choice))
     arrays, summary = predict_splits(data, model, p["splits"], p["batch_size"])

@@ -1,4 +1,5 @@
-"""Which pictures a prepared dataset keeps, and the checks every source's classes pass."""
+"""Which pictures a prepared dataset keeps, and the checks every source's classes pass;
+which classes a classifier trains on (train.unseen leaves some out)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import zlib
 import numpy as np
 
 from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.data.prepared import Prepared, Split
 
 SPLITS = ("train", "test")
 
@@ -75,3 +77,40 @@ def crossfit_folds(labels: np.ndarray, folds: int) -> np.ndarray:
         order = np.random.default_rng([0, int(c)]).permutation(len(idx))
         fold[idx[order]] = np.arange(len(idx)) % folds
     return fold
+
+
+def known_classes(classes: list[str], unseen: tuple[str, ...] | list[str]) -> list[int]:
+    """Indices of the classes a classifier trains on: every class but the `unseen` ones
+    (params.yaml's train.unseen), which must name classes of the dataset and leave two."""
+    missing = [name for name in unseen if name not in classes]
+    if missing:
+        raise PipelineError(
+            f"params.yaml: 'train.unseen' names {missing}, not classes of the prepared data "
+            f"(its classes: {', '.join(classes)})"
+        )
+    known = [i for i, name in enumerate(classes) if name not in unseen]
+    if len(known) < 2:
+        raise PipelineError(
+            f"params.yaml: 'train.unseen' leaves {len(known)} of {len(classes)} classes to "
+            "train on; a classifier needs at least two"
+        )
+    return known
+
+
+def without_classes(data: Prepared, unseen: tuple[str, ...]) -> Prepared:
+    """The dataset a classifier trains on: the pictures of the `unseen` classes removed
+    and the labels renumbered 0 .. C-k-1 over the known classes, in their order. With no
+    unseen class, `data` itself (nothing is copied)."""
+    if not unseen:
+        return data
+    known = known_classes(data.classes, unseen)
+    new_label = np.full(len(data.classes), -1, np.int32)
+    new_label[known] = np.arange(len(known), dtype=np.int32)
+    splits = {}
+    for name, split in data.splits.items():
+        rows = np.flatnonzero(new_label[split.labels] >= 0)
+        splits[name] = Split(np.asarray(split.images[rows]), new_label[split.labels[rows]])
+    groups = None
+    if data.groups is not None:
+        groups = {g: [c for c in members if c not in unseen] for g, members in data.groups.items()}
+    return Prepared([data.classes[i] for i in known], splits, groups)
