@@ -1,7 +1,8 @@
 """(true class, k-th guess) pairs from a classifier's top-k guesses, and the pairs file.
 
 Reads: one predictions file per classifier (format: predictions.py) and the `pairs` params:
-    top_k        guesses per picture, 1 <= top_k < C (and <= k of a `topk` file); default 3
+    top_k        guesses per picture, 1 <= top_k < C - u (and <= k of a `topk` file), where
+                 u classes are unseen (the predictions file's `unseen`); default 3
     block_size   pictures per top-k block; bounds memory whatever N is
 
 Writes (write_pairs, into the folder the pairs stage names):
@@ -18,13 +19,16 @@ Writes (write_pairs, into the folder the pairs stage names):
                                            file, or "null"
                       classifier int16 [P] index into `classifiers`, whose pair it is
                       classifiers str [M] one name per classifier (predictions file)
+                      unseen   str [u]    only where the predictions name unseen classes:
+                                          classes that are a true class, never a guess
                     Written without timestamps, so equal inputs give equal bytes.
   confusion.csv     header `actual,predicted,count`: the top-1 guesses of the test pictures
                     (every picture where there is no test split) of every classifier, as
                     counts per non-empty (true, guess) cell, class names as values: the data
                     of the `confusion_counts` plot template (.dvc/plots/).
 pairs_metrics: {"pictures", "classes", "top_k", "pairs", "top1_accuracy": {"all",
-<split>...}, "topk_accuracy": {...}}
+<split>...}, "topk_accuracy": {...}}; the accuracies over the known classes' pictures, and
+with unseen classes also "unseen": [names] and "unseen_pictures".
 """
 
 from __future__ import annotations
@@ -89,6 +93,12 @@ class Pairs:
     top_k: int
     classifier: np.ndarray  # int16 [P], index into `classifiers`
     classifiers: tuple[str, ...] = ("classifier",)
+    unseen: tuple[str, ...] = ()  # classes never trained on: a true class, never a guess
+
+    @property
+    def unseen_ids(self) -> np.ndarray:
+        """Class indices of `unseen`, ascending (int [u])."""
+        return np.array(sorted(self.classes.index(c) for c in self.unseen), dtype=np.int64)
 
     @property
     def n_pictures(self) -> int:
@@ -127,10 +137,12 @@ def _topk_block(scores: jax.Array, k: int, from_logits: bool) -> tuple[jax.Array
 
 
 def _check_top_k(top_k: int, pred: Predictions) -> None:
-    if top_k >= pred.n_classes:
+    known = pred.n_classes - len(pred.unseen)
+    if top_k >= known:
+        unseen = f" known to the classifier (of {pred.n_classes})" if pred.unseen else ""
         raise PipelineError(
             f"params.yaml: 'pairs.top_k' = {top_k} must be smaller than the number of classes "
-            f"C = {pred.n_classes} in {pred.path}"
+            f"C = {known}{unseen} in {pred.path}"
         )
     if pred.kind == "topk" and top_k > pred.width:
         raise PipelineError(
@@ -148,12 +160,14 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
     """
     _check_top_k(top_k, pred)
     n, k = pred.n, top_k
+    blocked = [pred.classes.index(c) for c in pred.unseen]  # never a guess
     guess = np.empty((n, k), np.int32)
     prob = np.empty((n, k), np.float32)
     start = 0
     if pred.kind == "topk":
         for block in pred.blocks(block_size):
             guess[start : start + len(block)] = block[:, :k]
+            _check_no_unseen_guess(pred, guess[start : start + len(block)], blocked, start)
             start += len(block)
         prob.fill(np.nan)
     else:
@@ -163,6 +177,7 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
             b = len(block)
             padded[:b] = block
             padded[b:] = 0.0
+            padded[:, blocked] = -np.inf  # below any probability or logit
             idx, val = _topk_block(padded, k=k, from_logits=pred.kind == "logits")
             # np.asarray waits for the result, so `padded` is free to be refilled next.
             guess[start : start + b] = np.asarray(idx)[:b]
@@ -186,7 +201,19 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
         top_k=k,
         classifier=np.zeros(n * k, np.int16),
         classifiers=(name or pred.path.stem,),
+        unseen=pred.unseen,
     )
+
+
+def _check_no_unseen_guess(pred: Predictions, guess: np.ndarray, blocked: list[int], start: int):
+    bad = np.isin(guess, blocked).any(axis=1)
+    if bad.any():
+        row = start + int(np.flatnonzero(bad)[0])
+        raise PipelineError(
+            f"{pred.path}: 'topk' row {row} guesses an unseen class ({', '.join(pred.unseen)}); "
+            "a classifier cannot name a class it was never trained on: drop it from 'unseen' "
+            "or from the guesses"
+        )
 
 
 def combine(parts: list[Pairs]) -> Pairs:
@@ -194,7 +221,7 @@ def combine(parts: list[Pairs]) -> Pairs:
     groups (each part's own `classifiers` name is kept)."""
     first = parts[0]
     for part in parts[1:]:
-        for what in ("classes", "splits", "groups", "top_k"):
+        for what in ("classes", "splits", "groups", "top_k", "unseen"):
             if getattr(part, what) != getattr(first, what):
                 raise PipelineError(
                     f"predictions of {part.classifiers[0]} and {first.classifiers[0]} differ "
@@ -223,9 +250,10 @@ def pairs_metrics(pairs: Pairs) -> dict:
     hits = pairs.guess.reshape(-1, k) == true[:, None]
     top1, topk = hits[:, 0], hits.any(axis=1)
     split = pairs.split.reshape(-1, k)[:, 0]
+    known = ~np.isin(true, pairs.unseen_ids)  # an unseen class's picture is never right
 
     def rate(correct: np.ndarray, mask: np.ndarray | None) -> float | None:
-        chosen = correct if mask is None else correct[mask]
+        chosen = correct[known] if mask is None else correct[mask & known]
         return round(float(chosen.mean()), 6) if chosen.size else None
 
     def per_split(correct: np.ndarray) -> dict[str, float | None]:
@@ -242,6 +270,11 @@ def pairs_metrics(pairs: Pairs) -> dict:
         "pairs": int(pairs.true.shape[0]),
         "top1_accuracy": per_split(top1),
         "topk_accuracy": per_split(topk),
+        **(
+            {"unseen": list(pairs.unseen), "unseen_pictures": int((~known).sum())}
+            if pairs.unseen
+            else {}
+        ),
     }
 
 
@@ -314,6 +347,8 @@ def write_pairs(pairs: Pairs, out_dir: Path) -> None:
             "groups": np.array(json.dumps(pairs.groups)),
             "classifier": pairs.classifier,
             "classifiers": np.array(pairs.classifiers, dtype=str),
+            # Only where there are unseen classes: the default pairs file keeps its bytes.
+            **({"unseen": np.array(pairs.unseen, dtype=str)} if pairs.unseen else {}),
         },
     )
     k, names = pairs.top_k, pairs.classes
@@ -377,4 +412,5 @@ def load_pairs(pairs_dir: str | Path) -> Pairs:
         top_k=int(rank.max()) if rank.size else 0,
         classifier=arrays["classifier"],
         classifiers=tuple(arrays["classifiers"].tolist()),
+        unseen=tuple(arrays["unseen"].tolist()) if "unseen" in arrays else (),
     )

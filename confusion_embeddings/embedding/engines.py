@@ -136,7 +136,12 @@ def train_restarts(pairs: Pairs, params: dict[str, Any]) -> Restarts:
     _check_true_classes(pairs, counts)
     fits = [
         train_skipgram(
-            counts, seed, dim=params["dim"], init_std=params["jax_init_std"], **jax_settings(params)
+            counts,
+            seed,
+            dim=params["dim"],
+            init_std=params["jax_init_std"],
+            unseen=tuple(pairs.unseen_ids.tolist()),
+            **jax_settings(params),
         )
         for seed in params["seeds"]
     ]

@@ -82,7 +82,11 @@ def distinct_starts(restarts: Restarts) -> list[int]:
 
 
 def _refit_jax(
-    counts: np.ndarray, restarts: Restarts, starts: list[int], params: dict[str, Any]
+    counts: np.ndarray,
+    restarts: Restarts,
+    starts: list[int],
+    params: dict[str, Any],
+    unseen: tuple[int, ...],
 ) -> np.ndarray:
     """Refit from every start, keep each replicate's lowest loss: [R, C, dim]. A replicate
     where a class has no picture gets NaN vectors for that class (it has no input side)."""
@@ -90,7 +94,7 @@ def _refit_jax(
     best_w, best_loss = None, None
     for s in starts:
         start = SkipGram(restarts.w_in[s], restarts.w_out[s], float(restarts.loss[s]), 0.0)
-        w_in, loss, grad_norm = refit_skipgram(counts, start, **settings)
+        w_in, loss, grad_norm = refit_skipgram(counts, start, unseen=unseen, **settings)
         warn_unconverged(grad_norm, settings["steps"], "bootstrap refits")
         if best_w is None:
             best_w, best_loss = w_in, loss
@@ -154,8 +158,9 @@ def replicate_vectors(
                 out[i, first : first + size] = _refit_gensim(part, weights[i], first, params)
             else:
                 counts = resampled_counts(part, weights[i])
+                unseen = tuple(part.unseen_ids.tolist())
                 out[i, first : first + size] = _refit_jax(
-                    counts, _of(restarts, i), starts[i], params
+                    counts, _of(restarts, i), starts[i], params, unseen
                 )
     return out
 

@@ -13,6 +13,12 @@ pictures, every step is full-batch, and the result is a deterministic function o
 hyperparameters). W_in (the true class's side) are the class vectors. `objective="negative"`
 minimises the expected negative-sampling loss in closed form instead (Levy & Goldberg 2014).
 
+A class the classifier never saw (train.unseen) is a true class but never a guess: `unseen`
+takes it out of the softmax's outputs (its column can hold no probability), so its own
+vector comes from its input side alone, fitted against the same output vectors W_out as
+every known class's (docs/unseen.md). The negative objective needs no such mask: a column
+of zero counts has zero noise weight too.
+
 l2 > 0 is required: without it any invertible mix of the dimensions fits equally well (the
 cosines are then whatever the optimiser's path left), and unseen pairs push the norms to
 infinity. With it every optimum is a balanced factorisation, fixed up to a rotation, which
@@ -53,11 +59,21 @@ class SkipGram:
 
 
 def _objective(
-    params: dict, freq: jax.Array, noise: jax.Array, l2: jax.Array, negative: jax.Array, kind: str
+    params: dict,
+    freq: jax.Array,
+    noise: jax.Array,
+    l2: jax.Array,
+    negative: jax.Array,
+    kind: str,
+    unseen: tuple[int, ...] = (),
 ):
     w_in, w_out = params["w_in"], params["w_out"]
     logits = w_in @ w_out.T  # [C, C]
     if kind == "softmax":
+        if unseen:  # no output side: exp(-1e30) = 0 and 0 * -1e30 = 0, never NaN
+            never = np.zeros(logits.shape[1], bool)
+            never[list(unseen)] = True
+            logits = jnp.where(never[None, :], -1e30, logits)
         data = -jnp.sum(freq * jax.nn.log_softmax(logits, axis=1))
     else:  # expected negative-sampling loss (module docstring)
         rows = freq.sum(axis=1, keepdims=True)
@@ -76,7 +92,7 @@ def _init(key: jax.Array, c: int, dim: int, std: float) -> dict:
     }
 
 
-def _fit(params, freq, noise, steps, lr, l2, negative, kind: str):
+def _fit(params, freq, noise, steps, lr, l2, negative, kind: str, unseen: tuple[int, ...]):
     """`steps` full-batch Adam steps from `params` (cosine-decayed learning rate)."""
     total = jnp.maximum(steps, 1).astype(jnp.float32)
 
@@ -84,7 +100,7 @@ def _fit(params, freq, noise, steps, lr, l2, negative, kind: str):
         return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(count / total, 1.0)))
 
     opt = optax.adam(schedule)
-    loss_grad = jax.value_and_grad(_objective)
+    loss_grad = jax.value_and_grad(functools.partial(_objective, unseen=unseen))
 
     def body(_, state):
         p, s = state
@@ -98,24 +114,39 @@ def _fit(params, freq, noise, steps, lr, l2, negative, kind: str):
     return params["w_in"], params["w_out"], loss, grad_norm
 
 
-def _train_fn(key, freq, noise, steps, lr, l2, negative, *, dim: int, kind: str, init_std: float):
+def _train_fn(
+    key,
+    freq,
+    noise,
+    steps,
+    lr,
+    l2,
+    negative,
+    *,
+    dim: int,
+    kind: str,
+    init_std: float,
+    unseen: tuple[int, ...],
+):
     """Init from `key`, then `steps` full-batch Adam steps."""
     params = _init(key, freq.shape[0], dim, init_std)
-    return _fit(params, freq, noise, steps, lr, l2, negative, kind)
+    return _fit(params, freq, noise, steps, lr, l2, negative, kind, unseen)
 
 
-# One compilation per (C, dim, kind, init_std): the optimisation settings are traced.
-_TRAIN_STATIC = ("dim", "kind", "init_std")
+# One compilation per (C, dim, kind, init_std, unseen): the optimisation settings are traced.
+_TRAIN_STATIC = ("dim", "kind", "init_std", "unseen")
 _train = jax.jit(_train_fn, static_argnames=_TRAIN_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=("kind",))
-def _refit_batch(w_in, w_out, freq, noise, steps, lr, l2, negative, *, kind: str):
+@functools.partial(jax.jit, static_argnames=("kind", "unseen"))
+def _refit_batch(
+    w_in, w_out, freq, noise, steps, lr, l2, negative, *, kind: str, unseen: tuple[int, ...]
+):
     """_fit over a leading batch axis of starting points and frequency matrices."""
 
     def one(w_in, w_out, freq, noise):
         params = {"w_in": w_in, "w_out": w_out}
-        return _fit(params, freq, noise, steps, lr, l2, negative, kind)
+        return _fit(params, freq, noise, steps, lr, l2, negative, kind, unseen)
 
     return jax.vmap(one)(w_in, w_out, freq, noise)
 
@@ -151,8 +182,10 @@ def train_skipgram(
     objective: str,
     negative: int,
     init_std: float,
+    unseen: tuple[int, ...] = (),
 ) -> SkipGram:
-    """Train one directed skip-gram on a [C, C] count matrix (row = input/true word)."""
+    """Train one directed skip-gram on a [C, C] count matrix (row = input/true word);
+    the classes `unseen` (indices) are never an output (module docstring)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
     w_in, w_out, loss, grad_norm = _train(
@@ -161,6 +194,7 @@ def train_skipgram(
         dim=dim,
         kind=objective,
         init_std=init_std,
+        unseen=tuple(unseen),
     )
     return SkipGram(
         w_in=np.asarray(w_in, np.float32),
@@ -179,6 +213,7 @@ def refit_skipgram(
     l2: float,
     objective: str,
     negative: int,
+    unseen: tuple[int, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refit one trained model on each of R count matrices [R, C, C] at once (vmapped),
     starting from its vectors: the optimum of each matrix in the basin the model found.
@@ -189,6 +224,7 @@ def refit_skipgram(
         jnp.broadcast_to(jnp.asarray(start.w_out), (r, *start.w_out.shape)),
         *_inputs(counts, steps, lr, l2, negative),
         kind=objective,
+        unseen=tuple(unseen),
     )
     return (
         np.asarray(w_in, np.float32),
