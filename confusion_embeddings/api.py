@@ -35,6 +35,7 @@ from confusion_embeddings.evaluation.report import metrics_dict, render_report
 from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
 from confusion_embeddings.evaluation.scores import Evaluation
 from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
+from confusion_embeddings.evaluation.unseen import read_reference
 from confusion_embeddings.method import EvaluateOutputs, assess, write_evaluation
 from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, make_pairs, pairs_metrics, write_pairs
@@ -192,14 +193,18 @@ def embed_predictions(
     logits: np.ndarray | Sequence[np.ndarray] | None = None,
     topk: np.ndarray | Sequence[np.ndarray] | None = None,
     groups: dict[str, list[str]] | None = None,
+    unseen: Sequence[str] = (),
+    reference: str | Path | None = None,
     **params: Any,
 ) -> Result:
     """Predictions in memory -> the similarity table with its intervals (module docstring).
 
     labels [N] true class indices into `classes`; exactly one of probs [N, C], logits
     [N, C] or topk [N, k]; for several classifiers a list of score arrays (and one labels
-    array or a list). `params`: any key of params.yaml's pairs, embed or evaluate section,
-    e.g. top_k=1, dim=10, bootstrap=500."""
+    array or a list). `unseen`: classes the classifier was never trained on (never a guess;
+    the report places them, evaluation/unseen.py), their rows compared with the similarity
+    table CSV `reference` if given. `params`: any key of params.yaml's pairs, embed or
+    evaluate section, e.g. top_k=1, dim=10, bootstrap=500."""
     sections = split_params(params)
     given = {"probs": probs, "logits": logits, "topk": topk}
     scores = {k: _per_classifier(v, 2) for k, v in given.items() if v is not None}
@@ -218,9 +223,12 @@ def embed_predictions(
             "labels": label_list[i if len(label_list) > 1 else 0],
             "classes": np.asarray(classes, dtype=str),
             "groups": groups,
+            "unseen": np.asarray(list(unseen), dtype=str) if unseen else None,
             **{k: v[i if len(v) > 1 else 0] for k, v in scores.items()},
         }
         predictions.append((name, predictions_from_arrays(arrays, name)))
     pairs = make_pairs(predictions, sections["pairs"])
     embedding = embed(pairs, sections["embed"])
-    return Result(assess(pairs, embedding, sections["evaluate"]), pairs, embedding, sections)
+    ref = (str(reference), read_reference(reference)) if reference is not None else None
+    ev = assess(pairs, embedding, sections["evaluate"], reference=ref)
+    return Result(ev, pairs, embedding, sections)

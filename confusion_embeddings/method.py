@@ -10,7 +10,7 @@ and `write_evaluation`, what the evaluate stage writes. Reads nothing; writes on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from confusion_embeddings.evaluation.groups import resolve_groups
 from confusion_embeddings.evaluation.plots import write_plots, write_similarity_csv
 from confusion_embeddings.evaluation.report import metrics_dict, render_report
 from confusion_embeddings.evaluation.scores import Evaluation, evaluate
+from confusion_embeddings.evaluation.unseen import assess_unseen
 from confusion_embeddings.pairs import Pairs
 
 
@@ -33,10 +34,13 @@ def assess(
     embedding: Embedding,
     params: dict[str, Any],
     sources: tuple[str, str] = ("the class vectors", "the pairs"),
+    reference: tuple[str, dict[tuple[str, str], float]] | None = None,
 ) -> Evaluation:
     """Every figure of the table (evaluate params), the vectors refitted on
     `evaluate.bootstrap` redraws of the pictures first (embedding/resampling.py).
-    `sources` names the embedding and the pairs in the error when they do not match."""
+    `sources` names the embedding and the pairs in the error when they do not match.
+    Where the pairs have unseen classes, `reference` (where from, and its table:
+    evaluation/unseen.py's read_reference) is what their rows are compared with."""
     manifest = embedding.manifest
     if (tuple(manifest["classes"]), tuple(manifest["classifiers"])) != (
         pairs.classes,
@@ -51,7 +55,12 @@ def assess(
     replicates = replicate_vectors(
         pairs, embedding.restarts, manifest["params"], params["bootstrap"], params["seed"]
     )
-    return evaluate(pairs, embedding.vectors, params, manifest, replicates)
+    ev = evaluate(pairs, embedding.vectors, params, manifest, replicates)
+    if not pairs.unseen:
+        return ev
+    u = ev.uncertainty
+    unseen = assess_unseen(pairs, ev.mean, u.low, u.high, ev.consensus.vectors, params, reference)
+    return replace(ev, unseen=unseen)
 
 
 @dataclass(frozen=True)

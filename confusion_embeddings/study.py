@@ -67,14 +67,16 @@ def study_pipeline(project: Path) -> dict[str, Any]:
     with the code read through the study's CODE link and the predictions from inputs/."""
     doc = yaml.safe_load((project / "dvc.yaml").read_text())
 
+    shipped = ("stages", "confusion_embeddings", "references")  # read through the CODE link
+
     def code(path: str) -> str:
-        top = path.split("/", 1)[0]
-        return f"{CODE}/{path}" if top in ("stages", "confusion_embeddings") else path
+        return f"{CODE}/{path}" if path.split("/", 1)[0] in shipped else path
 
     stages = {}
     for name in STAGES:
         entry = dict(doc["stages"][name])
         cmd = entry["cmd"].replace(f"python -m stages.{name}", f"python {CODE}/stages/{name}.py")
+        cmd = cmd.replace(" references/", f" {CODE}/references/")
         entry["cmd"] = cmd.replace(CLASSIFIERS_ARGS, STUDY_ARGS)
         # The inputs folder, not the file: a mistyped pairs.predictions then reaches the
         # stage, which names the param, instead of stopping DVC with a bare missing path.

@@ -2,7 +2,9 @@
 each similarity can be trusted.
 
 Reads:  --pairs (confusion_embeddings/pairs.py), --embed (embedding/store.py), params.yaml's
-        `evaluate:` section (confusion_embeddings/evaluation/scores.py).
+        `evaluate:` section (confusion_embeddings/evaluation/scores.py), and --reference (a
+        similarity table CSV of a run where every class was trained) only where the pairs
+        have classes the classifiers never saw (train.unseen; evaluation/unseen.py).
 Writes: --metrics (headline scalars, table_reliability first), --table (class, neighbour,
         cosine, its bootstrap interval low/high and rank interval: the similarity tables as
         plot data), --report (markdown: reliability and warnings first, then the paper-style
@@ -18,6 +20,7 @@ from confusion_embeddings.core.params import load_params
 from confusion_embeddings.embedding.store import load_embedding
 from confusion_embeddings.evaluation.report import fmt, print_warnings
 from confusion_embeddings.evaluation.scores import SCHEMA
+from confusion_embeddings.evaluation.unseen import read_reference
 from confusion_embeddings.method import EvaluateOutputs, assess, write_evaluation
 from confusion_embeddings.pairs import load_pairs
 
@@ -32,12 +35,19 @@ OUTPUTS = {
 
 
 def main() -> None:
-    args = stage_args(
-        __doc__, {"--pairs": "pairs directory", "--embed": "embed directory", **OUTPUTS}
-    )
+    inputs = {
+        "--pairs": "pairs directory",
+        "--embed": "embed directory",
+        "--reference": "similarity table CSV the unseen classes' rows are compared with",
+    }
+    args = stage_args(__doc__, {**inputs, **OUTPUTS})
     params = load_params("evaluate", SCHEMA, args.params)
     sources = (str(args.embed), str(args.pairs))
-    ev = assess(load_pairs(args.pairs), load_embedding(args.embed), params, sources)
+    pairs = load_pairs(args.pairs)
+    reference = None
+    if pairs.unseen:  # the reference is read only where there is something to place
+        reference = (str(args.reference), read_reference(args.reference))
+    ev = assess(pairs, load_embedding(args.embed), params, sources, reference)
     print_warnings(ev)
     write_evaluation(ev, params, EvaluateOutputs(**{f[2:]: getattr(args, f[2:]) for f in OUTPUTS}))
     print(

@@ -346,9 +346,10 @@ def scratch_project(folder: Path, params: Mapping[str, Any] | str | None = None)
 
 
 def copy_code(dst: Path) -> None:
-    """The stages and the library they import, as a DVC project needs them (no caches)."""
+    """The stages, the library they import and the reference table evaluate reads, as a
+    DVC project needs them (no caches)."""
     ignore = shutil.ignore_patterns("__pycache__")
-    for package in ("stages", "confusion_embeddings"):
+    for package in ("stages", "confusion_embeddings", "references"):
         shutil.copytree(ROOT / package, Path(dst) / package, ignore=ignore)
 
 

@@ -5,8 +5,9 @@ One test walks the workflow the README promises, with two classifiers (params
 every stage; a second repro runs nothing; changing `embed.dim` reruns only embed and
 evaluate; `dvc params diff` and `dvc metrics diff` show the change, `dvc plots show` draws
 the similarity table with the project's own template; adding a seed trains and predicts
-only that classifier (then pairs, embed, evaluate), removing it again retrains nothing;
-push to a remote, wipe cache and outputs, pull, clean.
+only that classifier (then pairs, embed, evaluate), removing it again retrains nothing; a
+class left out of training (`-S train.unseen=[truck]`) reruns everything but prepare and
+places the class in the report; push to a remote, wipe cache and outputs, pull, clean.
 
 The scratch repository holds what the project's own does: the stages, the library they
 import, dvc.yaml, the custom plot template (.dvc/plots/) and .dvcignore.
@@ -153,6 +154,30 @@ def test_dvc_workflow_end_to_end(tmp_path):
     assert embed_manifest["classifiers"] == [f"seed_{s}" for s in SEEDS]
     assert yaml.safe_load((repo / "metrics" / "pairs.json").read_text())["classifiers"] == 2
     assert not (repo / "data" / "predictions" / "seed_2.npz").exists()  # pairs removed it
+    out = run(repo, "dvc", "repro")
+    assert ran(out) == set(), out
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "seeds back")
+
+    # A class the classifiers never see: one `dvc exp run -S` away; the data is untouched.
+    def current_models() -> dict[str, bytes]:  # seed 2's old model may still lie there
+        return {k: v for k, v in model_bytes(repo).items() if "seed_2" not in k}
+
+    before = current_models()
+    out = run(repo, "dvc", "exp", "run", "-S", "train.unseen=[truck]")
+    assert ran(out) == set(STAGES) - {"prepare"}, out
+    predictions = np.load(repo / "data" / "predictions" / "seed_0.npz")
+    assert predictions["unseen"].tolist() == ["truck"]
+    assert (predictions["probs"][:, CIFAR10.index("truck")] == 0).all()
+    sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())
+    assert sim["unseen_classes"] == 1 and sim["unseen_nearest_match"] in (0.0, 1.0)
+    assert {"unseen_row_spearman", "novelty_auroc_entropy", "novelty_auroc_max_prob"} <= set(sim)
+    report = (repo / stage_options("evaluate")["--report"]).read_text()
+    assert "## Classes the classifiers never saw" in report and "\n| truck | " in report
+    # Back to the committed run: nothing to redo, the default models as they were.
+    run(repo, "git", "checkout", "--", ".")
+    run(repo, "dvc", "checkout")
+    assert current_models() == before
     out = run(repo, "dvc", "repro")
     assert ran(out) == set(), out
 

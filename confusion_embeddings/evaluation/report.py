@@ -13,6 +13,7 @@ from scipy.stats import spearmanr
 
 from confusion_embeddings.evaluation.scores import Evaluation
 from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
+from confusion_embeddings.evaluation.unseen import unseen_metrics, unseen_section
 
 REPORT_TOP_PAIRS = 10  # most similar pairs named in the report's summary
 JSON_DECIMALS = 4
@@ -52,6 +53,8 @@ def metrics_dict(ev: Evaluation) -> dict:
         "group_nn_agreement": _r(ev.group_nn_agreement),
         "group_ari": _r(ev.group_ari),
     }
+    if ev.unseen is not None:
+        figures.update(unseen_metrics(ev.unseen))
     # A figure that does not apply (agreement with one classifier, group scores without
     # groups) is left out rather than written as null: every column `dvc exp show` shows
     # then has a value.
@@ -123,6 +126,7 @@ def render_report(ev: Evaluation, params: dict) -> str:
         *_trust_lines(ev),
         *_what_lines(ev),
         *_summary_section(ev, params),
+        *(unseen_section(ev.unseen, ev.classes, ev.uncertainty.confidence) if ev.unseen else []),
         *_classifiers_section(ev),
         *_consensus_section(ev, params),
         *_tables_section(ev, params),

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.stats import spearmanr
 
-from confusion_embeddings.core.params import Param, at_least, in_range
+from confusion_embeddings.core.params import Param, at_least, in_range, one_of
 from confusion_embeddings.embedding.consensus import (
     Consensus,
     align_runs,
@@ -48,6 +48,7 @@ from confusion_embeddings.evaluation.uncertainty import (
     Uncertainty,
     uncertainty,
 )
+from confusion_embeddings.evaluation.unseen import NOVELTY_SCORES, Unseen
 from confusion_embeddings.pairs import Pairs
 
 SCHEMA = {
@@ -80,6 +81,12 @@ SCHEMA = {
     # "no structure in the lower guesses": secondary_vs_confusion below this
     # (docs/uncertainty.md has the figures it was chosen from).
     "min_secondary": Param(float, 0.2, in_range(-1.0, 1.0)),
+    # Classes the classifiers never saw (train.unseen; evaluation/unseen.py): the
+    # per-picture new-or-known score the report leads with (max_prob, the baseline, is shown
+    # beside it; docs/unseen.md has the measurement behind the choice), and the share of
+    # known test pictures its threshold keeps as known.
+    "novelty_score": Param(str, "entropy", one_of(*NOVELTY_SCORES)),
+    "novelty_keep_known": Param(float, 0.95, in_range(0.5, 0.999)),
 }
 
 
@@ -121,6 +128,7 @@ class Evaluation:
     leaf_order: np.ndarray  # [C]
     n_pictures: int
     top_k: int
+    unseen: Unseen | None = None  # classes the classifiers never saw (evaluation/unseen.py)
 
     @property
     def collapsed(self) -> bool:
