@@ -4,7 +4,8 @@ Reads the experiments named <prefix><class> (git refs refs/exps/.../<name>, as `
 run -n` names them): from each, params.yaml, metrics/train/seed_<s>.json (the test accuracy
 on the known classes), metrics/similarity.json (unseen_*, novelty_auroc_*) and
 reports/similarity.csv (the unseen class's row); and the reference table
-references/similarity.csv. Prints the markdown table and writes benchmarks/unseen_study.json.
+references/similarity.csv; the report's line with every novelty score's AUROC. Prints the
+markdown table and writes benchmarks/unseen_study.json.
 
     python -m benchmarks.unseen_study [--prefix unseen-] [--out benchmarks/unseen_study.json]
 """
@@ -15,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import statistics
 import subprocess
 from pathlib import Path
@@ -56,6 +58,9 @@ def study_row(sha: str, reference: list[dict[str, str]]) -> dict:
     train = [json.loads(git("show", f"{sha}:metrics/train/seed_{s}.json")) for s in seeds]
     sim = json.loads(git("show", f"{sha}:metrics/similarity.json"))
     table = list(csv.DictReader(io.StringIO(git("show", f"{sha}:reports/similarity.csv"))))
+    report = git("show", f"{sha}:reports/similarity.md")
+    every = re.search(r"Every score's AUROC, all unseen pictures: (.*)\.", report)
+    scores = dict(item.split() for item in every.group(1).split(", ")) if every else {}
     return {
         "unseen": cls,
         "classifiers": len(seeds),
@@ -64,13 +69,14 @@ def study_row(sha: str, reference: list[dict[str, str]]) -> dict:
         "nearest": nearest(table, cls, {cls}),
         "reference_nearest": nearest(reference, cls, {cls}),
         **{k: v for k, v in sim.items() if k.startswith(("unseen_", "novelty_"))},
+        "auroc_every_score": {k: float(v) for k, v in scores.items() if v != "-"},
     }
 
 
-def markdown(rows: list[dict], score: str) -> str:
+def markdown(rows: list[dict]) -> str:
     lines = [
         "| unseen class | test accuracy (known classes) | nearest known class | reference's "
-        f"nearest | row Spearman | AUROC {score} | AUROC max_prob | called new |",
+        "nearest | row Spearman | novelty AUROC | AUROC max_prob | called new |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -78,7 +84,7 @@ def markdown(rows: list[dict], score: str) -> str:
         lines.append(
             f"| {r['unseen']} | {r['known_test_accuracy']:.4f} | {r['nearest']}{mark} | "
             f"{r['reference_nearest']} | {r.get('unseen_row_spearman', '-')} | "
-            f"{r.get(f'novelty_auroc_{score}', '-')} | {r.get('novelty_auroc_max_prob', '-')} | "
+            f"{r.get('novelty_auroc', '-')} | {r.get('novelty_auroc_max_prob', '-')} | "
             f"{r.get('unseen_called_new', 0):.0%} |"
         )
     return "\n".join(lines)
@@ -91,27 +97,26 @@ def summary(rows: list[dict]) -> dict:
         "unseen_nearest_match": sum(r["nearest"] == r["reference_nearest"] for r in rows),
         "median_unseen_row_spearman": round(statistics.median(rhos), 4) if rhos else None,
     }
-    for key in sorted({k for r in rows for k in r if k.startswith("novelty_auroc_")}):
-        values = [r[key] for r in rows if key in r]
-        out[f"mean_{key}"] = round(statistics.mean(values), 4)
+    for score in sorted({k for r in rows for k in r["auroc_every_score"]}):
+        values = [r["auroc_every_score"][score] for r in rows if score in r["auroc_every_score"]]
+        out[f"mean_auroc_{score}"] = round(statistics.mean(values), 4)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefix", default="unseen-")
-    ap.add_argument("--score", default="entropy", help="the novelty score in the table")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "unseen_study.json")
     args = ap.parse_args()
     with open(ROOT / "references" / "similarity.csv", newline="") as fh:
         reference = list(csv.DictReader(fh))
     exps = experiments(args.prefix)
     if not exps:
-        raise SystemExit(f"no experiment named {args.prefix}*: run the study first (docs/unseen.md)")
+        raise SystemExit(f"no experiment named {args.prefix}*: run the study (docs/unseen.md)")
     rows = [study_row(sha, reference) for sha in exps.values()]
     result = {"summary": summary(rows), "rows": rows, "experiments": exps}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(rows, args.score))
+    print(markdown(rows))
     print()
     print(json.dumps(result["summary"], indent=2))
 

@@ -20,7 +20,7 @@ from confusion_embeddings.core.params import load_params
 from confusion_embeddings.embedding.store import load_embedding
 from confusion_embeddings.evaluation.report import fmt, print_warnings
 from confusion_embeddings.evaluation.scores import SCHEMA
-from confusion_embeddings.evaluation.unseen import read_reference
+from confusion_embeddings.evaluation.unseen import read_reference, summary_lines
 from confusion_embeddings.method import EvaluateOutputs, assess, write_evaluation
 from confusion_embeddings.pairs import load_pairs
 
@@ -50,6 +50,8 @@ def main() -> None:
     ev = assess(pairs, load_embedding(args.embed), params, sources, reference)
     print_warnings(ev)
     write_evaluation(ev, params, EvaluateOutputs(**{f[2:]: getattr(args, f[2:]) for f in OUTPUTS}))
+    for line in summary_lines(ev.unseen, ev.classes) if ev.unseen else []:
+        print(line)
     print(
         f"evaluate: table reliability {fmt(ev.uncertainty.reliability)}, Spearman vs confusion "
         f"{fmt(ev.spearman)}, collapsed {ev.collapsed}, noisy {ev.noisy}; classifier "

@@ -171,7 +171,7 @@ def test_dvc_workflow_end_to_end(tmp_path):
     assert (predictions["probs"][:, CIFAR10.index("truck")] == 0).all()
     sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())
     assert sim["unseen_classes"] == 1 and sim["unseen_nearest_match"] in (0.0, 1.0)
-    assert {"unseen_row_spearman", "novelty_auroc_entropy", "novelty_auroc_max_prob"} <= set(sim)
+    assert {"unseen_row_spearman", "novelty_auroc", "novelty_auroc_max_prob"} <= set(sim)
     report = (repo / stage_options("evaluate")["--report"]).read_text()
     assert "## Classes the classifiers never saw" in report and "\n| truck | " in report
     # Back to the committed run: nothing to redo, the default models as they were.

@@ -12,7 +12,7 @@ import pytest
 import confusion_embeddings as ce
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.embedding.skipgram import train_skipgram
-from confusion_embeddings.evaluation.unseen import auroc, read_reference
+from confusion_embeddings.evaluation.unseen import auroc, read_reference, summary_lines
 from confusion_embeddings.pairs import build_pairs, load_pairs, write_pairs
 from confusion_embeddings.predictions import predictions_from_arrays
 
@@ -115,6 +115,9 @@ def test_planted_unseen_class_lands_by_its_usual_guess(tmp_path):
     assert metrics["unseen_row_spearman"] == pytest.approx(p.row_spearman, abs=1e-4)
     report = r.report()
     assert "## Classes the classifiers never saw" in report and "| new | b " in report
+    lines = summary_lines(u, tuple(CLASSES))  # what the evaluate stage prints
+    assert lines[0].startswith("unseen new: nearest b ") and "; reference b" in lines[0]
+    assert "called new 300/300" in lines[1] and all(len(line) <= 80 for line in lines)
 
 
 def test_a_reference_that_disagrees_counts_as_a_miss(tmp_path):
@@ -139,6 +142,7 @@ def test_novelty_auroc_behaves_as_designed():
     called, total = nov.called_new[CLASSES.index("new")]
     assert total == 300 and called / total > 0.95
     assert r.metrics["novelty_auroc_max_prob"] == pytest.approx(nov.auroc["max_prob"], 1e-4)
+    assert r.metrics["novelty_auroc"] == pytest.approx(nov.auroc["entropy"], 1e-4)
     same = planted(known_conf=0.8, unseen_conf=0.8)
     nov = ce.embed_predictions(
         same["labels"], CLASSES, probs=same["probs"], unseen=["new"], **FAST

@@ -229,7 +229,8 @@ def assess_unseen(
 
 def unseen_metrics(u: Unseen) -> dict[str, float | int]:
     """unseen_nearest_match (share of unseen classes whose nearest known class is the
-    reference's), unseen_row_spearman (mean), and the novelty AUROC with its baseline."""
+    reference's), unseen_row_spearman (mean), novelty_auroc (the evaluate.novelty_score
+    chosen) with the max_prob baseline beside it, and the share of pictures called new."""
     out: dict[str, float | int] = {"unseen_classes": len(u.placements)}
     matches = [p.match for p in u.placements if p.match is not None]
     rhos = [p.row_spearman for p in u.placements if p.row_spearman is not None]
@@ -239,14 +240,32 @@ def unseen_metrics(u: Unseen) -> dict[str, float | int]:
         out["unseen_row_spearman"] = round(float(np.mean(rhos)), 4)
     if u.novelty is not None:
         nov = u.novelty
-        for name in dict.fromkeys((nov.score, BASELINE)):
+        for key, name in (("novelty_auroc", nov.score), (f"novelty_auroc_{BASELINE}", BASELINE)):
             if name in nov.auroc:
-                out[f"novelty_auroc_{name}"] = round(nov.auroc[name], 4)
+                out[key] = round(nov.auroc[name], 4)
         called = sum(c for c, _ in nov.called_new.values())
         total = sum(n for _, n in nov.called_new.values())
         if total:
             out["unseen_called_new"] = round(called / total, 4)
     return out
+
+
+def summary_lines(u: Unseen, classes: tuple[str, ...]) -> list[str]:
+    """One short line per unseen class for the terminal: where it lands, against the
+    reference, and how many of its pictures are called new."""
+    lines = []
+    for p in u.placements:
+        j = p.nearest
+        ref = "" if p.reference_nearest is None else f"; reference {classes[p.reference_nearest]}"
+        rho = "" if p.row_spearman is None else f", row Spearman {p.row_spearman:.2f}"
+        lines.append(f"unseen {classes[p.cls]}: nearest {classes[j]} {p.cosine[0]:.2f}{ref}{rho}")
+        if u.novelty is not None:
+            called, total = u.novelty.called_new[p.cls]
+            auroc = u.novelty.class_auroc[p.cls].get(u.novelty.score)
+            lines.append(
+                f"  new-or-known AUROC {_f(auroc)} ({u.novelty.score}); called new {called}/{total}"
+            )
+    return lines
 
 
 def unseen_section(u: Unseen, classes: tuple[str, ...], confidence: float) -> list[str]:
