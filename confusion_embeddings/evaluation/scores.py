@@ -85,7 +85,7 @@ SCHEMA = {
     # per-picture new-or-known score the report leads with (max_prob, the baseline, is shown
     # beside it; docs/unseen.md has the measurement behind the choice), and the share of
     # known test pictures its threshold keeps as known.
-    "novelty_score": Param(str, "entropy", one_of(*NOVELTY_SCORES)),
+    "novelty_score": Param(str, "spread", one_of(*NOVELTY_SCORES)),
     "novelty_keep_known": Param(float, 0.95, in_range(0.5, 0.999)),
 }
 
