@@ -172,3 +172,13 @@ def test_a_bad_reference_is_named(tmp_path):
         read_reference(bad)
     with pytest.raises(PipelineError, match="cannot read the reference"):
         read_reference(tmp_path / "missing.csv")
+
+
+def test_gensim_places_an_unseen_class_too():
+    """gensim trains both directions of each two-word sentence: no mask is needed."""
+    a = planted()
+    r = ce.embed_predictions(
+        a["labels"], CLASSES, probs=a["probs"], unseen=["new"], engine="gensim", sample=0,
+        bootstrap=10,
+    )  # fmt: skip
+    assert CLASSES[r.evaluation.unseen.placements[0].nearest] == "b"
