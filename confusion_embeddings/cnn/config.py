@@ -48,6 +48,14 @@ SCHEMA = {
     # 0: train on every training picture; K >= 2: leave out fold seed mod K (cross-fitting).
     "crossfit_folds": Param(int, 0, lambda v: None if v == 0 or v >= 2 else "0 or an int >= 2"),
     "bn_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
+    # airbench's three initialisation and optimisation levers (docs/recipe.md measures each):
+    # a frozen whitening of the stem's input patches (eigenvalues + whiten_eps), identity
+    # (dirac) init of the convolutions, and batch-norm biases learning bias_lr_scale times
+    # faster than the kernels.
+    "whiten": Param(bool, False),
+    "whiten_eps": Param(float, 5e-4, above(0)),
+    "dirac": Param(bool, False),
+    "bias_lr_scale": Param(float, 1.0, above(0)),
     "logit_scale": Param(float, 1 / 9, above(0)),
     "conv_impl": Param(str, "auto", one_of(*IMPLS)),
     # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
@@ -90,6 +98,10 @@ class TrainParams:
     widths: tuple[int, ...]
     crossfit_folds: int
     bn_momentum: float
+    whiten: bool
+    whiten_eps: float
+    dirac: bool
+    bias_lr_scale: float
     logit_scale: float
     conv_impl: str
     precision: str
@@ -157,6 +169,8 @@ class RunConfig:
             stem_patch=t.stem_patch,
             bn_momentum=t.bn_momentum,
             logit_scale=t.logit_scale,
+            whiten=t.whiten,
+            dirac=t.dirac,
             conv_impl=self.conv_impl,
             precision=self.precision,
         )

@@ -2,9 +2,10 @@
 
 Reads and writes nothing; cnn/config.py's RunConfig says its shape (`RunConfig.model`).
 
-Layout: stem conv -> `len(widths)` blocks of (conv, 2x2 max-pool, BN, GELU, conv, BN, GELU)
--> global max-pool -> linear. Each block halves the resolution, so three blocks take a
-32x32 picture (16x16 after a stem_patch of 2) to 2x2.
+Layout: space-to-depth [-> frozen patch whitening] -> stem conv -> `len(widths)` blocks of
+(conv, 2x2 max-pool, BN, GELU, conv, BN, GELU) -> global max-pool -> linear. Each block
+halves the resolution, so three blocks take a 32x32 picture (16x16 after a stem_patch of 2)
+to 2x2.
 
 Precision (`ModelConfig.precision`, resolved by cnn/conv.py): "f32" throughout, or "bf16":
 the convolutions and the head multiply in bfloat16 with float32 accumulation, activations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from confusion_embeddings.cnn.conv import conv, matmul
@@ -34,6 +36,8 @@ class ModelConfig:
     stem_patch: int  # space-to-depth factor before the stem: 2 turns 32x32x3 into 16x16x12
     bn_momentum: float
     logit_scale: float  # the final linear layer's logits are scaled by this
+    whiten: bool  # a frozen whitening of the stem's input patches, measured on the data
+    dirac: bool  # each conv starts as the identity on its first cin output channels
     conv_impl: str  # resolved (cnn/conv.py): "onednn", "matmul" or "xla", never "auto"
     precision: str  # resolved too: "f32" or "bf16"
 
@@ -43,13 +47,20 @@ class ModelConfig:
         return jnp.dtype(jnp.bfloat16 if self.precision == "bf16" else jnp.float32)
 
 
+class Whitening(nnx.Variable):
+    """A frozen [P, P] matrix on the stem's P-dimensional input patches: never trained, set
+    once from the training pictures (`whitening_matrix`) and saved with the model."""
+
+
 class Conv(nnx.Module):
     """3x3 'SAME' convolution without bias (batch norm follows every one)."""
 
-    def __init__(self, cin: int, cout: int, impl: str, *, rngs: nnx.Rngs, kernel: int = 3):
-        init = nnx.initializers.lecun_normal()
-        self.kernel = nnx.Param(init(rngs.params(), (kernel, kernel, cin, cout), jnp.float32))
-        self.impl = impl
+    def __init__(self, cin: int, cout: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        kernel = nnx.initializers.lecun_normal()(rngs.params(), (3, 3, cin, cout), jnp.float32)
+        if cfg.dirac:
+            kernel = dirac(kernel)
+        self.kernel = nnx.Param(kernel)
+        self.impl = cfg.conv_impl
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return conv(x, self.kernel.get_value(), self.impl)
@@ -110,9 +121,9 @@ _maxpool2_bf16.defvjp(_maxpool2_bf16_fwd, _maxpool2_bf16_bwd)
 
 class Block(nnx.Module):
     def __init__(self, cin: int, cout: int, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.conv1 = Conv(cin, cout, cfg.conv_impl, rngs=rngs)
+        self.conv1 = Conv(cin, cout, cfg, rngs=rngs)
         self.bn1 = _bn(cout, cfg.bn_momentum, rngs)
-        self.conv2 = Conv(cout, cout, cfg.conv_impl, rngs=rngs)
+        self.conv2 = Conv(cout, cout, cfg, rngs=rngs)
         self.bn2 = _bn(cout, cfg.bn_momentum, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -123,7 +134,10 @@ class Block(nnx.Module):
 class CNN(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.stem = Conv(3 * cfg.stem_patch**2, cfg.stem_width, cfg.conv_impl, rngs=rngs)
+        patch = 3 * cfg.stem_patch**2
+        if cfg.whiten:  # the identity until train sets it from the data
+            self.whitening = Whitening(jnp.eye(patch, dtype=jnp.float32))
+        self.stem = Conv(patch, cfg.stem_width, cfg, rngs=rngs)
         self.stem_bn = _bn(cfg.stem_width, cfg.bn_momentum, rngs)
         ins = (cfg.stem_width, *cfg.widths[:-1])
         pairs = zip(ins, cfg.widths, strict=True)
@@ -132,9 +146,13 @@ class CNN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: float images [N, H, W, 3], already normalised. Returns float32 logits [N, C]."""
-        x = x.astype(self.cfg.dtype)
-        if self.cfg.stem_patch > 1:
-            x = space_to_depth(x, self.cfg.stem_patch)
+        if self.cfg.whiten:  # in float32: the matrix amplifies the patches' weakest directions
+            x = space_to_depth(x, self.cfg.stem_patch) @ self.whitening.get_value()
+            x = x.astype(self.cfg.dtype)
+        else:
+            x = x.astype(self.cfg.dtype)
+            if self.cfg.stem_patch > 1:
+                x = space_to_depth(x, self.cfg.stem_patch)
         x = _bn_gelu(self.stem_bn, self.stem(x))
         for block in self.blocks:
             x = block(x)
@@ -150,10 +168,34 @@ def space_to_depth(x: jax.Array, k: int) -> jax.Array:
     return x.reshape(n, h // k, w // k, k * k * c)
 
 
+def dirac(kernel: jax.Array) -> jax.Array:
+    """airbench's identity init: the first cin of the cout >= cin filters pass their own
+    input channel through (centre tap 1, every other tap 0); the rest keep their random
+    init. Deep stacks then start close to the identity, which trains faster."""
+    _, _, cin, cout = kernel.shape
+    if cout < cin:
+        return kernel
+    eye = jnp.zeros((3, 3, cin, cin), kernel.dtype).at[1, 1].set(jnp.eye(cin, dtype=kernel.dtype))
+    return kernel.at[:, :, :, :cin].set(eye)
+
+
+def whitening_matrix(images: np.ndarray, patch: int, eps: float) -> np.ndarray:
+    """[P, P] PCA whitening of the P = 3 * patch**2 dimensional patches that space-to-depth
+    makes of (normalised) pictures: eigenvectors scaled by 1 / sqrt(eigenvalue + eps), from
+    the patches' second moment (airbench's whitened first layer, here on the stem's
+    non-overlapping patches). Computed in float64 on the host."""
+    x = np.asarray(space_to_depth(np.asarray(images, np.float64), patch))
+    x = x.reshape(-1, x.shape[-1])
+    values, vectors = np.linalg.eigh(x.T @ x / len(x))
+    return (vectors / np.sqrt(values + eps)).astype(np.float32)
+
+
 def count_flops(cfg: ModelConfig, image_hw: tuple[int, int]) -> int:
     """Multiply-add FLOPs (x2) of one forward pass of one picture; training is ~3x this."""
     h, w = image_hw[0] // cfg.stem_patch, image_hw[1] // cfg.stem_patch
-    flops = 2 * h * w * 9 * 3 * cfg.stem_patch**2 * cfg.stem_width
+    patch = 3 * cfg.stem_patch**2
+    flops = 2 * h * w * patch * patch if cfg.whiten else 0
+    flops += 2 * h * w * 9 * patch * cfg.stem_width
     cin = cfg.stem_width
     for cout in cfg.widths:
         flops += 2 * h * w * 9 * cin * cout

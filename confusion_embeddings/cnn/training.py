@@ -31,7 +31,7 @@ from flax import nnx
 from confusion_embeddings import devices, host
 from confusion_embeddings.cnn.config import Holdout, RunConfig, TrainParams
 from confusion_embeddings.cnn.inference import make_inference_fn
-from confusion_embeddings.cnn.network import CNN
+from confusion_embeddings.cnn.network import CNN, whitening_matrix
 from confusion_embeddings.cnn.resume import HISTORY_KEYS, Resume
 from confusion_embeddings.core.cli import progress
 from confusion_embeddings.core.errors import PipelineError
@@ -100,8 +100,15 @@ def _kernels_only(params):
     return jax.tree.map(lambda a: a.ndim > 1, params)
 
 
+def _biases_only(params):
+    # The network's only 1-D parameters are the batch-norm biases (convs and head have none).
+    return jax.tree.map(lambda a: a.ndim == 1, params)
+
+
 def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
-    """Nesterov SGD, linear warm-up over `warmup_fraction` of the steps, then linear decay."""
+    """Nesterov SGD, linear warm-up over `warmup_fraction` of the steps, then linear decay;
+    batch-norm biases at `bias_lr_scale` times the learning rate (their gradient scaled
+    before the momentum, which is the same thing for SGD)."""
     warmup = max(1, int(t.warmup_fraction * steps))
     schedule = optax.join_schedules(
         [
@@ -110,17 +117,23 @@ def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
         ],
         [warmup],
     )
+    scale_biases = [optax.masked(optax.scale(t.bias_lr_scale), _biases_only)]
     return optax.chain(
         optax.add_decayed_weights(t.weight_decay, mask=_kernels_only),
+        *(scale_biases if t.bias_lr_scale != 1.0 else []),
         optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov),
     )
 
 
-def create_train_state(run: RunConfig, total_steps: int):
+def create_train_state(run: RunConfig, total_steps: int, whitening: np.ndarray | None = None):
     """(graphdef, state, optimizer): the network initialised from the run's seed; the state
-    is a plain dict (params, rest = batch-norm statistics, opt, step, key) that serialises."""
+    is a plain dict (params, rest = batch-norm statistics and the frozen whitening, opt,
+    step, key) that serialises. `whitening` sets the stem's patch whitening (train.whiten:
+    cnn/network.py's whitening_matrix of the training pictures)."""
     key = jax.random.key(run.seed)
     model = CNN(run.model, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
+    if whitening is not None:
+        model.whitening.set_value(jnp.asarray(whitening, jnp.float32))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(run.train, total_steps)
     state = {
@@ -216,10 +229,23 @@ def training_split(train: Split, holdout: Holdout | None) -> Split:
     return Split(np.asarray(train.images[rows]), train.labels[rows])
 
 
+def _norm_sample(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images[:: max(1, len(images) // 5000)], np.float32)
+
+
 def pixel_norm(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std measured on (a sample of) the training pictures."""
-    sample = np.asarray(images[:: max(1, len(images) // 5000)], np.float32)
+    sample = _norm_sample(images)
     return sample.mean(axis=(0, 1, 2)), sample.std(axis=(0, 1, 2)) + 1e-3
+
+
+def patch_whitening(images: np.ndarray, norm, t: TrainParams) -> np.ndarray | None:
+    """The stem's frozen whitening, from the same sample of training pictures as the
+    pixel norm, normalised as the network sees them; None unless train.whiten."""
+    if not t.whiten:
+        return None
+    sample = (_norm_sample(images) - norm[0]) / norm[1]
+    return whitening_matrix(sample, t.stem_patch, t.whiten_eps)
 
 
 @dataclass
@@ -256,7 +282,8 @@ def train_and_evaluate(
     norm = pixel_norm(train.images)
 
     with devices.data_parallel() as mesh:  # the mesh the step's convolutions see
-        graphdef, state, tx = create_train_state(run, steps_per_epoch * t.epochs)
+        whitening = patch_whitening(train.images, norm, t)
+        graphdef, state, tx = create_train_state(run, steps_per_epoch * t.epochs, whitening)
         history: list[dict[str, float]] = []
         train_seconds = 0.0
         # Every process resumes, or none: the checkpoint folder must be one they all see.
