@@ -173,12 +173,15 @@ def tta_pairs(model: Path, prepared: Path, flip: bool, translate: int, name: str
     from confusion_embeddings.cnn.inference import predict_splits
     from confusion_embeddings.core.files import save_npz
     from confusion_embeddings.data.prepared import load_prepared
+    from confusion_embeddings.data.selection import known_classes
 
     m = load_model(model)
     tta = dataclasses.replace(m.run.train, tta_flip=flip, tta_translate=translate)
+    data = load_prepared(prepared, ["train", "test"])
     arrays, _ = predict_splits(
-        load_prepared(prepared, ["train", "test"]),
+        data,
         dataclasses.replace(m, run=dataclasses.replace(m.run, train=tta)),
+        known_classes(data.classes, m.run.train.unseen),
         ["train", "test"],
         1000,
         show_progress=False,

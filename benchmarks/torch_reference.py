@@ -1,7 +1,8 @@
 """The project's CNN written again in PyTorch, for side-by-side speed measurements only.
 
 Same layers, widths, batch-norm momentum and logit scale as confusion_embeddings/cnn/
-network.py, built from the same ModelConfig (conv without bias, batch norm without learned
+network.py, built from the same ModelConfig (the frozen patch whitening under train.whiten,
+conv without bias, batch norm without learned
 scale, GELU, 2x2 max-pool, global max-pool, linear head), trained with the same SGD +
 Nesterov step and label smoothing. The pipeline never imports this file.
 """
@@ -25,6 +26,10 @@ class TorchCNN(nn.Module):
         super().__init__()
         patch, m = cfg.stem_patch, cfg.bn_momentum
         layers: list[nn.Module] = [nn.PixelUnshuffle(patch)] if patch > 1 else []
+        if cfg.whiten:  # the frozen patch whitening: a 1x1 conv on the unshuffled patches
+            layers.append(
+                nn.Conv2d(3 * patch**2, 3 * patch**2, 1, bias=False).requires_grad_(False)
+            )
         layers += [
             nn.Conv2d(3 * patch**2, cfg.stem_width, 3, padding=1, bias=False),
             _bn(cfg.stem_width, m),

@@ -21,13 +21,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import Param, at_least, int_or_auto, load_params
+from confusion_embeddings.core.params import Param, at_least, int_or_auto
 
 _initialized = False  # init_distributed ran in this process
 
@@ -363,12 +363,12 @@ def enable_compilation_cache(path: str = ".cache/jax") -> None:
 
 
 def start(
-    cpu_devices: int | str, batch_sizes: Sequence[int], conv_impl: str, params_file: str | Path
+    cpu_devices: int | str, batch_sizes: Sequence[int], conv_impl: str, hosts: dict[str, Any]
 ) -> HostSetup:
     """Everything a process that runs the network does before JAX starts: `prepare_host`,
-    join the job (params `hosts`, read from `params_file`), keep compiled programs on disk.
-    `conv_impl` is the convolution that will run (cnn/conv.py decides it)."""
+    join the job (`hosts`: params.yaml's section, validated against HOSTS), keep compiled
+    programs on disk. `conv_impl` is the convolution that will run (cnn/conv.py decides it)."""
     setup = prepare_host(cpu_devices, batch_sizes, conv_impl)
-    init_distributed(load_params("hosts", HOSTS, params_file)["peer_timeout"])
+    init_distributed(hosts["peer_timeout"])
     enable_compilation_cache()
     return setup

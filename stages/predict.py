@@ -9,7 +9,6 @@ The work: confusion_embeddings/cnn/run.py (predict_classifier).
 
 from __future__ import annotations
 
-from confusion_embeddings.cnn.inference import SCHEMA  # noqa: F401 - the stage's params schema
 from confusion_embeddings.cnn.run import predict_classifier
 from confusion_embeddings.core.cli import run_main, stage_args
 

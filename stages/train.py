@@ -12,7 +12,6 @@ The work: confusion_embeddings/cnn/run.py (train_classifier).
 
 from __future__ import annotations
 
-from confusion_embeddings.cnn.config import SCHEMA  # noqa: F401 - the stage's params schema
 from confusion_embeddings.cnn.run import TrainOutputs, train_classifier
 from confusion_embeddings.core.cli import run_main, stage_args
 

@@ -178,7 +178,8 @@ def test_predictions_cover_the_left_out_fold_and_the_test_split(crossfit_run):
         model = project / stage_options(f"train@{s}", params)["--model"]
         m = load_model(model)
         everything = replace(m, run=replace(m.run, train=replace(m.run.train, crossfit_folds=0)))
-        full, summary = predict_splits(data, everything, ["train", "test"], 8, False)
+        known = list(range(len(data.classes)))
+        full, summary = predict_splits(data, everything, known, ["train", "test"], 8, False)
         assert summary["train"]["pictures"] == len(train_labels)
         np.testing.assert_allclose(
             probs[on_train], full["probs"][full["split"] == 0][rows], atol=1e-6

@@ -16,6 +16,7 @@ import yaml
 from confusion_embeddings import host
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
 from confusion_embeddings.cnn.inference import make_inference_fn
+from confusion_embeddings.cnn.network import count_flops
 from confusion_embeddings.cnn.training import train_and_evaluate
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
@@ -52,6 +53,7 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
         "test_accuracy_no_tta",
         "train_accuracy",
         "train_loss",
+        "train_pflops",
         "conv_impl_used",
         "precision_used",
         "backend",
@@ -77,6 +79,11 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert model.run == want  # seed, class count, train params, convolution, precision
     assert model.run.model.widths == (8, 16) and model.run.holdout is None
     assert model.norm[0].shape == model.norm[1].shape == (3,)
+    # The compute: one training picture's FLOPs x every picture of the one epoch's full
+    # batches (train_project's 32 pictures, batch 16).
+    test = load_prepared(project / OPTIONS["--prepared"], ["test"])
+    per_image = 3 * count_flops(model.run.model, test.image_hw)
+    assert m["train_pflops"] == pytest.approx(per_image * 32 / 1e15, rel=1e-3)
     # The headline figures are the saved model's: its test accuracy, recomputed from the
     # model with the saved test-time augmentation and without, and the last epoch's curve.
     test = load_prepared(project / OPTIONS["--prepared"], ["test"]).splits["test"]

@@ -34,7 +34,7 @@ class Model:
 
     graphdef: Any
     params: Any
-    rest: Any  # batch-norm statistics
+    rest: Any  # batch-norm statistics (and the stem's frozen whitening, under train.whiten)
     run: RunConfig
     norm: tuple[np.ndarray, np.ndarray]  # per-channel pixel mean and std, from training
 
@@ -57,34 +57,37 @@ def save_model(out_dir: str | Path, run: RunConfig, norm, params, rest) -> None:
 def read_config(model_dir: str | Path) -> RunConfig:
     """The RunConfig train saved; readable before JAX starts (predict sets up the host from
     it). Raises PipelineError when the folder holds no model, or not one of this version."""
-    return RunConfig.from_dict(_read_config_file(Path(model_dir))["run"])
+    return _read_config_file(Path(model_dir))[0]
 
 
-def _read_config_file(model_dir: Path) -> dict[str, Any]:
+def _read_config_file(model_dir: Path) -> tuple[RunConfig, tuple[np.ndarray, np.ndarray]]:
+    """The saved RunConfig and pixel norm, each parsed once."""
     cfg_file, blob_file = model_dir / CONFIG_FILE, model_dir / WEIGHTS_FILE
     if not cfg_file.exists() or not blob_file.exists():
         raise PipelineError(f"{model_dir}: no trained model; run `dvc repro train` first")
     try:
         meta = json.loads(cfg_file.read_text())
-        RunConfig.from_dict(meta["run"])
-        np.asarray(meta["pixel_mean"], np.float32), np.asarray(meta["pixel_std"], np.float32)
+        run = RunConfig.from_dict(meta["run"])
+        norm = (
+            np.asarray(meta["pixel_mean"], np.float32),
+            np.asarray(meta["pixel_std"], np.float32),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise PipelineError(
             f"{cfg_file}: not a model config written by this version's train stage "
             f"({type(exc).__name__}: {exc}); rerun `dvc repro train`"
         ) from None
-    return meta
+    return run, norm
 
 
 def load_model(model_dir: str | Path, running: RunConfig | None = None) -> Model:
     """The saved model, built to run as `running` says (the saved RunConfig with the
     convolution and precision that run here: RunConfig.running) or else as it was saved."""
     model_dir = Path(model_dir)
-    meta = _read_config_file(model_dir)
-    run = running or RunConfig.from_dict(meta["run"])
+    saved, norm = _read_config_file(model_dir)
+    run = running or saved
     graphdef, params, rest = nnx.split(CNN(run.model, rngs=nnx.Rngs(0)), nnx.Param, ...)
     blob = serialization.msgpack_restore((model_dir / WEIGHTS_FILE).read_bytes())
     nnx.replace_by_pure_dict(params, blob["params"])
     nnx.replace_by_pure_dict(rest, blob["rest"])
-    norm = (np.asarray(meta["pixel_mean"], np.float32), np.asarray(meta["pixel_std"], np.float32))
     return Model(graphdef, params, rest, run, norm)

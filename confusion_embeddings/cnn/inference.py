@@ -17,7 +17,7 @@ from confusion_embeddings import devices
 from confusion_embeddings.cnn.checkpoint import Model
 from confusion_embeddings.core.params import Param, at_least
 from confusion_embeddings.data.prepared import Prepared, Split
-from confusion_embeddings.data.selection import crossfit_folds, known_classes
+from confusion_embeddings.data.selection import crossfit_folds
 
 SCHEMA = {
     # Every picture by default, train and test, as in the paper.
@@ -72,10 +72,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict_splits(
-    data: Prepared, model: Model, splits: list[str], batch_size: int, show_progress: bool = True
+    data: Prepared,
+    model: Model,
+    known: list[int],
+    splits: list[str],
+    batch_size: int,
+    show_progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run `model` over `splits`; return the predictions-file arrays (predictions.py's
-    contract) and a summary (pictures, top-1 accuracy per split).
+    contract) and a summary (pictures, top-1 accuracy per split). `known`: the indices of
+    data's classes the model's outputs are, in order (data/selection.py's known_classes).
 
     A model trained under cross-fitting predicts only the training pictures it never saw
     (its RunConfig's `holdout`); the other splits whole. A model trained without some
@@ -83,7 +89,7 @@ def predict_splits(
     """
     devices.check_batch_size(batch_size, "predict.batch_size")
     t, holdout = model.run.train, model.run.holdout
-    known = np.asarray(known_classes(data.classes, t.unseen))
+    known = np.asarray(known)
     with devices.data_parallel() as mesh:  # the mesh the network's convolutions see
         params, rest = jax.device_put((model.params, model.rest), devices.replicated(mesh))
         infer = make_inference_fn(

@@ -34,7 +34,7 @@ from confusion_embeddings.cnn.training import Trained, train_and_evaluate
 from confusion_embeddings.core.cli import stage_deps
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_file, save_npz, write_json
-from confusion_embeddings.core.params import load_params, read_params_file
+from confusion_embeddings.core.params import params_section, read_params_file
 from confusion_embeddings.data.prepared import load_prepared
 from confusion_embeddings.data.selection import known_classes, without_classes
 
@@ -51,31 +51,34 @@ class TrainOutputs:
 
 
 def start_host(
-    choice: conv.ConvChoice, cpu_devices: int | str, batch_sizes: Sequence[int], params_file
+    choice: conv.ConvChoice,
+    cpu_devices: int | str,
+    batch_sizes: Sequence[int],
+    doc: dict[str, Any],
+    params_file: Path,
 ) -> None:
-    """Say a convolution or precision fallback (one line), then host.start before JAX runs."""
+    """Say a convolution or precision fallback (one line), then host.start before JAX runs
+    (with params `hosts` from `doc`, the params file as read)."""
     if choice.warning:
         print(choice.warning, file=sys.stderr)
-    host.start(cpu_devices, batch_sizes, choice.impl, params_file)
+    hosts = params_section(doc, "hosts", host.HOSTS, params_file)
+    host.start(cpu_devices, batch_sizes, choice.impl, hosts)
 
 
 def train_classifier(seed: int, prepared: Path, out: TrainOutputs, params_file: Path) -> None:
     """Train the classifier of `seed` and write its model, metrics, timings and curves."""
     t0 = time.perf_counter()
-    params = load_params("train", SCHEMA, params_file)
+    doc = read_params_file(params_file)  # once: train, hosts, and the deps' placeholders
+    params = params_section(doc, "train", SCHEMA, params_file)
     check_seed(seed)  # before JAX starts (RunConfig checks it too)
     choice = conv.resolve(params["conv_impl"], params["precision"])
-    start_host(
-        choice,
-        params["cpu_devices"],
-        [params["batch_size"], params["eval_batch_size"]],
-        params_file,
-    )
+    batch_sizes = [params["batch_size"], params["eval_batch_size"]]
+    start_host(choice, params["cpu_devices"], batch_sizes, doc, params_file)
     data = without_classes(load_prepared(prepared, ["train", "test"]), tuple(params["unseen"]))
     if params["unseen"]:
         print(f"train: leaving out {params['unseen']}; {len(data.classes)} classes remain")
     run = RunConfig.resolve(params, seed, len(data.classes), choice)
-    deps = stage_deps("train", item=seed, params=read_params_file(params_file))
+    deps = stage_deps("train", item=seed, params=doc)
     resume = Resume(out.checkpoints, fingerprint(run, deps))
     live = _EpochLog(out.live) if host.is_primary() else None
     trained = train_and_evaluate(data, run, resume, on_epoch=live or _skip)
@@ -84,12 +87,13 @@ def train_classifier(seed: int, prepared: Path, out: TrainOutputs, params_file: 
         return
     live.end()
     save_model(out.model, run, trained.norm, trained.state["params"], trained.state["rest"])
-    metrics = _train_metrics(run, trained)
+    flops_per_image = 3 * count_flops(run.model, data.image_hw)  # forward + both gradients
+    metrics = _train_metrics(run, trained, flops_per_image)
     timings = {
         "train_seconds": round(trained.train_seconds, 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "images_per_second": round(trained.images_trained / trained.train_seconds, 1),
-        "gflops_per_image_train": round(3 * count_flops(run.model, data.image_hw) / 1e9, 4),
+        "gflops_per_image_train": round(flops_per_image / 1e9, 4),
         "device_count": jax.device_count(),
     }
     write_json(out.metrics, metrics)
@@ -103,13 +107,16 @@ def _skip(record: dict[str, float]) -> None:
     """Another process of a job: process 0 writes the curves."""
 
 
-def _train_metrics(run: RunConfig, trained: Trained) -> dict[str, Any]:
+def _train_metrics(run: RunConfig, trained: Trained, flops_per_image: int) -> dict[str, Any]:
+    """The headline figures; `train_pflops` (training FLOPs per picture x pictures through
+    the train step) compares recipes by compute on any CPU, where seconds do not."""
     last = trained.history[-1]
     return {
         "test_accuracy": round(trained.test_accuracy, 6),
         "test_accuracy_no_tta": last["test/accuracy"],
         "train_accuracy": last["train/accuracy"],
         "train_loss": last["train/loss"],
+        "train_pflops": float(f"{flops_per_image * trained.images_trained / 1e15:.4g}"),
         "conv_impl_used": run.conv_impl,
         "precision_used": run.precision,
         "backend": jax.default_backend(),
@@ -157,20 +164,22 @@ def predict_classifier(
     """Run a trained classifier over every picture of params `predict.splits`; write the
     predictions file and the wall time."""
     t0 = time.perf_counter()
-    p = load_params("predict", PREDICT_SCHEMA, params_file)
+    doc = read_params_file(params_file)  # once: predict and hosts
+    p = params_section(doc, "predict", PREDICT_SCHEMA, params_file)
     saved = read_config(model_dir)  # before JAX starts: it decides the host setup
     choice = conv.resolve_saved(saved.conv_impl, saved.precision)
-    start_host(choice, saved.train.cpu_devices, [p["batch_size"]], params_file)
+    start_host(choice, saved.train.cpu_devices, [p["batch_size"]], doc, params_file)
     data = load_prepared(prepared, p["splits"])
     unseen = saved.train.unseen
-    if saved.num_classes != len(known_classes(data.classes, unseen)):
+    known = known_classes(data.classes, unseen)
+    if saved.num_classes != len(known):
         less = f" (less {len(unseen)} unseen)" if unseen else ""
         raise PipelineError(
             f"{model_dir} predicts {saved.num_classes} classes but {prepared} has "
             f"{len(data.classes)}{less}; rerun `dvc repro train`"
         )
     model = load_model(model_dir, saved.running(choice))
-    arrays, summary = predict_splits(data, model, p["splits"], p["batch_size"])
+    arrays, summary = predict_splits(data, model, known, p["splits"], p["batch_size"])
     if not host.is_primary():  # a multi-process job: every process has the result, one writes
         return
     with atomic_file(out) as tmp:

@@ -157,7 +157,15 @@ def load_params(
     section: str, schema: Mapping[str, Param], path: str | Path = "params.yaml"
 ) -> dict[str, Any]:
     """Read and validate one section of a params file (the stage's own, nothing else)."""
-    sec = read_params_file(path).get(section)
+    return params_section(read_params_file(path), section, schema, path)
+
+
+def params_section(
+    doc: Mapping[str, Any], section: str, schema: Mapping[str, Param], path: str | Path
+) -> dict[str, Any]:
+    """Validate one section of a params file already read (`read_params_file`), so that a
+    process needing several sections reads the file once; `path` names it in errors."""
+    sec = doc.get(section)
     if sec is not None and not isinstance(sec, dict):
         raise PipelineError(f"{path}: section '{section}' must be a mapping")
     return validate_section(section, sec, schema)

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 
+from confusion_embeddings.core.classes import unseen_problem
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data.prepared import Prepared, Split
 
@@ -81,20 +82,11 @@ def crossfit_folds(labels: np.ndarray, folds: int) -> np.ndarray:
 
 def known_classes(classes: list[str], unseen: tuple[str, ...] | list[str]) -> list[int]:
     """Indices of the classes a classifier trains on: every class but the `unseen` ones
-    (params.yaml's train.unseen), which must name classes of the dataset and leave two."""
-    missing = [name for name in unseen if name not in classes]
-    if missing:
-        raise PipelineError(
-            f"params.yaml: 'train.unseen' names {missing}, not classes of the prepared data "
-            f"(its classes: {', '.join(classes)})"
-        )
-    known = [i for i, name in enumerate(classes) if name not in unseen]
-    if len(known) < 2:
-        raise PipelineError(
-            f"params.yaml: 'train.unseen' leaves {len(known)} of {len(classes)} classes to "
-            "train on; a classifier needs at least two"
-        )
-    return known
+    (params.yaml's train.unseen), which must pass core/classes.py's check."""
+    problem = unseen_problem(classes, unseen)
+    if problem:
+        raise PipelineError(f"params.yaml: 'train.unseen' {problem}")
+    return [i for i, name in enumerate(classes) if name not in unseen]
 
 
 def without_classes(data: Prepared, unseen: tuple[str, ...]) -> Prepared:

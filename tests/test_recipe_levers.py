@@ -1,0 +1,111 @@
+"""train.whiten, train.dirac and train.bias_lr_scale (cnn/network.py, cnn/training.py):
+each does what it says on planted inputs, is off by default, and a whitened model saves and
+loads back whole."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from confusion_embeddings.cnn.checkpoint import load_model, save_model
+from confusion_embeddings.cnn.config import SCHEMA
+from confusion_embeddings.cnn.conv import conv
+from confusion_embeddings.cnn.inference import make_inference_fn
+from confusion_embeddings.cnn.network import CNN, dirac, space_to_depth, whitening_matrix
+from confusion_embeddings.cnn.training import (
+    create_train_state,
+    make_optimizer,
+    patch_whitening,
+    train_and_evaluate,
+)
+from confusion_embeddings.data.prepared import load_prepared
+
+from cnn_helpers import tiny_run, tiny_train
+from helpers import make_prepared
+
+
+def test_the_levers_are_off_by_default():
+    assert SCHEMA["whiten"].default is False and SCHEMA["dirac"].default is False
+    assert SCHEMA["bias_lr_scale"].default == 1.0
+    assert patch_whitening(np.zeros((4, 8, 8, 3), np.uint8), (0, 1), tiny_train()) is None
+    model = CNN(tiny_run(4).model, rngs=nnx.Rngs(0))
+    assert not hasattr(model, "whitening")
+
+
+def test_whitening_decorrelates_the_patches():
+    """Correlated channels (a shared component plus a little noise): after the matrix the
+    patches' second moment is the identity, up to the eps added to each eigenvalue."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 8, 8, 1))
+    images = np.concatenate([base + 0.1 * rng.normal(size=base.shape) for _ in range(3)], -1)
+    w = whitening_matrix(images, 2, eps=1e-9)
+    assert w.shape == (12, 12)
+    patches = np.asarray(space_to_depth(images, 2)).reshape(-1, 12) @ w
+    np.testing.assert_allclose(patches.T @ patches / len(patches), np.eye(12), atol=1e-4)
+    # With eps, each direction keeps the share lambda / (lambda + eps) of its variance: the
+    # weak ones (the noise) are damped, the strong ones (the shared component) kept.
+    raw = np.asarray(space_to_depth(images, 2)).reshape(-1, 12)
+    damped = raw @ whitening_matrix(images, 2, eps=1.0)
+    lam = np.linalg.eigvalsh(raw.T @ raw / len(raw))
+    np.testing.assert_allclose(
+        np.linalg.eigvalsh(damped.T @ damped / len(damped)), lam / (lam + 1.0), atol=1e-4
+    )
+
+
+def test_dirac_starts_each_conv_as_the_identity():
+    kernel = jax.random.normal(jax.random.key(0), (3, 3, 4, 6))
+    k = dirac(kernel)
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 4))
+    y = conv(x, k, "xla")
+    np.testing.assert_allclose(y[..., :4], x, atol=1e-6)  # the first cin filters pass through
+    np.testing.assert_array_equal(k[..., 4:], kernel[..., 4:])  # the others keep their init
+    shrink = jax.random.normal(jax.random.key(2), (3, 3, 6, 4))
+    np.testing.assert_array_equal(dirac(shrink), shrink)  # cout < cin: no identity to give
+    model = CNN(tiny_run(4, dirac=True).model, rngs=nnx.Rngs(0))
+    block = model.blocks[0].conv2.kernel.get_value()  # cin == cout: the identity whole
+    np.testing.assert_array_equal(block, dirac(jnp.zeros_like(block)))
+
+
+def test_bias_lr_scale_scales_the_bias_steps_alone():
+    params = {"bias": jnp.ones(3), "kernel": jnp.ones((3, 3))}
+    grads = jax.tree.map(jnp.ones_like, params)
+    steps = {}
+    for scale in (1.0, 8.0):
+        t = tiny_train(bias_lr_scale=scale, weight_decay=0.0, warmup_fraction=0.0)
+        tx = make_optimizer(t, steps=10)
+        _, opt = tx.update(grads, tx.init(params), params)  # the warm-up's step: lr 0
+        steps[scale], _ = tx.update(grads, opt, params)
+    np.testing.assert_allclose(steps[8.0]["bias"], 8 * steps[1.0]["bias"], rtol=1e-6)
+    np.testing.assert_array_equal(steps[8.0]["kernel"], steps[1.0]["kernel"])
+    assert float(jnp.abs(steps[1.0]["bias"]).max()) > 0
+
+
+def test_a_whitened_model_trains_saves_and_loads_back(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    data = load_prepared(prepared)
+    run = tiny_run(4, epochs=1, whiten=True, dirac=True, bias_lr_scale=16.0)
+    trained = train_and_evaluate(data, run, show_progress=False)
+    w = np.asarray(trained.state["rest"]["whitening"].get_value())
+    assert w.shape == (12, 12) and not np.allclose(w, np.eye(12))  # set from the pictures
+    # Frozen: the training state's matrix is the one measured before the first step.
+    expected = patch_whitening(data.splits["train"].images, trained.norm, run.train)
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    save_model(
+        tmp_path / "model", run, trained.norm, trained.state["params"], trained.state["rest"]
+    )
+    m = load_model(tmp_path / "model")
+    np.testing.assert_array_equal(np.asarray(m.rest["whitening"].get_value()), w)
+    x = data.splits["test"].images[:4]
+    before = make_inference_fn(trained.graphdef, trained.norm)(
+        trained.state["params"], trained.state["rest"], x
+    )
+    after = make_inference_fn(m.graphdef, m.norm)(m.params, m.rest, x)
+    np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+
+
+def test_create_train_state_sets_the_whitening():
+    w = np.arange(144, dtype=np.float32).reshape(12, 12)
+    _, state, _ = create_train_state(tiny_run(4, whiten=True), 10, w)
+    np.testing.assert_array_equal(np.asarray(state["rest"]["whitening"].get_value()), w)
