@@ -390,6 +390,8 @@ def _score_member(path: Path, kind: str, n: int, n_classes: int) -> NpyMember:
     """The score array's header, checked against the contract (its values are not read)."""
     try:
         member = NpyMember(path, kind)
+    except PipelineError:  # already one line naming the file
+        raise
     except ValueError as exc:  # a malformed .npy header
         raise _fail(path, f"'{kind}' is not a valid array ({exc})") from None
     except READ_ERRORS as exc:
