@@ -14,7 +14,9 @@ params (keyword arguments named as in params.yaml's pairs/embed/evaluate section
 from the same schemas), the same checks and the same one-line errors (PipelineError, a
 ValueError; a bad keyword argument is named as one: "embed_predictions(dim=0) is out of
 range ..."). It writes nothing unless `save` is called. Several classifiers of the same
-pictures: give lists (`probs=[p0, p1, p2]`, and one `labels` or a list of them).
+pictures: give lists (`probs=[p0, p1, p2]`, and one `labels` or a list of them). A model
+trained without some classes: name them in `unseen`, and give its C - u columns as they
+are (or C columns, the unseen ones 0).
 """
 
 from __future__ import annotations
@@ -221,7 +223,9 @@ def embed_predictions(
     [N, C] or topk [N, k]; for several classifiers a list of score arrays (and one labels
     array or a list). `unseen`: classes the classifier was never trained on (never a guess;
     the report places them, evaluation/unseen.py), their rows compared with the similarity
-    table CSV `reference` if given. `params`: any key of params.yaml's pairs, embed or evaluate section, e.g. top_k=1, dim=10,
+    table CSV `reference` if given; probs/logits may then be [N, C - u], the known classes'
+    columns in the order of `classes` without the unseen ones (predictions.py). `params`:
+    any key of params.yaml's pairs, embed or evaluate section, e.g. top_k=1, dim=10,
     bootstrap=500; a bad one raises PipelineError naming the keyword argument."""
     with params_given_to("embed_predictions"):  # a bad value names its keyword argument
         sections = split_params(params)
