@@ -18,7 +18,8 @@ from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write
 
 
 def digits_predictions() -> dict[str, np.ndarray]:
-    """The README walkthrough's predictions: out-of-fold logistic regression on the digits."""
+    """The walkthrough's predictions (docs/own-model.md): out-of-fold logistic regression on the
+    digits."""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict

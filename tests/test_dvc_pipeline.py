@@ -1,6 +1,6 @@
 """End to end through the real `dvc` CLI, on a tiny configuration in a temporary repository.
 
-One test walks the workflow the README promises, with two classifiers (params
+One test walks the workflow docs/experiments.md promises, with two classifiers (params
 `classifiers.seeds` [0, 1]: stages train@0, train@1, predict@0, predict@1): repro runs
 every stage; a second repro runs nothing; changing `embed.dim` reruns only embed and
 evaluate and changes only that line of params.yaml (the raw data's .dvc file stays as it
