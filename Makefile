@@ -33,7 +33,7 @@ setup: $(STAMP)
 	@echo "make: $(VENV) runs $$($(BIN)/python --version)"
 
 # Fetch CIFAR-10 from its read-only DVC remote (`cifar10`), then run every stage that is out
-# of date. With a default remote of your own (README, "Sharing results"), outputs someone
+# of date. With a default remote of your own (docs/sharing.md), outputs someone
 # already pushed there, DVC's run-cache included, are pulled instead of rebuilt (--pull).
 pipeline: setup
 	. $(BIN)/activate && dvc pull -r cifar10 data/raw/cifar10-jpeg.tar.gz.dvc \
@@ -57,7 +57,7 @@ format: $(STAMP)
 
 # Side-by-side speed against PyTorch CPU, in an environment of its own: .venv stays as the
 # tests use it. torch comes from the `bench` extra through pip's configured index (on Linux,
-# PyPI's wheel is the CUDA build; README, "Benchmarks", says how to take the CPU one).
+# PyPI's wheel is the CUDA build; docs/benchmarks.md says how to take the CPU one).
 BENCH := .venv-bench
 $(BENCH)/.installed: pyproject.toml requirements.lock
 	$(call make_env,$(BENCH))

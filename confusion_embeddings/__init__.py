@@ -19,18 +19,22 @@ study.py (a study of one's own predictions), compare.py (two tables against thei
 experiments.py (`dvc exp show` in 80 columns).
 
 The library never imports a stage. In Python, `embed_predictions` (api.py) goes from
-predictions in memory to the table in one call; importing the package alone loads nothing
-heavy (no JAX, CNN, gensim or DVC until a name is used).
+predictions in memory to the table in one call, and every error a user can fix is a
+`PipelineError` (a ValueError) with a one-line message; importing the package alone loads
+nothing heavy (no JAX, CNN, gensim or DVC until a name is used).
 """
 
 import importlib
 from typing import Any
 
-__all__ = ["embed_predictions", "Result"]
+from confusion_embeddings.core.errors import PipelineError  # plain Python: nothing heavy
+
+__all__ = ["embed_predictions", "Result", "Neighbour", "PipelineError"]
+_API = ("embed_predictions", "Result", "Neighbour")
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import confusion_embeddings` stays cheap; the API loads on first use.
-    if name in __all__:
+    if name in _API:
         return getattr(importlib.import_module("confusion_embeddings.api"), name)
     raise AttributeError(f"module 'confusion_embeddings' has no attribute {name!r}")

@@ -3,6 +3,7 @@
     import confusion_embeddings as ce
     result = ce.embed_predictions(labels, classes, probs=probs)
     result.table          # [C, C] cosine similarities; result.low / result.high: intervals
+    result.nearest("cat") # [Neighbour(neighbour, cosine, low, high), ...], most similar first
     result.to_frame()     # class, neighbour, cosine, low, high, rank interval (pandas)
     print(result.report())  # the markdown report the evaluate stage writes
     result.plot()         # the heatmap, a matplotlib Figure
@@ -10,9 +11,12 @@
 
 It runs the same functions as the pairs, embed and evaluate stages (method.py), with the same
 params (keyword arguments named as in params.yaml's pairs/embed/evaluate sections, defaults
-from the same schemas), the same checks and the same one-line errors (PipelineError). It
-writes nothing unless `save` is called. Several classifiers of the same pictures: give lists
-(`probs=[p0, p1, p2]`, and one `labels` or a list of them).
+from the same schemas), the same checks and the same one-line errors (PipelineError, a
+ValueError; a bad keyword argument is named as one: "embed_predictions(dim=0) is out of
+range ..."). It writes nothing unless `save` is called. Several classifiers of the same
+pictures: give lists (`probs=[p0, p1, p2]`, and one `labels` or a list of them). A model
+trained without some classes: name them in `unseen`, and give its C - u columns as they
+are (or C columns, the unseen ones 0).
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_dir, write_json
-from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.core.params import params_given_to, validate_section
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED
 from confusion_embeddings.embedding.engines import Embedding, embed
 from confusion_embeddings.embedding.store import write_embedding
@@ -76,6 +80,22 @@ def split_params(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         name: validate_section(name, sections[name], schema) for name, schema in SECTIONS.items()
     }
+
+
+class Neighbour(NamedTuple):
+    """One of a class's nearest classes (`Result.nearest`): its cosine similarity and that
+    similarity's bootstrap interval, plain Python floats (NaN without resampling)."""
+
+    neighbour: str
+    cosine: float
+    low: float
+    high: float
+
+    def __repr__(self) -> str:  # 4 decimals to read; the fields keep every digit
+        return (
+            f"Neighbour({self.neighbour!r}, cosine={self.cosine:.4f}, low={self.low:.4f}, "
+            f"high={self.high:.4f})"
+        )
 
 
 def _per_classifier(x: Any, ndim: int) -> list:
@@ -132,13 +152,13 @@ class Result:
     def warnings(self) -> tuple[str, ...]:
         return self.evaluation.warnings
 
-    def nearest(self, name: str, n: int = 3) -> list[tuple[str, float, float, float]]:
-        """A class's n nearest classes: (name, cosine, low, high)."""
+    def nearest(self, name: str, n: int = 3) -> list[Neighbour]:
+        """A class's n nearest classes, most similar first: (neighbour, cosine, low, high)."""
         if name not in self.classes:
             raise PipelineError(f"{name!r} is not a class (classes: {', '.join(self.classes)})")
         i = self.classes.index(name)
         return [
-            (
+            Neighbour(
                 self.classes[j],
                 float(self.table[i, j]),
                 float(self.low[i, j]),
@@ -203,9 +223,22 @@ def embed_predictions(
     [N, C] or topk [N, k]; for several classifiers a list of score arrays (and one labels
     array or a list). `unseen`: classes the classifier was never trained on (never a guess;
     the report places them, evaluation/unseen.py), their rows compared with the similarity
-    table CSV `reference` if given. `params`: any key of params.yaml's pairs, embed or
-    evaluate section, e.g. top_k=1, dim=10, bootstrap=500."""
-    sections = split_params(params)
+    table CSV `reference` if given; probs/logits may then be [N, C - u], the known classes'
+    columns in the order of `classes` without the unseen ones (predictions.py). `params`:
+    any key of params.yaml's pairs, embed or evaluate section, e.g. top_k=1, dim=10,
+    bootstrap=500; a bad one raises PipelineError naming the keyword argument."""
+    with params_given_to("embed_predictions"):  # a bad value names its keyword argument
+        sections = split_params(params)
+        predictions = _predictions(labels, classes, probs, logits, topk, groups, unseen)
+        pairs = make_pairs(predictions, sections["pairs"])
+        embedding = embed(pairs, sections["embed"])
+        ref = (str(reference), read_reference(reference)) if reference is not None else None
+        ev = assess(pairs, embedding, sections["evaluate"], reference=ref)
+    return Result(ev, pairs, embedding, sections)
+
+
+def _predictions(labels, classes, probs, logits, topk, groups, unseen) -> list:
+    """(name, Predictions) per classifier, each checked against the predictions contract."""
     given = {"probs": probs, "logits": logits, "topk": topk}
     scores = {k: _per_classifier(v, 2) for k, v in given.items() if v is not None}
     label_list = _per_classifier(labels, 1)
@@ -227,8 +260,4 @@ def embed_predictions(
             **{k: v[i if len(v) > 1 else 0] for k, v in scores.items()},
         }
         predictions.append((name, predictions_from_arrays(arrays, name)))
-    pairs = make_pairs(predictions, sections["pairs"])
-    embedding = embed(pairs, sections["embed"])
-    ref = (str(reference), read_reference(reference)) if reference is not None else None
-    ev = assess(pairs, embedding, sections["evaluate"], reference=ref)
-    return Result(ev, pairs, embedding, sections)
+    return predictions

@@ -3,15 +3,18 @@
     python -m confusion_embeddings.compare A B [--out comparison]
 
 A and B each name a table made by the evaluate stage:
-  - a folder: a study, or this project (its dvc.yaml's evaluate `--matrices` file), or
+  - a folder: a study, or this project (its dvc.yaml's evaluate `--matrices` file), or a
+    folder without dvc.yaml holding one matrices file, in it or one level down (what the
+    Python API's `Result.save(folder)` writes: folder/reports/similarity_matrices.npz), or
   - a matrices file itself (`similarity_matrices.npz`), or
   - a git revision or an experiment name of the repository in the current folder
     (`dvc exp show` lists them), read through DVC from its cache.
 
 Prints the Spearman between the two tables with its bootstrap interval, the noise ceiling
-(how alike two tables of the same underlying table would be, each as noisy as its side),
-whether they are different beyond noise, and the class pairs that differ beyond their
-intervals (evaluation/comparison.py has the definitions). Writes into --out:
+(how alike two tables of the same underlying table would be, each as noisy as its side) with
+its interval, whether they are different beyond noise with the two figures that verdict
+compares (the Spearman and the noise ceiling's low bound), and the class pairs that differ
+beyond their intervals (evaluation/comparison.py has the definitions). Writes into --out:
 comparison.json (the same figures) and comparison.png (A against B, one dot per class pair,
 with interval bars; the differing pairs named).
 """
@@ -33,6 +36,7 @@ from confusion_embeddings.evaluation.comparison import Comparison, Side, compare
 
 JSON_FILE = "comparison.json"
 PLOT_FILE = "comparison.png"
+MATRICES_FILE = "similarity_matrices.npz"  # the evaluate stage's --matrices, by its name
 
 
 def matrices_path(dvc_yaml: Path) -> Path:
@@ -78,7 +82,7 @@ def load_side(spec: str) -> Side:
     if path.is_dir():
         dvc_yaml = path / "dvc.yaml"
         if not dvc_yaml.exists():
-            raise PipelineError(f"{spec}: a folder without dvc.yaml; name a study or a project")
+            return _read(_saved_matrices(path, spec), spec)
         target = path / matrices_path(dvc_yaml)
         if not target.exists():
             raise PipelineError(f"{target}: not found; run `dvc repro` in {spec} first")
@@ -104,24 +108,51 @@ def load_side(spec: str) -> Side:
         ) from None
 
 
+def _saved_matrices(folder: Path, spec: str) -> Path:
+    """The one matrices file in a folder without dvc.yaml, in it or one level down (what
+    `Result.save(folder)` writes)."""
+    found = sorted([*folder.glob(MATRICES_FILE), *folder.glob(f"*/{MATRICES_FILE}")])
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise PipelineError(
+            f"{spec}: a folder with neither dvc.yaml nor {MATRICES_FILE} (in it or one level "
+            "down); name a study, a project, a folder Result.save() wrote, or the file itself"
+        )
+    raise PipelineError(
+        f"{spec}: holds {len(found)} matrices files ({', '.join(map(str, found))}); name one"
+    )
+
+
+def _f(x: float | None, decimals: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{decimals}f}"
+
+
+def verdict_line(result: Comparison) -> str:
+    """The verdict with the two figures it compares, to 4 decimals: one held by a hair
+    (0.9877 against 0.9875) says so."""
+    tail = f"{(1 - result.confidence) / 2:.1%}"
+    bound = f"the noise ceiling's low bound {_f(result.ceiling_low, 4)} (its {tail} quantile)"
+    if result.different:
+        return f"DIFFERENT beyond noise: Spearman {_f(result.spearman, 4)} < {bound}"
+    if result.spearman is None or result.ceiling_low is None:
+        return "not different beyond noise: the replicates do not vary enough to tell"
+    return f"not different beyond noise: Spearman {_f(result.spearman, 4)} >= {bound}"
+
+
 def summary_lines(result: Comparison, a: str, b: str) -> list[str]:
     """What the command prints."""
-    lo, hi = result.spearman_interval or (np.nan, np.nan)
+    lo, hi = result.spearman_interval or (None, None)
+    c_lo, c_hi = result.ceiling_interval or (None, None)
     share = f"{result.confidence:.0%}"
-    verdict = (
-        f"DIFFERENT beyond noise: the Spearman is below {result.ceiling_low:.3f}, the "
-        f"{(1 - result.confidence) / 2:.1%} quantile of the noise ceiling's"
-        if result.different
-        else "not different beyond noise: the Spearman is within the noise ceiling's range"
-    )
     lines = [
         f"compare: A = {a}, B = {b} ({len(result.pairs)} class pairs, {result.replicates} "
         "replicates)",
-        f"Spearman A vs B: {result.spearman:.3f} (between redraws of A and of B: {lo:.3f} to "
-        f"{hi:.3f}, {share})",
-        f"noise ceiling: {result.noise_ceiling:.3f} (two tables of the same underlying table, "
-        "each as noisy as its side)",
-        verdict,
+        f"Spearman A vs B: {_f(result.spearman)} (between redraws of A and of B: {_f(lo)} to "
+        f"{_f(hi)}, {share})",
+        f"noise ceiling: {_f(result.noise_ceiling)} ({_f(c_lo)} to {_f(c_hi)}, {share}; two "
+        "tables of the same underlying table, each as noisy as its side)",
+        verdict_line(result),
     ]
     if result.differing:
         lines.append(f"class pairs that differ beyond their intervals ({len(result.differing)}):")

@@ -23,7 +23,7 @@ import sys
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 
-# The figures to read first (README, "How far to trust a similarity"), in that order.
+# The figures to read first (docs/results.md, "How far to trust a similarity"), in that order.
 HEADLINE = ("table_reliability", "interval_halfwidth", "spearman_vs_confusion")
 SECTIONS = ("prepare", "classifiers", "train", "predict", "pairs", "embed", "evaluate")
 SHORT = {

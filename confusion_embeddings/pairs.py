@@ -46,7 +46,7 @@ import numpy as np
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import save_npz
-from confusion_embeddings.core.params import Param, at_least, int_list
+from confusion_embeddings.core.params import Param, at_least, int_list, param_ref
 from confusion_embeddings.predictions import Predictions, load_predictions
 
 # params.yaml `classifiers:`: one CNN per seed (dvc.yaml's train@<seed> and predict@<seed>),
@@ -141,12 +141,12 @@ def _check_top_k(top_k: int, pred: Predictions) -> None:
     if top_k >= known:
         unseen = f" known to the classifier (of {pred.n_classes})" if pred.unseen else ""
         raise PipelineError(
-            f"params.yaml: 'pairs.top_k' = {top_k} must be smaller than the number of classes "
+            f"{param_ref('pairs', 'top_k', top_k)} must be smaller than the number of classes "
             f"C = {known}{unseen} in {pred.path}"
         )
     if pred.kind == "topk" and top_k > pred.width:
         raise PipelineError(
-            f"params.yaml: 'pairs.top_k' = {top_k} exceeds the k = {pred.width} guesses per "
+            f"{param_ref('pairs', 'top_k', top_k)} exceeds the k = {pred.width} guesses per "
             "picture "
             f"stored in {pred.path} ('topk'); lower pairs.top_k or store more guesses"
         )

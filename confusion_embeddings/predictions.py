@@ -17,9 +17,15 @@ holding, for N pictures and C classes:
       groups str []         a JSON object {group: [class names]}, or "null"
       unseen str [u]        classes the classifier was never trained on (params.yaml's
                             train.unseen): their pictures are scored like any other, but
-                            the classifier cannot name them, so they are never a guess
-                            (their probs/logits columns are ignored; a `topk` row must not
-                            hold them). At least two classes must remain known.
+                            the classifier cannot name them, so they are never a guess (a
+                            `topk` row must not hold them). At least two classes must remain
+                            known. `probs`/`logits` then come in either of two shapes:
+                              [N, C]      every class's column; the unseen classes' columns
+                                          are ignored (the predict stage writes 0 there)
+                              [N, C - u]  the known classes' columns only, in the order of
+                                          `classes` with the unseen ones left out: the
+                                          output of a classifier trained on C - u classes
+                                          (probs rows then sum to 1 over these columns)
 
 Writes: nothing. `load_predictions` validates the metadata and small arrays at once and
 keeps the N x C (or N x k) score array on disk: `Predictions.blocks` streams it in blocks of
@@ -66,6 +72,8 @@ class Predictions:
     groups: dict[str, list[str]] | None
     unseen: tuple[str, ...]  # classes never trained on: never a guess (see the contract)
     _member: NpyMember | InMemory = field(repr=False, compare=False)
+    # probs/logits stored as [N, C - u], the known classes' columns only: `blocks` widens them
+    known_only: bool = False
 
     @property
     def n(self) -> int:
@@ -75,15 +83,28 @@ class Predictions:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def known_ids(self) -> list[int]:
+        """Indices of the classes the classifier was trained on, in the order of `classes`."""
+        return [i for i, c in enumerate(self.classes) if c not in self.unseen]
+
     def blocks(self, rows: int) -> Iterator[np.ndarray]:
         """Yield the score array in consecutive blocks of `rows` rows (the last may be
         shorter), each checked against the contract; a bad value raises PipelineError
-        naming its row. Blocks are read-only views of freshly read bytes, native dtype."""
+        naming its row. Blocks are read-only views of freshly read bytes, native dtype,
+        always C wide for probs/logits: a known-classes-only array comes widened, its
+        unseen classes' columns 0 (probs) or -inf (logits), never a guess either way."""
         start = 0
         for block in self._member.blocks(rows):
             _check_block(self.path, self.kind, block, start, self.n_classes)
-            yield block
+            yield self._widened(block) if self.known_only else block
             start += block.shape[0]
+
+    def _widened(self, block: np.ndarray) -> np.ndarray:
+        fill = 0.0 if self.kind == "probs" else -np.inf
+        full = np.full((block.shape[0], self.n_classes), fill, block.dtype)
+        full[:, self.known_ids] = block
+        return full
 
 
 def _check_block(path: Path, kind: str, block: np.ndarray, start: int, n_classes: int) -> None:
@@ -353,9 +374,16 @@ def _read_splits(path: Path, get, keys: set[str], n: int) -> tuple[np.ndarray | 
 
 
 def _check_score_shape(
-    path: Path, kind: str, shape: tuple[int, ...], dtype: np.dtype, n: int, n_classes: int
+    path: Path,
+    kind: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    n: int,
+    n_classes: int,
+    n_unseen: int = 0,
 ) -> None:
-    """The score array's dtype and shape against the contract (its values are not read)."""
+    """The score array's dtype and shape against the contract (its values are not read);
+    with unseen classes, probs/logits may hold the known classes' columns only."""
     if dtype.hasobject:
         raise _fail(path, f"'{kind}' is an object array; store plain numbers")
     if kind == "topk":
@@ -375,8 +403,25 @@ def _check_score_shape(
             raise _fail(path, f"'{kind}' must be a float array, got dtype {dtype}")
         if len(shape) == 2 and shape[0] != n:
             raise _fail(path, _lengths(kind, shape[0], n))
-        if shape != (n, n_classes):
-            raise _fail(path, f"'{kind}' must have shape [N, C] = ({n}, {n_classes}), got {shape}")
+        accepted = [(n, n_classes), (n, n_classes - n_unseen)] if n_unseen else [(n, n_classes)]
+        if shape not in accepted:
+            raise _fail(path, _shape_message(kind, accepted, n_unseen, shape))
+
+
+def _shape_message(kind: str, accepted: list, n_unseen: int, shape: tuple[int, ...]) -> str:
+    (n, c), *known = accepted
+    if known:
+        return (
+            f"'{kind}' must have shape [N, C] = ({n}, {c}) (every class's column) or "
+            f"[N, C - unseen] = {known[0]} (the known classes' columns, in the order of "
+            f"'classes' without the {n_unseen} unseen), got {shape}"
+        )
+    hint = (
+        "; if the classifier was trained on fewer classes, name the others in 'unseen'"
+        if len(shape) == 2 and 2 <= shape[1] < c
+        else ""
+    )
+    return f"'{kind}' must have shape [N, C] = ({n}, {c}), got {shape}{hint}"
 
 
 def _lengths(kind: str, rows: int, n: int) -> str:
@@ -386,21 +431,24 @@ def _lengths(kind: str, rows: int, n: int) -> str:
     )
 
 
-def _score_member(path: Path, kind: str, n: int, n_classes: int) -> NpyMember:
+def _score_member(path: Path, kind: str, n: int, n_classes: int, n_unseen: int) -> NpyMember:
     """The score array's header, checked against the contract (its values are not read)."""
     try:
         member = NpyMember(path, kind)
+    except PipelineError:  # already one line naming the file
+        raise
     except ValueError as exc:  # a malformed .npy header
         raise _fail(path, f"'{kind}' is not a valid array ({exc})") from None
     except READ_ERRORS as exc:
         raise damaged(path, kind, exc) from None
-    _check_score_shape(path, kind, member.shape, member.dtype, n, n_classes)
+    _check_score_shape(path, kind, member.shape, member.dtype, n, n_classes, n_unseen)
     return member
 
 
 def _validated(path: Path, keys: set[str], get, score) -> Predictions:
     """The contract's checks on the members `get(key)` returns, in one order for a file and
-    for arrays in memory; `score(kind, n, n_classes)` gives the score array's reader."""
+    for arrays in memory; `score(kind, n, n_classes, n_unseen)` gives the score array's
+    reader."""
     kind = _score_kind(path, keys)
     classes = tuple(str(c) for c in _str_array(path, "classes", get("classes"), 1).tolist())
     if len(classes) < 2:
@@ -413,18 +461,20 @@ def _validated(path: Path, keys: set[str], get, score) -> Predictions:
         text = _str_array(path, "groups", get("groups"), 0)
         groups = parse_groups(str(path), str(text.item()), classes)
     unseen = _read_unseen(path, get, keys, classes)
-    member = score(kind, labels.shape[0], len(classes))
+    member = score(kind, labels.shape[0], len(classes), len(unseen))
+    known_only = kind != "topk" and int(member.shape[1]) < len(classes)
     return Predictions(
         path=path,
         labels=labels,
         classes=classes,
         kind=kind,
-        width=int(member.shape[1]),
+        width=len(classes) if known_only else int(member.shape[1]),
         split=split,
         splits=splits,
         groups=groups,
         unseen=unseen,
         _member=member,
+        known_only=known_only,
     )
 
 
@@ -459,7 +509,7 @@ def load_predictions(path: str | Path, *, check_values: bool = True) -> Predicti
             path,
             set(npz.files),
             _member_reader(npz, path),
-            lambda kind, n, c: _score_member(path, kind, n, c),
+            lambda kind, n, c, u: _score_member(path, kind, n, c, u),
         )
     if check_values:
         for _ in pred.blocks(CHECK_BLOCK_ROWS):
@@ -486,9 +536,9 @@ def predictions_from_arrays(arrays: dict[str, object], name: str = "predictions"
             raise _fail(path, _object_array(key))
         return arr
 
-    def score(kind: str, n: int, c: int) -> InMemory:
+    def score(kind: str, n: int, c: int, u: int) -> InMemory:
         member = InMemory(get(kind))
-        _check_score_shape(path, kind, member.shape, member.dtype, n, c)
+        _check_score_shape(path, kind, member.shape, member.dtype, n, c, u)
         return member
 
     pred = _validated(path, set(given), get, score)

@@ -9,7 +9,8 @@ DVC command run there (`dvc repro`, `dvc exp run -S ...`, `dvc exp show`, `dvc p
                             never by git
     params.yaml             the pairs, embed and evaluate sections at their defaults, with
                             pairs.predictions naming the file and evaluate.groups null (the
-                            file's own groups, if it has any)
+                            file's own groups, if it has any), written as DVC writes it, so
+                            that `dvc exp run -S` changes only the values it sets
     project                 a link to this checkout of the project (absolute, committed)
     dvc.yaml                the project's pairs, embed and evaluate stages, generated from its
                             dvc.yaml: the same stage code (run through the link, and a
@@ -60,6 +61,15 @@ STUDY_ARGS = "--predictions ${pairs.predictions}"
 def study_params() -> dict[str, dict[str, Any]]:
     pairs = {**defaults(PAIRS), "predictions": PREDICTIONS}
     return {"pairs": pairs, "embed": defaults(EMBED), "evaluate": defaults(EVALUATE)}
+
+
+def params_text() -> str:
+    """The study's params.yaml in the form DVC writes when `dvc exp run -S` sets a value
+    (its own YAML dumper: block lists, null left blank), so an experiment's diff of the file
+    is the changed values alone."""
+    from dvc.utils.serialize import dumps_yaml  # DVC's own dumper, not a copy of its style
+
+    return dumps_yaml(study_params())
 
 
 def study_pipeline(project: Path) -> dict[str, Any]:
@@ -166,7 +176,7 @@ def _build(folder: Path, predictions: Path, project: Path) -> None:
     # dvc_plots/, comparison/: what `dvc plots diff` and compare write, never history.
     (folder / ".gitignore").write_text("__pycache__/\n/.cache/\n/dvc_plots/\n/comparison/\n")
     (folder / ".dvcignore").write_text("__pycache__/\n")
-    (folder / "params.yaml").write_text(yaml.safe_dump(study_params(), sort_keys=False))
+    (folder / "params.yaml").write_text(params_text())
     (folder / CODE).symlink_to(project.resolve(), target_is_directory=True)
     pipeline = study_pipeline(project)
     (folder / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))

@@ -1,11 +1,14 @@
 """A scratch DVC repository of the project on a tiny configuration, for the tests that run
 the real `dvc` CLI (test_dvc_pipeline, test_crash, test_inputs): its code, dvc.yaml, params
-(TINY on top of the project's), a 10-class picture archive where the prepare stage reads it,
-git and DVC initialised; and what those tests read back from it.
+(TINY set in the project's own params.yaml, every other line as it is), a 10-class picture
+archive where the prepare stage reads it (tracked by a .dvc file of the project's own text
+where asked), git and DVC initialised; and what those tests read back from it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import shutil
 import subprocess
@@ -79,15 +82,43 @@ def set_seeds(repo: Path, seeds: list[int]) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_repo(tmp: Path) -> Path:
+def tiny_params_text() -> str:
+    """The project's params.yaml with TINY's values set in place through ruamel's round trip,
+    which keeps each untouched line and each list's style, so the scratch repository holds
+    the project's own form of the file (not one that DVC's writer made)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    doc = rt.load((ROOT / "params.yaml").read_text())
+    for section, over in TINY.items():
+        for key, value in over.items():
+            if isinstance(value, list):
+                doc[section][key][:] = value  # the list object, and so its style, stays
+            else:
+                doc[section][key] = value
+    out = io.StringIO()
+    rt.dump(doc, out)
+    return out.getvalue()
+
+
+def track_archive(repo: Path, archive: Path) -> None:
+    """Track the picture archive with DVC as a clone of the project does: a .dvc file of the
+    project's own text, with this archive's checksum and size put in."""
+    name = str(archive.relative_to(repo))
+    run(repo, "dvc", "add", "-q", name)  # into the cache; data/raw/.gitignore ignores it
+    data = archive.read_bytes()
+    text = (ROOT / f"{name}.dvc").read_text()
+    text = re.sub(r"(?m)^- md5: \w+$", f"- md5: {hashlib.md5(data).hexdigest()}", text)
+    text = re.sub(r"(?m)^  size: \d+$", f"  size: {len(data)}", text)
+    (repo / f"{name}.dvc").write_text(text)
+
+
+def make_repo(tmp: Path, tracked_archive: bool = False) -> Path:
     repo = tmp / "repo"
     repo.mkdir()
     copy_code(repo)
     shutil.copy(ROOT / "dvc.yaml", repo)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, over in TINY.items():
-        params[section].update(over)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "params.yaml").write_text(tiny_params_text())
     src = make_dataset(tmp / "images", CIFAR10, train=8, test=4, size=(16, 16))
     source = repo / stage_options("prepare")["--source"]
     source.parent.mkdir(parents=True)
@@ -99,9 +130,12 @@ def make_repo(tmp: Path) -> Path:
     # After `dvc init`, which makes .dvc/ and a .dvcignore of its own.
     shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots")
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
-    (repo / ".gitignore").write_text("__pycache__/\n/.cache/\n/data/raw/\n")
+    raw = "" if tracked_archive else "/data/raw/\n"  # else only the archive is ignored
+    (repo / ".gitignore").write_text(f"__pycache__/\n/.cache/\n{raw}")
     (repo / "reports").mkdir()
     shutil.copy(ROOT / "reports" / ".gitignore", repo / "reports" / ".gitignore")
+    if tracked_archive:
+        track_archive(repo, source)
     # dvclive (the train stage) fails in a git repository without any commit ("Empty git repo").
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "init")

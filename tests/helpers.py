@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import contextlib
+import difflib
 import importlib
 import io
 import os
@@ -519,3 +520,17 @@ def with_unknown_compression(path: Path) -> Path:
             at = raw.find(sig, at + 1)
     path.write_bytes(bytes(raw))
     return path
+
+
+def dvc_set_params(path: Path, *overrides: str) -> None:
+    """Set values in a params file the way `dvc exp run -S key=value` does: with DVC's own
+    code, which parses the file, applies the overrides and writes the whole file again."""
+    from dvc.utils.hydra import apply_overrides
+
+    apply_overrides(path, list(overrides))
+
+
+def changed_lines(before: str, after: str) -> list[str]:
+    """The lines a diff of two texts removes ("-...") and adds ("+..."), in order."""
+    diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+    return [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]

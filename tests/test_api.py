@@ -18,7 +18,8 @@ from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write
 
 
 def digits_predictions() -> dict[str, np.ndarray]:
-    """The README walkthrough's predictions: out-of-fold logistic regression on the digits."""
+    """The walkthrough's predictions (docs/own-model.md): out-of-fold logistic regression on the
+    digits."""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
@@ -81,10 +82,8 @@ def test_one_call_gives_the_table_its_intervals_and_the_long_table(tmp_path, mon
     ]
     assert len(frame) == c * (c - 1)
     cat = frame[frame["class"] == "cat"].iloc[0]
-    assert (cat["neighbour"], round(cat["cosine"], 4)) == (
-        result.nearest("cat", 1)[0][0],
-        round(result.nearest("cat", 1)[0][1], 4),
-    )
+    nearest = result.nearest("cat", 1)[0]
+    assert (cat["neighbour"], round(cat["cosine"], 4)) == (nearest[0], round(nearest[1], 4))
     assert "Table reliability" in result.report()
     figure = result.plot()
     assert figure.axes and figure.axes[0].get_title().startswith("Class similarity")
@@ -114,17 +113,61 @@ def test_bad_input_raises_the_studys_messages(tmp_path):
     with pytest.raises(PipelineError) as from_api:
         ce.embed_predictions(bad["labels"], CIFAR10, probs=bad["probs"])
     assert str(from_file.value) == f"{path}: " + str(from_api.value).removeprefix("predictions: ")
-    with pytest.raises(PipelineError, match=r"'embed\.dim' = 0 is out of range"):
-        ce.embed_predictions(arrays["labels"], CIFAR10, probs=arrays["probs"], dim=0)
     with pytest.raises(
         PipelineError, match="unknown parameter 'bootstrp'; did you mean 'bootstrap'"
     ):
         ce.embed_predictions(arrays["labels"], CIFAR10, probs=arrays["probs"], bootstrp=10)
 
 
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ({"dim": 0}, "embed_predictions(dim=0) is out of range; expected a number >= 1"),
+        ({"dim": "5"}, "embed_predictions(dim='5') has the wrong type; expected int"),
+        ({"top_k": 10}, "embed_predictions(top_k=10) must be smaller than the number of classes"),
+        ({"seeds": [2**32]}, "embed_predictions(seeds=[4294967296]): engine jax takes seeds"),
+        ({"confidence": 2.0}, "embed_predictions(confidence=2.0) is out of range"),
+    ],
+)
+def test_a_bad_keyword_argument_is_named_as_one(given, message):
+    """From Python, a bad value is the keyword argument it was given as, not a key of a
+    params.yaml the caller never wrote; the stages keep naming params.yaml (test_params)."""
+    arrays = make_synthetic_predictions(5, CIFAR10, None, 0.0, seed=0)
+    with pytest.raises(PipelineError) as refused:
+        ce.embed_predictions(arrays["labels"], CIFAR10, probs=arrays["probs"], **given)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert "params.yaml" not in str(refused.value)
+
+
+def test_pipeline_error_is_a_value_error_at_the_top_of_the_package():
+    assert ce.PipelineError is PipelineError and issubclass(PipelineError, ValueError)
+    arrays = make_synthetic_predictions(5, CIFAR10, None, 0.0, seed=0)
+    with pytest.raises(ValueError, match=r"embed_predictions\(dim=0\)"):
+        ce.embed_predictions(arrays["labels"], CIFAR10, probs=arrays["probs"], dim=0)
+
+
+def test_nearest_gives_named_tuples_of_plain_floats():
+    arrays = make_synthetic_predictions(60, CIFAR10, CIFAR10_GROUPS, 1.5, seed=0)
+    result = ce.embed_predictions(arrays["labels"], CIFAR10, probs=arrays["probs"], bootstrap=20)
+    nearest = result.nearest("cat")
+    assert len(nearest) == 3 and all(isinstance(n, ce.Neighbour) for n in nearest)
+    first = nearest[0]
+    assert first._fields == ("neighbour", "cosine", "low", "high")
+    assert [type(v) for v in first] == [str, float, float, float]
+    assert first.low <= first.cosine <= first.high
+    assert [n.cosine for n in nearest] == sorted((n.cosine for n in nearest), reverse=True)
+    i, j = CIFAR10.index("cat"), CIFAR10.index(first.neighbour)
+    assert first.cosine == float(result.table[i, j]) and first.low == float(result.low[i, j])
+    # Printed, four decimals to read; the fields keep every digit.
+    assert repr(first) == (
+        f"Neighbour({first.neighbour!r}, cosine={first.cosine:.4f}, low={first.low:.4f}, "
+        f"high={first.high:.4f})"
+    )
+
+
 def test_importing_the_package_loads_no_jax_cnn_gensim_or_dvc():
     code = (
-        "import sys, confusion_embeddings as ce; "
+        "import sys, confusion_embeddings as ce; ce.PipelineError; "
         "print(sorted(m for m in ('jax', 'flax', 'gensim', 'dvc', 'confusion_embeddings.cnn') "
         "if m in sys.modules)); ce.embed_predictions; "
         "print(sorted(m for m in ('flax', 'gensim', 'dvc', 'confusion_embeddings.cnn') "

@@ -1,16 +1,18 @@
 """End to end through the real `dvc` CLI, on a tiny configuration in a temporary repository.
 
-One test walks the workflow the README promises, with two classifiers (params
+One test walks the workflow docs/experiments.md promises, with two classifiers (params
 `classifiers.seeds` [0, 1]: stages train@0, train@1, predict@0, predict@1): repro runs
 every stage; a second repro runs nothing; changing `embed.dim` reruns only embed and
-evaluate; `dvc params diff` and `dvc metrics diff` show the change, `dvc plots show` draws
+evaluate and changes only that line of params.yaml (the raw data's .dvc file stays as it
+is); `dvc params diff` and `dvc metrics diff` show the change, `dvc plots show` draws
 the similarity table with the project's own template; adding a seed trains and predicts
 only that classifier (then pairs, embed, evaluate), removing it again retrains nothing; a
 class left out of training (`-S train.unseen=[truck]`) reruns everything but prepare and
 places the class in the report; push to a remote, wipe cache and outputs, pull, clean.
 
 The scratch repository holds what the project's own does: the stages, the library they
-import, dvc.yaml, the custom plot template (.dvc/plots/) and .dvcignore.
+import, dvc.yaml, params.yaml as the project writes it, the archive tracked by a .dvc file
+of the project's text, the custom plot template (.dvc/plots/) and .dvcignore.
 """
 
 from __future__ import annotations
@@ -39,12 +41,12 @@ from dvc_repo import (
     set_seeds,
     similarity_table,
 )
-from helpers import cli_env, metric_files, metric_keys, stage_options
+from helpers import changed_lines, cli_env, metric_files, metric_keys, stage_options
 
 
 @pytest.mark.slow
 def test_dvc_workflow_end_to_end(tmp_path):
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path, tracked_archive=True)
     params = repo_params(repo)
 
     out = run(repo, "dvc", "repro")
@@ -84,8 +86,15 @@ def test_dvc_workflow_end_to_end(tmp_path):
     assert ran(out) == set(STAGES), out
     assert run(repo, "git", "status", "--porcelain") == "", run(repo, "git", "diff", "--stat")
 
-    out = run(repo, "dvc", "exp", "run", "-S", "embed.dim=3")
+    committed = run(repo, "git", "show", "HEAD:params.yaml")
+    out = run(repo, "dvc", "exp", "run", "-S", "embed.dim=10")
     assert ran(out) == {"embed", "evaluate"}, out  # training and prediction untouched
+    # DVC wrote params.yaml and the archive's .dvc file again: the diff is the one value.
+    changed = changed_lines(committed, (repo / "params.yaml").read_text())
+    assert [line.split("#")[0].strip() for line in changed] == ["-  dim: 5", "+  dim: 10"]
+    assert run(repo, "git", "status", "--porcelain", "--", "params.yaml", "data/raw") == (
+        " M params.yaml\n"
+    )
     # dvc exp show reads well: headline scalars only (tens, not the hundreds of a flattened
     # matrix), and every one of them has a value in every row (baseline, workspace, exp).
     rows = list(csv.DictReader(io.StringIO(run(repo, "dvc", "exp", "show", "--csv"))))
@@ -103,9 +112,9 @@ def test_dvc_workflow_end_to_end(tmp_path):
     assert "metrics/similarity.json" in metrics_diff and "spearman_vs_confusion" in metrics_diff
     # The vectors' dimension: in the embed manifest and the report (no longer a metric).
     embed_out = repo / stage_options("embed")["--out"]
-    assert yaml.safe_load((embed_out / "manifest.json").read_text())["dim"] == 3
+    assert yaml.safe_load((embed_out / "manifest.json").read_text())["dim"] == 10
     assert (
-        "(3 dimensions, engine jax)" in (repo / stage_options("evaluate")["--report"]).read_text()
+        "(10 dimensions, engine jax)" in (repo / stage_options("evaluate")["--report"]).read_text()
     )
     # The 80-column view of the experiments: every name, its changed param and its
     # table_reliability in full, nothing cut to "…".
@@ -120,13 +129,13 @@ def test_dvc_workflow_end_to_end(tmp_path):
     assert all(len(line) <= 80 for line in view) and "…" not in "".join(view), view
     reliability = next(c for c in rows[2] if c.split(":")[-1] == "table_reliability")
     line = next(v for v in view if v.startswith(rows[2]["Experiment"] + " "))
-    assert "dim=3" in line and f" {rows[2][reliability]}" in line, (line, rows[2][reliability])
+    assert "dim=10" in line and f" {rows[2][reliability]}" in line, (line, rows[2][reliability])
     # The similarity table drawn with the project's template (.dvc/plots/similarity.json).
     table = stage_options("evaluate")["--table"]
     plots = run(repo, "dvc", "plots", "show", "--json", table)
     assert table in plots and "DVC_METRIC_DATA" not in plots, plots[:2000]
     run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "dim 3")
+    run(repo, "git", "commit", "-qm", "dim 10")
 
     # A classifier added: only it trains and predicts; the tables are made again.
     before = model_bytes(repo)

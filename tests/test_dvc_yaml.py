@@ -10,6 +10,8 @@ changes, and every path a stage touches is named in its entry.
   `classifiers.seeds`) are checked item by item: each writes its own paths, and the pairs
   stage reads exactly the predict@<seed> outputs through its folder dep and `--seeds`;
 * params.yaml spells out the schema defaults, so that every default lives in one place;
+* params.yaml and the raw data's .dvc file are written as DVC writes them, so that an
+  experiment (`dvc exp run -S`) changes only the lines of the values it sets;
 * every path argument of every stage is required: no stage falls back on a path of its own.
 """
 
@@ -32,7 +34,9 @@ from confusion_embeddings.pairs import CLASSIFIERS
 from helpers import (
     SCHEMA_MODULES,
     STAGES,
+    changed_lines,
     default_params,
+    dvc_set_params,
     dvc_stages,
     fill_placeholders,
     stage_argv,
@@ -392,6 +396,56 @@ def test_params_yaml_holds_a_section_per_stage_and_the_classifiers():
     assert list(params["classifiers"]) == ["seeds"]  # `${classifiers}` unpacks to --seeds
     assert seeds and len(set(seeds)) == len(seeds)
     assert all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+
+
+# --------------------------------------------------------------------------- (c) DVC's form
+
+
+def test_params_yaml_is_as_dvc_writes_it(tmp_path):
+    """`dvc exp run -S` parses params.yaml and writes it whole again with DVC's own dumper
+    (block lists, null left blank, a comment kept where that dumper keeps it): setting a value
+    to what it already is leaves the file as it was, byte for byte."""
+    before = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(before)
+    dvc_set_params(path, "embed.dim=5")
+    assert path.read_text() == before, changed_lines(before, path.read_text())
+
+
+@pytest.mark.parametrize(
+    "override, lines",
+    [
+        ("embed.dim=10", ["-  dim: 5 ", "+  dim: 10 "]),
+        ("pairs.top_k=1", ["-  top_k: 3 ", "+  top_k: 1 "]),
+        ("prepare.max_per_class=100", ["-  max_per_class: ", "+  max_per_class: 100 "]),
+        ("train.unseen=[truck]", ["-  unseen: [] ", "+  unseen: ", "+  - truck"]),
+        ("classifiers.seeds=[0]", ["-  - 1", "-  - 2"]),
+    ],
+)
+def test_an_experiment_changes_only_the_lines_of_its_values(override, lines, tmp_path):
+    """What the README's and docs' experiments set: the diff is those values' lines alone."""
+    before = (ROOT / "params.yaml").read_text()
+    path = tmp_path / "params.yaml"
+    path.write_text(before)
+    dvc_set_params(path, override)
+    changed = changed_lines(before, path.read_text())
+    assert len(changed) == len(lines), changed
+    assert all(c.startswith(line) for c, line in zip(changed, lines, strict=True)), changed
+
+
+def test_the_raw_data_dvc_file_is_as_dvc_writes_it(tmp_path):
+    """DVC writes a .dvc file again when an experiment runs: the file must be what DVC's
+    writer gives back (its long texts folded at DVC's width), so that it stays unchanged."""
+    from dvc.repo import Repo
+
+    name = "data/raw/cifar10-jpeg.tar.gz.dvc"
+    text = (ROOT / name).read_text()
+    repo = Repo.init(tmp_path, no_scm=True)
+    (tmp_path / name).parent.mkdir(parents=True)
+    (tmp_path / name).write_text(text)
+    (stage,) = repo.stage.collect(str(tmp_path / name))
+    stage.dump()
+    assert (tmp_path / name).read_text() == text
 
 
 # --------------------------------------------------------------------------- (d) required

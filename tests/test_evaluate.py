@@ -21,7 +21,11 @@ from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
 from confusion_embeddings.embedding.engines import embed
-from confusion_embeddings.evaluation.caveats import collapse_reasons
+from confusion_embeddings.evaluation.caveats import (
+    collapse_reasons,
+    flat_guesses_reason,
+    ordinal,
+)
 from confusion_embeddings.evaluation.confusion import (
     confusion_counts,
     confusion_similarity,
@@ -42,7 +46,7 @@ from confusion_embeddings.evaluation.scores import SCHEMA, evaluate
 from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 from confusion_embeddings.method import assess
 from confusion_embeddings.pairs import Pairs, build_pairs, combine
-from confusion_embeddings.predictions import load_predictions
+from confusion_embeddings.predictions import load_predictions, predictions_from_arrays
 from stages import embed as embed_stage
 from stages import evaluate as evaluate_stage
 from stages import pairs as pairs_stage
@@ -659,6 +663,63 @@ def test_secondary_structure_ignores_top1_mistakes_for_a_weaker_classifier(tmp_p
         )
         flat = _pairs_of(tmp_path, _random_lower_guesses(arrays, seed), "flat")
         assert abs(secondary_structure(flat, max_pairs)) < 0.3
+
+
+def _left_out(arrays: dict, unseen: list[str]) -> tuple[dict, dict]:
+    """A classifier that never saw `unseen`, two ways: every picture with those classes named
+    unseen (their columns 0, the rest renormalised), and the same classifier's known classes'
+    pictures alone, as a run of the known classes only."""
+    classes = arrays["classes"].tolist()
+    ids = [classes.index(u) for u in unseen]
+    probs = arrays["probs"].copy()
+    probs[:, ids] = 0
+    probs /= probs.sum(axis=1, keepdims=True)
+    common = {"split": arrays["split"], "splits": arrays["splits"]}
+    with_unseen = {**common, "labels": arrays["labels"], "classes": arrays["classes"]}
+    with_unseen |= {"probs": probs, "unseen": np.array(unseen)}
+    keep = ~np.isin(arrays["labels"], ids)
+    known = [c for c in classes if c not in unseen]
+    index = np.array([known.index(c) if c in known else -1 for c in classes])
+    known_only = {
+        "labels": index[arrays["labels"][keep]],
+        "classes": np.array(known),
+        "probs": np.delete(probs[keep], ids, axis=1),
+        "split": arrays["split"][keep],
+        "splits": arrays["splits"],
+    }
+    return with_unseen, known_only
+
+
+@pytest.mark.parametrize("unseen", [["s00"], ["s00", "s05", "s10"]])
+def test_a_planted_unseen_class_leaves_the_lower_guesses_figure_alone(unseen):
+    """A class the classifier never saw is never guessed: its pictures are all mistakes and
+    have no right top-1 guess. The figures that read the guesses (secondary_vs_confusion,
+    the accuracy, spearman_vs_confusion) are over the known classes, so its pictures change
+    none of them, and no false "no structure in the lower guesses" warning fires."""
+    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    with_unseen, known_only = _left_out(_secondary_arrays(0), unseen)
+    pairs = build_pairs(predictions_from_arrays(with_unseen), top_k=3, block_size=65536)
+    alone = build_pairs(predictions_from_arrays(known_only), top_k=3, block_size=65536)
+    secondary = secondary_structure(pairs, max_pairs)
+    assert secondary == secondary_structure(alone, max_pairs) > eval_params()["min_secondary"]
+    assert top1_accuracy(pairs) == top1_accuracy(alone)
+    c = len(SECONDARY_CLASSES)
+    vectors = np.random.default_rng(0).normal(size=(1, 1, c, 5)).astype(np.float32)
+    ev = evaluate(pairs, vectors, eval_params())
+    assert ev.secondary == secondary and ev.flat_guesses is None
+    known = [i for i, name in enumerate(SECONDARY_CLASSES) if name not in unseen]
+    block = np.ix_(known, known)
+    assert ev.spearman == spearman_upper(ev.mean[block], ev.confusion_sim[block], max_pairs)
+
+
+def test_ordinals_and_the_lower_guesses_named_for_any_k():
+    expected = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 10: "10th", 11: "11th", 12: "12th"}
+    expected |= {13: "13th", 21: "21st", 22: "22nd", 23: "23rd", 101: "101st", 111: "111th"}
+    assert {n: ordinal(n) for n in expected} == expected
+    params = eval_params()
+    for k, words in ((2, "the 2nd guesses"), (3, "the 2nd to 3rd guesses"), (22, "to 22nd")):
+        line = flat_guesses_reason(0.0, k, params)
+        assert words in line and "-th" not in line, line
 
 
 def test_default_engine_holds_on_a_thousand_pictures(tmp_path):

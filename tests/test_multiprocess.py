@@ -1,7 +1,7 @@
 """Several processes, for real: the train and predict stages under JAX's distributed runtime.
 
 Two processes on localhost (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, as
-README "Several hosts" launches them), each with one CPU device, talk through XLA's CPU
+docs/hosts.md launches them), each with one CPU device, talk through XLA's CPU
 collectives (Gloo over TCP). They run the stages' own command lines (dvc.yaml) on a tiny
 dataset, against one process with two CPU devices (`train.cpu_devices: 2`): the same global
 device count, so the same computation.

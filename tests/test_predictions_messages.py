@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -57,3 +59,19 @@ def test_mismatched_lengths_name_both(tmp_path):
         "'labels' has 4 entries and 'probs' 3 rows; give one label and one row of scores per "
         "picture, in the same order"
     )
+
+
+def test_a_score_array_shorter_than_its_header_is_named_as_truncated(tmp_path):
+    """The reader's own one-line message comes through as it is (a PipelineError is a
+    ValueError, which the reader also catches for damaged members)."""
+    path = tmp_path / "p.npz"
+    np.savez(path, labels=LABELS, classes=NAMES)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": PROBS.shape}
+    )
+    with zipfile.ZipFile(path, "a") as zf:  # the header says 4 rows, the data holds 2
+        zf.writestr("probs.npy", header.getvalue() + PROBS[:2].tobytes())
+    with pytest.raises(PipelineError) as exc:
+        load_predictions(path)
+    assert str(exc.value) == f"{path}: 'probs' is truncated; write the file again"

@@ -1,16 +1,24 @@
-"""The README's bring-your-own-model walkthrough, run exactly as written.
+"""The README and the docs pages it leads to, run and checked as written.
 
-The code blocks between `<!-- walkthrough: start -->` and `<!-- walkthrough: end -->` are
-extracted from README.md itself, so the two cannot drift: a Python block is saved under the
-file name of its first line's comment, a bash block runs line by line (comments dropped,
-`source .venv/bin/activate` and `pip install` replaced by this test's environment). They run
-in a scratch copy of the project, from its root, as a user would; then the study must
-behave as the README promises.
+* The bring-your-own-model walkthrough (docs/own-model.md): the code blocks between
+  `<!-- walkthrough: start -->` and `<!-- walkthrough: end -->` are extracted from the page
+  itself, so the two cannot drift: a Python block is saved under the file name of its first
+  line's comment, a bash block runs line by line (comments dropped, `source
+  .venv/bin/activate` and `pip install` replaced by this test's environment). They run in a
+  scratch copy of the project, from its root, as a user would; then the study must behave
+  as the page promises.
+* The Python API example (the same page) and the class-vector example (docs/results.md),
+  run as a notebook cell would run them.
+* The README is a front door: short, the set-up steps in the order they can run, the
+  readable view of the experiments named, and every page it leads to there; every `make`
+  target, `python -m` module and file of the project that it and the docs pages name exists
+  (the commands that need the whole CIFAR-10 run are run by none of these tests).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import re
@@ -20,17 +28,30 @@ from pathlib import Path
 
 import pytest
 
+import confusion_embeddings as ce
+
 from helpers import cli_env, copy_code, metric_keys
+from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.S)
+README = ROOT / "README.md"
+OWN_MODEL = ROOT / "docs" / "own-model.md"  # the walkthrough and the API example
+RESULTS = ROOT / "docs" / "results.md"  # the class vectors' example
+# Every page of the docs a reader reaches from the README, and the README itself.
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def marked(path: Path, name: str) -> list[tuple[str, str]]:
+    """The (kind, code) blocks between `<!-- name: start -->` and `<!-- name: end -->`."""
+    text = path.read_text()
+    start = text.index(f"<!-- {name}: start -->")
+    end = text.index(f"<!-- {name}: end -->", start)
+    return BLOCK.findall(text[start:end])
 
 
 def walkthrough() -> list[tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("<!-- walkthrough: start -->")
-    end = text.index("<!-- walkthrough: end -->", start)
-    return BLOCK.findall(text[start:end])
+    return marked(OWN_MODEL, "walkthrough")
 
 
 def _project(tmp: Path) -> Path:
@@ -42,9 +63,10 @@ def _project(tmp: Path) -> Path:
     return project
 
 
-def test_the_walkthrough_is_in_the_readme():
+def test_the_walkthrough_is_where_the_readme_leads():
     kinds = [kind for kind, _ in walkthrough()]
     assert kinds == ["bash", "python", "bash"]
+    assert "docs/own-model.md" in README.read_text()
 
 
 @pytest.mark.slow
@@ -135,11 +157,9 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
     assert re.search(r"The class map .* has stress 0\.\d{3}", report)
 
 
-def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
-    """The 'Use it from Python' block, executed as a notebook cell would be."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index("<!-- api: start -->")
-    ((kind, code),) = BLOCK.findall(text[start : text.index("<!-- api: end -->", start)])
+def test_the_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/own-model.md's 'From Python' block, executed as a notebook cell would be."""
+    ((kind, code),) = marked(OWN_MODEL, "api")
     assert kind == "python" and len(code.splitlines()) <= 12
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
@@ -147,5 +167,82 @@ def test_the_readme_api_example_runs_as_written(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out.splitlines()
     result = namespace["result"]
     assert float(printed[0]) == result.metrics["table_reliability"] > 0.8
-    assert printed[1].startswith("[('9', ") or printed[1].startswith("[('2', ")
+    assert printed[1].startswith(("[Neighbour('9', cosine=", "[Neighbour('2', cosine="))
     assert len(namespace["frame"]) == 90 and list(tmp_path.iterdir()) == []
+
+
+def test_the_class_vectors_example_runs_on_what_save_writes(tmp_path, monkeypatch, capsys):
+    """docs/results.md's gensim example reads data/class_vectors/vectors.kv, which the
+    evaluate stage writes and so does `Result.save()`, under the same path."""
+    ((kind, code),) = marked(RESULTS, "vectors")
+    assert kind == "python"
+    arrays = make_synthetic_predictions(60, CIFAR10, CIFAR10_GROUPS, 1.5, seed=0)
+    ce.embed_predictions(arrays["labels"], CIFAR10, probs=arrays["probs"], bootstrap=10).save(
+        tmp_path
+    )
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/results.md", "exec"), {})
+    (printed,) = capsys.readouterr().out.splitlines()
+    neighbours = re.findall(r"\('(\w+)', ", printed)
+    assert len(neighbours) == 3 and set(neighbours) <= set(CIFAR10) - {"cat"}
+
+
+# --------------------------------------------------------------------------- the front door
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n## {heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_readme_is_a_front_door():
+    """Read in five minutes: what it does, the two commands, the set-up steps in the order
+    they can run (dvc exists only after `make setup`), one results table, the readable view
+    of the experiments, and where to go next."""
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    run = _section(text, "Run it")
+    assert "make pipeline   # " in run and "make test       # " in run  # CI and users use them
+    steps = [line.split("#")[0].strip() for line in BLOCK.findall(run)[1][1].splitlines()]
+    order = [
+        "make setup",
+        "source .venv/bin/activate",
+        "dvc remote add --local -d",
+        "make pipeline",
+    ]
+    at = [next(i for i, step in enumerate(steps) if step.startswith(o)) for o in order]
+    assert at == sorted(at), steps
+    tables = re.findall(r"(?m)^\| figure .*\|$", text)  # the results table's header
+    assert len(tables) == 1 and "## Results on CIFAR-10" in text
+    assert "python -m confusion_embeddings.experiments" in _section(
+        text, "Experiments, and reading them"
+    )
+    going = _section(text, "Where to go next")
+    named = set(re.findall(r"docs/[\w/.-]+", going))
+    for page in ("experiments", "results", "own-model", "unseen", "sharing", "hosts"):
+        assert f"docs/{page}.md" in named, page
+    assert all((ROOT / n).exists() for n in named), named
+
+
+def test_every_command_and_file_the_pages_name_exists():
+    """What a reader types from the README and the docs: `make <target>` is a target of the
+    Makefile, `python -m <module>` a module of the project, and every docs/, benchmarks/ or
+    confusion_embeddings/ path a file or folder (tests/ paths: test_reliability_doc.py)."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"(?m)^([\w-]+):", makefile))
+    for page in PAGES:
+        text = page.read_text()
+        # What is typed: fenced blocks and inline code spans.
+        code = "\n".join(
+            re.findall(r"```\w*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+        )
+        for target in re.findall(r"(?m)(?:^|\s)make ([a-z][\w-]*)", code):
+            assert target in targets, (page.name, f"make {target}")
+        for module in {m.rstrip(".") for m in re.findall(r"python -m ([\w.]+)", code)}:
+            found = module.split(".")[0] in ("confusion_embeddings", "benchmarks", "stages")
+            assert not found or importlib.util.find_spec(module), (page.name, module)
+        for path in set(
+            re.findall(r"\b((?:docs|confusion_embeddings|benchmarks)/[\w/.-]*\w)", text)
+        ):
+            assert (ROOT / path).exists() or "<" in path, (page.name, path)

@@ -7,11 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from confusion_embeddings import study
 from confusion_embeddings.core.errors import PipelineError
 
-from helpers import cli_env
+from helpers import changed_lines, cli_env, dvc_set_params
 from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
 
 
@@ -120,3 +121,16 @@ def test_the_plots_of_a_study_of_sixty_thousand_pictures_stay_small(tmp_path):
         ["git", "status", "--short"], cwd=folder, capture_output=True, text=True, check=True
     )
     assert status.stdout == ""  # dvc_plots/ is ignored
+
+
+def test_the_study_params_are_written_as_dvc_writes_them(tmp_path):
+    """An experiment in a study (`dvc exp run -S embed.dim=10`) changes that line alone."""
+    text = study.params_text()
+    assert yaml.safe_load(text) == study.study_params()
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    dvc_set_params(path, "embed.dim=10")
+    assert changed_lines(text, path.read_text()) == ["-  dim: 5", "+  dim: 10"]
+    path.write_text(text)
+    dvc_set_params(path, "evaluate.groups=null", "pairs.top_k=3")  # as they are: no change
+    assert path.read_text() == text

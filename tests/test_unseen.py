@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 import confusion_embeddings as ce
+from confusion_embeddings import study
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.embedding.skipgram import train_skipgram
 from confusion_embeddings.evaluation.unseen import auroc, read_reference, summary_lines
 from confusion_embeddings.pairs import build_pairs, load_pairs, write_pairs
-from confusion_embeddings.predictions import predictions_from_arrays
+from confusion_embeddings.predictions import load_predictions, predictions_from_arrays
 
 CLASSES = ["a", "b", "c", "d", "e", "new"]
 FAST = {"bootstrap": 20, "seeds": [0], "jax_steps": 1500}
@@ -77,6 +78,50 @@ def test_pairs_never_guess_an_unseen_class(tmp_path):
     assert load_pairs(tmp_path).unseen == ("new",)
     with pytest.raises(PipelineError, match=r"'pairs.top_k' = 5 .* C = 5 known"):
         build_pairs(predictions_from_arrays(planted(n=6)), top_k=5, block_size=16)
+
+
+def test_the_known_classes_columns_alone_give_the_full_width_table(tmp_path):
+    """A classifier trained on C - u classes outputs C - u columns: given as they are, in the
+    order of the known classes, from Python or in a predictions file (a study's too), they
+    give what the C-column form with the unseen columns 0 gives."""
+    a = planted()
+    narrow = np.delete(a["probs"], CLASSES.index("new"), axis=1)
+    assert narrow.shape[1] == len(CLASSES) - 1
+    full = ce.embed_predictions(a["labels"], CLASSES, probs=a["probs"], unseen=["new"], **FAST)
+    mine = ce.embed_predictions(a["labels"], CLASSES, probs=narrow, unseen=["new"], **FAST)
+    np.testing.assert_array_equal(mine.pairs.guess, full.pairs.guess)
+    np.testing.assert_array_equal(mine.pairs.prob, full.pairs.prob)
+    np.testing.assert_array_equal(mine.table, full.table)
+    assert mine.metrics == full.metrics
+    # Logits, as a model's last layer gives them: whatever the C-column form holds in the
+    # unseen column, it is never a guess, so the two forms give the same pairs.
+    logits = np.log(narrow + 1e-6)
+    wide = np.insert(logits, CLASSES.index("new"), 50.0, axis=1)
+    pairs = [
+        build_pairs(predictions_from_arrays({**a, "probs": None, "logits": x}), 3, 64)
+        for x in (logits, wide)
+    ]
+    np.testing.assert_array_equal(pairs[0].guess, pairs[1].guess)
+    np.testing.assert_array_equal(pairs[0].prob, pairs[1].prob)
+    # A predictions file with the known columns and its `unseen` key, as a study reads it.
+    path = tmp_path / "nine.npz"
+    np.savez(path, **{**a, "probs": narrow})
+    from_file = build_pairs(load_predictions(path), top_k=3, block_size=100)
+    np.testing.assert_array_equal(from_file.guess, full.pairs.guess)
+    study.check_file(path)
+
+
+def test_a_wrong_width_names_both_accepted_shapes():
+    a = planted(n=6)
+    n, c = len(a["labels"]), len(CLASSES)
+    with pytest.raises(PipelineError) as refused:
+        ce.embed_predictions(a["labels"], CLASSES, probs=a["probs"][:, :4], unseen=["new"])
+    message = str(refused.value)
+    assert f"[N, C] = ({n}, {c})" in message and f"[N, C - unseen] = ({n}, {c - 1})" in message
+    assert message.endswith(f"got ({n}, 4)")
+    # Without `unseen`, fewer columns than classes: the message says where to name them.
+    with pytest.raises(PipelineError, match="fewer classes, name the others in 'unseen'"):
+        ce.embed_predictions(a["labels"], CLASSES, probs=a["probs"][:, :5])
 
 
 def test_a_topk_file_that_guesses_an_unseen_class_is_refused():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 
-class PipelineError(Exception):
-    """An error the user can fix: its message is one line naming what and how."""
+class PipelineError(ValueError):
+    """An error the user can fix: its message is one line naming what and how. A ValueError,
+    which is what Python code catches for a bad value (`confusion_embeddings.PipelineError`)."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -89,6 +89,8 @@ class NpyMember:
     def blocks(self, rows: int) -> Iterator[np.ndarray]:
         try:
             yield from self._blocks(rows)
+        except PipelineError:  # already one line naming the file (a PipelineError is a ValueError)
+            raise
         except READ_ERRORS as exc:  # damage found only while streaming (e.g. a bad CRC at the end)
             raise damaged(self.path, self.key, exc) from None
 

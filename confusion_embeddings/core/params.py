@@ -11,7 +11,9 @@ exception is project data rather than a default: CIFAR-10's two groups in `evalu
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,33 @@ def _type_ok(value: Any, spec: Param) -> bool:
     return isinstance(value, types)
 
 
+# Where the params a message names were given: params.yaml (the stages; None) or the keyword
+# arguments of a Python function (its name), set for the length of one call.
+_GIVEN_TO: ContextVar[str | None] = ContextVar("params_given_to", default=None)
+_NO_VALUE = object()
+
+
+@contextmanager
+def params_given_to(function: str) -> Iterator[None]:
+    """Within the block, messages about a param name it as a keyword argument of `function`
+    ("embed_predictions(dim=0)") instead of a key of params.yaml ("params.yaml: 'embed.dim'
+    = 0")."""
+    token = _GIVEN_TO.set(function)
+    try:
+        yield
+    finally:
+        _GIVEN_TO.reset(token)
+
+
+def param_ref(section: str, key: str, value: Any = _NO_VALUE) -> str:
+    """How a message names one param, and its value if given: "params.yaml: 'embed.dim' = 0",
+    or "embed_predictions(dim=0)" inside `params_given_to("embed_predictions")`."""
+    function = _GIVEN_TO.get()
+    if function is None:
+        return f"params.yaml: '{section}.{key}'" + ("" if value is _NO_VALUE else f" = {value!r}")
+    return f"{function}({key}" + (")" if value is _NO_VALUE else f"={value!r})")
+
+
 def defaults(schema: Mapping[str, Param]) -> dict[str, Any]:
     """The section as it is when params.yaml leaves every key out."""
     return {key: spec.default for key, spec in schema.items() if not spec.required}
@@ -104,7 +133,7 @@ def validate_section(
 ) -> dict[str, Any]:
     """Check one params section against its schema; return it with defaults filled in.
 
-    Raises PipelineError naming `section.key`, the value and what is allowed.
+    Raises PipelineError naming `section.key` (param_ref), the value and what is allowed.
     """
     raw = dict(raw or {})
     for key in raw:
@@ -119,21 +148,20 @@ def validate_section(
     for key, spec in schema.items():
         if key not in raw:
             if spec.required:
-                raise PipelineError(f"params.yaml: '{section}.{key}' is required")
+                raise PipelineError(f"{param_ref(section, key)} is required")
             out[key] = spec.default
             continue
         value = raw[key]
         if not _type_ok(value, spec):
             allowed = _type_name(spec.types) + (" or null" if spec.nullable else "")
             raise PipelineError(
-                f"params.yaml: '{section}.{key}' = {value!r} has the wrong type; expected {allowed}"
+                f"{param_ref(section, key, value)} has the wrong type; expected {allowed}"
             )
         if value is not None and spec.check is not None:
             problem = spec.check(value)
             if problem:
                 raise PipelineError(
-                    f"params.yaml: '{section}.{key}' = {value!r} is out of range; "
-                    f"expected {problem}"
+                    f"{param_ref(section, key, value)} is out of range; expected {problem}"
                 )
         out[key] = value
     return out

@@ -107,8 +107,9 @@ def _names(d: dict[Any, Any], key: str, where: str) -> list[str]:
 
 
 def _labels(d: dict[Any, Any], key: str, where: str, n_rows: int, n_classes: int) -> np.ndarray:
+    field = _field(d, key, where)  # its own message where the key is missing
     try:
-        raw = np.asarray(_field(d, key, where))
+        raw = np.asarray(field)
     except (ValueError, TypeError, OverflowError):  # e.g. a ragged list of lists
         raise PipelineError(f"{where}: '{key}' must be {n_rows} integers") from None
     if raw.shape != (n_rows,) or raw.dtype.kind not in "iu":

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import Param, above, at_least, int_list, one_of
+from confusion_embeddings.core.params import Param, above, at_least, int_list, one_of, param_ref
 from confusion_embeddings.embedding.skipgram import OBJECTIVES, train_skipgram
 from confusion_embeddings.pairs import Pairs, count_matrix
 
@@ -129,7 +129,7 @@ def train_restarts(pairs: Pairs, params: dict[str, Any]) -> Restarts:
     if big:
         # Without jax_enable_x64, jax.random.key keeps 32 bits: 2**32 would silently be seed 0.
         raise PipelineError(
-            f"params.yaml: 'embed.seeds' = {big[:3]}: engine jax takes seeds below 2**32"
+            f"{param_ref('embed', 'seeds', big[:3])}: engine jax takes seeds below 2**32"
         )
     word_counts(pairs)
     counts = count_matrix(pairs.true, pairs.guess, pairs.n_classes)

@@ -70,12 +70,23 @@ def noise_reasons(
     return tuple(reasons)
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st, 22nd, 101st, 111th."""
+    suffix = "th" if n % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def lower_guesses(top_k: int) -> str:
+    """The guesses below the first: "the 2nd guesses", "the 2nd to 3rd guesses"."""
+    return "the 2nd guesses" if top_k == 2 else f"the 2nd to {ordinal(top_k)} guesses"
+
+
 def flat_guesses_reason(secondary: float | None, top_k: int, params: dict) -> str | None:
     """The warning that the 2nd..k-th guesses carry no class structure, or None."""
     if secondary is None or top_k < 2 or secondary >= params["min_secondary"]:
         return None
     return (
-        f"no structure in the lower guesses: the 2nd to {top_k}-th guesses rank the class "
+        f"no structure in the lower guesses: {lower_guesses(top_k)} rank the class "
         f"pairs like the top-1 mistakes at Spearman {secondary:.2f} < evaluate.min_secondary "
         f"{params['min_secondary']} (label smoothing, over-confident or non-probabilistic "
         "scores flatten them), so the table rests on the top-1 mistakes alone; use "

@@ -61,10 +61,18 @@ class Comparison:
     spearman_interval: tuple[float, float] | None
     noise_ceiling: float | None
     ceiling_low: float | None  # the null's lower quantile: below it is beyond noise
+    ceiling_high: float | None  # the null's upper quantile (with ceiling_low, its interval)
     different: bool
     differing: list[int]  # indices into pairs, largest |A - B| first
     confidence: float
     replicates: int
+
+    @property
+    def ceiling_interval(self) -> tuple[float, float] | None:
+        """The noise ceiling's interval: its replicates' central `confidence` share."""
+        if self.ceiling_low is None or self.ceiling_high is None:
+            return None
+        return self.ceiling_low, self.ceiling_high
 
     def as_dict(self, a_name: str, b_name: str) -> dict:
         def r(x):
@@ -80,6 +88,7 @@ class Comparison:
             "spearman_interval": [r(x) for x in self.spearman_interval or ()] or None,
             "noise_ceiling": r(self.noise_ceiling),
             "noise_ceiling_low": r(self.ceiling_low),
+            "noise_ceiling_high": r(self.ceiling_high),
             "different_beyond_noise": self.different,
             "differing_pairs": [
                 {
@@ -126,6 +135,7 @@ def compare(a: Side, b: Side, confidence: float = 0.95) -> Comparison:
     )
     rho = spearman_of(pa, pb)
     ceiling_low = float(np.percentile(null, tail)) if null.size else None
+    ceiling_high = float(np.percentile(null, 100 - tail)) if null.size else None
     diff, boot = pa - pb, ra - rb
     se = np.nanstd(boot, axis=0)
     se = np.where(se > 0, se, np.nan)
@@ -146,6 +156,7 @@ def compare(a: Side, b: Side, confidence: float = 0.95) -> Comparison:
         ),
         noise_ceiling=float(null.mean()) if null.size else None,
         ceiling_low=ceiling_low,
+        ceiling_high=ceiling_high,
         different=bool(rho is not None and ceiling_low is not None and rho < ceiling_low),
         differing=[int(q) for q in beyond[np.argsort(-np.abs(diff[beyond]), kind="stable")]],
         confidence=confidence,

@@ -38,9 +38,16 @@ def on_test_split(pairs: Pairs) -> np.ndarray:
     return pairs.split == pairs.splits.index("test")
 
 
+def of_known_classes(pairs: Pairs) -> np.ndarray:
+    """Mask of the pairs whose true class the classifier was trained on: a class it never saw
+    (pairs.unseen) can never be guessed, so its pictures are neither right nor a mistake."""
+    return ~np.isin(pairs.true, pairs.unseen_ids)
+
+
 def top1_accuracy(pairs: Pairs) -> float | None:
-    """Top-1 accuracy on the test pictures (all pictures without a test split)."""
-    first = (pairs.rank == 1) & on_test_split(pairs)
+    """Top-1 accuracy on the known classes' test pictures (all of them without a test
+    split)."""
+    first = (pairs.rank == 1) & on_test_split(pairs) & of_known_classes(pairs)
     return float((pairs.true[first] == pairs.guess[first]).mean()) if first.any() else None
 
 
@@ -50,7 +57,9 @@ def secondary_structure(pairs: Pairs, max_pairs: int | None = None) -> float | N
     classifier's own top-1 mistakes on the test pictures (symmetrised rates). Near 0 when
     the wrong classes' scores carry no order (label smoothing flattens them); one
     classifier's pairs. Only pictures whose top-1 guess is right count: elsewhere the top-1
-    mistake is the one class the lower ranks cannot name, which would leak its structure in."""
+    mistake is the one class the lower ranks cannot name, which would leak its structure in.
+    With unseen classes, over the known classes alone: an unseen class has no right
+    guess and only mistakes, so its pairs would rank by nothing but that."""
     c, k = pairs.n_classes, pairs.top_k
     right = np.repeat(pairs.guess[::k] == pairs.true[::k], k)
     low = (pairs.rank >= 2) & right
@@ -61,4 +70,8 @@ def secondary_structure(pairs: Pairs, max_pairs: int | None = None) -> float | N
     mistakes = count_matrix(pairs.true[first], pairs.guess[first], c).astype(np.float64)
     np.fill_diagonal(mistakes, 0.0)
     rate = mistakes / np.maximum(np.bincount(pairs.true[first], minlength=c), 1)[:, None]
-    return spearman_upper(profile, (rate + rate.T) / 2, max_pairs)
+    rate = (rate + rate.T) / 2
+    if pairs.unseen:
+        known = np.setdiff1d(np.arange(c), pairs.unseen_ids)
+        profile, rate = profile[np.ix_(known, known)], rate[np.ix_(known, known)]
+    return spearman_upper(profile, rate, max_pairs)

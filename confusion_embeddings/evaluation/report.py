@@ -155,6 +155,9 @@ def _summary_section(ev: Evaluation, params: dict) -> list[str]:
     """The headline figures as a table, then the most similar class pairs."""
     names, c = ev.classes, len(ev.classes)
     u = ev.uncertainty
+    # Where some classes were never trained on, the figures read against the guesses are
+    # over the known classes (scores.py).
+    known = " (known classes)" if ev.unseen else ""
     lines = [
         "## Summary",
         "",
@@ -169,8 +172,8 @@ def _summary_section(ev: Evaluation, params: dict) -> list[str]:
         f"| classifiers | {len(ev.classifiers)} |",
         f"| agreement between classifiers (mean pairwise Spearman of their tables) | "
         f"{fmt(ev.classifier_agreement)} |",
-        f"| Spearman vs confusion similarity | {fmt(ev.spearman)} |",
-        f"| what the 2nd..k-th guesses alone say, Spearman vs top-1 mistakes | "
+        f"| Spearman vs confusion similarity{known} | {fmt(ev.spearman)} |",
+        f"| what the 2nd..k-th guesses alone say, Spearman vs top-1 mistakes{known} | "
         f"{fmt(ev.secondary)} |",
         f"| mean off-diagonal cosine | {fmt(ev.mean_offdiag)} |",
         f"| collapsed | {'**YES**' if ev.collapsed else 'no'} |",
@@ -210,7 +213,8 @@ def _classifiers_section(ev: Evaluation) -> list[str]:
     lines = [
         "## Classifiers",
         "",
-        "| classifier | top-1 accuracy (test) | Spearman of its table vs the mean |",
+        f"| classifier | top-1 accuracy (test{', known classes' if ev.unseen else ''}) | "
+        "Spearman of its table vs the mean |",
         "|---|---|---|",
     ]
     for name, acc, table in zip(ev.classifiers, ev.classifier_accuracy, ev.tables, strict=True):

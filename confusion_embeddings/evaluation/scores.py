@@ -5,7 +5,9 @@ then averaged; std is the population std (ddof=0); the intervals come from resam
 (uncertainty.py). The figures themselves live by concern: what the pairs say on their own
 (confusion.py), rank statistics of tables (ranking.py: spearman_vs_confusion is Spearman of
 embedding and confusion similarity over the class pairs), class groups (groups.py), the
-warnings (caveats.py).
+warnings (caveats.py). With classes the classifiers never saw (pairs.unseen), the figures
+that compare with the classifiers' guesses (spearman_vs_confusion, secondary_vs_confusion,
+the classifiers' accuracy) are over the known classes: an unseen class cannot be guessed.
 """
 
 from __future__ import annotations
@@ -215,7 +217,7 @@ def evaluate(
     conf_sim = confusion_similarity(pairs)
     secondary = _mean_of([secondary_structure(p, max_pairs) for p in per_classifier])
     reliability = _mean_of([seed_reliability(s, conf_sim, max_pairs) for s in sims])
-    rho = spearman_upper(mean, conf_sim, max_pairs=max_pairs)
+    rho = spearman_upper(*_known_block(pairs, mean, conf_sim), max_pairs=max_pairs)
     if replicates is None:
         replicates = np.empty((*vectors.shape[:1], 0, *vectors.shape[2:]), np.float32)
     spread = _spread(tables, replicates, conf_sim, params)
@@ -255,6 +257,17 @@ def evaluate(
         **_consensus_figures(vectors, replicates, mean, params),
         **_group_figures(pairs, mean, params),
     )
+
+
+def _known_block(pairs: Pairs, *tables: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The tables' rows and columns of the classes the classifiers were trained on. A class
+    they never saw is never guessed, so its confusion rate with a class b is half that of two
+    known classes ((R + R^T) / 2 with R[b, unseen] = 0): it ranks against them on a different
+    scale. Its row is read against the reference instead (evaluation/unseen.py)."""
+    if not pairs.unseen:
+        return tables
+    known = np.setdiff1d(np.arange(pairs.n_classes), pairs.unseen_ids)
+    return tuple(t[np.ix_(known, known)] for t in tables)
 
 
 def _mean_of(values: list[float | None]) -> float | None:
