@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from confusion_embeddings.core.classes import unseen_problem
 from confusion_embeddings.core.errors import PipelineError, first_line
 from confusion_embeddings.core.npz import READ_ERRORS, InMemory, NpyMember, damaged
 
@@ -482,17 +483,9 @@ def _read_unseen(path: Path, get, keys: set[str], classes: tuple[str, ...]) -> t
     if "unseen" not in keys:
         return ()
     unseen = tuple(str(c) for c in _str_array(path, "unseen", get("unseen"), 1).tolist())
-    strangers = [c for c in unseen if c not in classes]
-    if strangers:
-        raise _fail(path, f"'unseen' names {strangers}, which 'classes' does not list")
-    if len(set(unseen)) != len(unseen):
-        raise _fail(path, f"'unseen' lists a class twice: {list(unseen)}")
-    if len(classes) - len(unseen) < 2:
-        raise _fail(
-            path,
-            f"'unseen' leaves {len(classes) - len(unseen)} known class(es); a classifier "
-            "knows at least two",
-        )
+    problem = unseen_problem(classes, unseen)  # the check train.unseen passes too
+    if problem:
+        raise _fail(path, f"'unseen' {problem}")
     return unseen
 
 

@@ -1,6 +1,6 @@
 """train.whiten, train.dirac and train.bias_lr_scale (cnn/network.py, cnn/training.py):
-each does what it says on planted inputs, is off by default, and a whitened model saves and
-loads back whole."""
+each does what it says on planted inputs, is on by default and can be turned off, and a
+whitened model saves and loads back whole."""
 
 from __future__ import annotations
 
@@ -26,12 +26,16 @@ from cnn_helpers import tiny_run, tiny_train
 from helpers import make_prepared
 
 
-def test_the_levers_are_off_by_default():
-    assert SCHEMA["whiten"].default is False and SCHEMA["dirac"].default is False
-    assert SCHEMA["bias_lr_scale"].default == 1.0
-    assert patch_whitening(np.zeros((4, 8, 8, 3), np.uint8), (0, 1), tiny_train()) is None
-    model = CNN(tiny_run(4).model, rngs=nnx.Rngs(0))
+def test_the_levers_are_on_by_default_and_each_can_be_turned_off():
+    assert SCHEMA["whiten"].default is True and SCHEMA["dirac"].default is True
+    assert SCHEMA["bias_lr_scale"].default == 64.0
+    off = tiny_train(whiten=False)
+    assert patch_whitening(np.zeros((4, 8, 8, 3), np.uint8), (0, 1), off) is None
+    model = CNN(tiny_run(4, whiten=False).model, rngs=nnx.Rngs(0))
     assert not hasattr(model, "whitening")
+    plain = CNN(tiny_run(4, dirac=False).model, rngs=nnx.Rngs(0))
+    kernel = plain.blocks[0].conv2.kernel.get_value()
+    assert not np.array_equal(kernel, dirac(kernel))  # a random init, not the identity
 
 
 def test_whitening_decorrelates_the_patches():

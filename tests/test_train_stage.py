@@ -80,10 +80,11 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     assert model.run.model.widths == (8, 16) and model.run.holdout is None
     assert model.norm[0].shape == model.norm[1].shape == (3,)
     # The compute: one training picture's FLOPs x every picture of the one epoch's full
-    # batches (train_project's 32 pictures, batch 16).
-    test = load_prepared(project / OPTIONS["--prepared"], ["test"])
-    per_image = 3 * count_flops(model.run.model, test.image_hw)
-    assert m["train_pflops"] == pytest.approx(per_image * 32 / 1e15, rel=1e-3)
+    # batches (batch 16).
+    data = load_prepared(project / OPTIONS["--prepared"], ["train"])
+    pictures = len(data.splits["train"].labels) // 16 * 16
+    per_image = 3 * count_flops(model.run.model, data.image_hw)
+    assert m["train_pflops"] == pytest.approx(per_image * pictures / 1e15, rel=1e-3)
     # The headline figures are the saved model's: its test accuracy, recomputed from the
     # model with the saved test-time augmentation and without, and the last epoch's curve.
     test = load_prepared(project / OPTIONS["--prepared"], ["test"]).splits["test"]

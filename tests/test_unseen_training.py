@@ -91,7 +91,7 @@ def test_predictions_contract_for_unseen():
     for unseen, message in (
         (["d"], r"'unseen' names \['d'\]"),
         (["c", "c"], "lists a class twice"),
-        (["b", "c"], "leaves 1 known class"),
+        (["b", "c"], "leaves 1 of 3 classes known"),
     ):
         with pytest.raises(PipelineError, match=message):
             predictions_from_arrays({**base, "unseen": np.array(unseen)})

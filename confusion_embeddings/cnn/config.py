@@ -28,7 +28,7 @@ def _class_names(v: list) -> str | None:
 
 SCHEMA = {
     # The fewest epochs that keep every classifier above the accuracy floor (docs/recipe.md).
-    "epochs": Param(int, 14, at_least(1)),
+    "epochs": Param(int, 12, at_least(1)),
     "batch_size": Param(int, 512, at_least(1)),
     "lr": Param(float, 0.2, above(0)),  # peak learning rate, per mean loss over a batch
     "momentum": Param(float, 0.9, in_range(0.0, 0.999)),
@@ -52,10 +52,10 @@ SCHEMA = {
     # a frozen whitening of the stem's input patches (eigenvalues + whiten_eps), identity
     # (dirac) init of the convolutions, and batch-norm biases learning bias_lr_scale times
     # faster than the kernels.
-    "whiten": Param(bool, False),
+    "whiten": Param(bool, True),
     "whiten_eps": Param(float, 5e-4, above(0)),
-    "dirac": Param(bool, False),
-    "bias_lr_scale": Param(float, 1.0, above(0)),
+    "dirac": Param(bool, True),
+    "bias_lr_scale": Param(float, 64.0, above(0)),
     "logit_scale": Param(float, 1 / 9, above(0)),
     "conv_impl": Param(str, "auto", one_of(*IMPLS)),
     # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
