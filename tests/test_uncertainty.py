@@ -127,5 +127,5 @@ def test_a_class_between_two_equally_near_classes_has_unstable_ranks():
 @pytest.mark.parametrize("bad", [0, 1])
 def test_bootstrap_needs_two_replicates(bad):
     labels, probs = planted(LINKS, 20, 0)
-    with pytest.raises(PipelineError, match="evaluate.bootstrap"):
+    with pytest.raises(PipelineError, match=rf"^embed_predictions\(bootstrap={bad}\) is out"):
         ce.embed_predictions(labels, CLASSES, probs=probs, bootstrap=bad)
