@@ -40,6 +40,10 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
             "stem_width": 8,
             "widths": [8, 16],
             "lr": 0.01,
+            # Measured on CIFAR-10 (docs/recipe.md); on 192 pictures of four drawn shapes
+            # the patch whitening amplifies their few weak directions, and 3 epochs of a
+            # tiny network do not recover (0.69 for seed 0 with it, >= 0.75 without).
+            "whiten": False,
         }
     )
     params["classifiers"] = {"seeds": [0, 1]}
