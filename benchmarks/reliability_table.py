@@ -238,7 +238,7 @@ row(
 from confusion_embeddings.pairs import build_pairs
 from confusion_embeddings.predictions import load_predictions
 
-P = "tests/test_pairs.py::test_predictions_validation"
+P = "tests/test_predictions.py::test_predictions_validation"
 CLASSES = np.array(["a", "b", "c", "d"])
 PROBS = np.array(
     [
@@ -290,19 +290,19 @@ pred_case(
 )
 pred_case(
     "`classes` as a pickled object array",
-    test="tests/test_pairs.py::test_object_arrays_are_refused_not_unpickled",
+    test="tests/test_predictions.py::test_object_arrays_are_refused_not_unpickled",
     classes=np.array(["a", "b", "c", "d"], dtype=object),
 )
 pred_case(
     "`groups` JSON nested 100 000 deep",
-    test="tests/test_inputs.py::test_groups_nested_too_deeply",
+    test="tests/test_predictions.py::test_groups_nested_too_deeply",
     groups=np.array("[" * 100000 + "]" * 100000),
 )
 row(
     "Predictions file",
     "file missing",
     raises(load_predictions, TMP / "nope.npz"),
-    "tests/test_pairs.py::test_missing_file_names_the_param",
+    "tests/test_predictions.py::test_missing_file_names_the_param",
 )
 one_missing = TMP / "one-missing"
 for s in SEEDS[:-1]:  # the last classifier's file is missing
@@ -327,7 +327,7 @@ row(
     "Predictions file",
     "not a zip at all",
     raises(load_predictions, TMP / "x.npz"),
-    "tests/test_pairs.py::test_not_an_npz",
+    "tests/test_predictions.py::test_not_an_npz",
 )
 
 
@@ -354,7 +354,7 @@ row(
     "Predictions file",
     "a damaged byte in `probs` (bad CRC, found while streaming)",
     raises(lambda: build_pairs(load_predictions(path, check_values=False), 1, 2)),
-    "tests/test_inputs.py::test_bad_crc_in_the_scores_is_found_while_streaming",
+    "tests/test_predictions.py::test_bad_crc_in_the_scores_is_found_while_streaming",
 )
 path = TMP / "bz.npz"
 with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
@@ -365,7 +365,7 @@ row(
     "Predictions file",
     "a compression method zipfile cannot read",
     raises(load_predictions, path),
-    "tests/test_inputs.py::test_unknown_compression_method",
+    "tests/test_predictions.py::test_unknown_compression_method",
 )
 path = TMP / "garb.npz"
 with zipfile.ZipFile(path, "w") as zf:
@@ -375,7 +375,7 @@ row(
     "Predictions file",
     "a member that is not .npy data",
     raises(load_predictions, path),
-    "tests/test_inputs.py::test_member_that_is_not_npy_data",
+    "tests/test_predictions.py::test_member_that_is_not_npy_data",
 )
 
 # ---- raw data / prepare

@@ -124,3 +124,32 @@ def linked_predictions(
     logits[np.arange(labels.size), labels] += bonus
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     return labels, (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+# A hand-made predictions file (test_pairs, test_predictions): 4 pictures x 4 classes, each
+# row's ranking unambiguous.
+HAND_CLASSES = np.array(["a", "b", "c", "d"])
+HAND_PROBS = np.array(
+    [
+        [0.70, 0.20, 0.06, 0.04],  # label a: top-1 right
+        [0.10, 0.30, 0.50, 0.10],  # label b: c, b, a/d tie -> a (lower index) first
+        [0.05, 0.15, 0.20, 0.60],  # label c: d, c, b
+        [0.40, 0.35, 0.15, 0.10],  # label d: a, b, c (d not in top-3)
+    ],
+    dtype=np.float32,
+)
+HAND_LABELS = np.array([0, 1, 2, 3])
+
+
+def hand_file(folder: Path, name: str = "pred.npz", **arrays) -> Path:
+    """Save `arrays` as folder/name with np.savez; returns the path."""
+    path = folder / name
+    np.savez(path, **arrays)
+    return path
+
+
+def hand_arrays(**overrides) -> dict:
+    """The hand-made file's arrays with `overrides`; a key given None is left out."""
+    arrays = {"labels": HAND_LABELS, "classes": HAND_CLASSES, "probs": HAND_PROBS}
+    arrays.update(overrides)
+    return {k: v for k, v in arrays.items() if v is not None}

@@ -1,9 +1,9 @@
-"""Bad inputs that tests/test_pairs.py and tests/test_prepare.py do not cover yet.
+"""Bad inputs that tests/test_prepare.py does not cover yet.
 
-Damaged predictions files (a bad CRC, an unknown compression method, a member that is not
-.npy data, JSON nested too deeply), CIFAR tarballs with odd class names or labels, a cut
-gzip header, class names that the later stages would refuse, stage inputs that disagree
-with each other, and what `dvc` itself says when the raw data or its remote is missing.
+CIFAR tarballs with odd class names or labels, a cut gzip header, class names that the
+later stages would refuse, stage inputs that disagree with each other, and what `dvc`
+itself says when the raw data or its remote is missing. Damaged predictions files are in
+tests/test_predictions.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,6 @@ import yaml
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data import prepare as prep
-from confusion_embeddings.pairs import build_pairs
-from confusion_embeddings.predictions import load_predictions
 from stages import evaluate as evaluate_stage
 from stages import predict as predict_stage
 
@@ -39,100 +36,10 @@ from helpers import (
     scratch_project,
     stage_argv,
     stage_options,
-    with_unknown_compression,
 )
 from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-
-VALID = {
-    "labels": np.array([0, 1, 1]),
-    "classes": np.array(["a", "b"]),
-    "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]], np.float32),
-}
-
-
-def npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
-def write_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> Path:
-    with zipfile.ZipFile(path, "w", compression=compression) as zf:
-        for name, blob in members.items():
-            zf.writestr(name, blob)
-    return path
-
-
-def flip_byte_in(path: Path, member: str, offset_from_data: int) -> None:
-    """Flip one byte of a stored member's data: its CRC no longer matches."""
-    raw = bytearray(path.read_bytes())
-    start = raw.find(b"\x93NUMPY", raw.find(member.encode()))
-    raw[start + offset_from_data] ^= 0xFF
-    path.write_bytes(bytes(raw))
-
-
-def refused(path: Path, *fragments: str, stream: bool = False) -> str:
-    """load_predictions (or, with stream, the pairs stage's streaming read) refuses path."""
-    with pytest.raises(PipelineError) as exc:
-        if stream:
-            build_pairs(load_predictions(path, check_values=False), 1, 2)
-        else:
-            load_predictions(path)
-    msg = str(exc.value)
-    assert "\n" not in msg and str(path) in msg
-    for fragment in fragments:
-        assert fragment in msg, (fragment, msg)
-    return msg
-
-
-# --------------------------------------------------------------------------- predictions
-
-
-@pytest.mark.parametrize("member", ["labels", "classes"])
-def test_bad_crc_in_a_small_array(tmp_path, member):
-    path = write_zip(tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()})
-    flip_byte_in(path, f"{member}.npy", 130)
-    refused(path, f"'{member}' cannot be read (BadZipFile: Bad CRC-32", "damaged")
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_bad_crc_in_the_scores_is_found_while_streaming(tmp_path, stream):
-    path = write_zip(tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()})
-    flip_byte_in(path, "probs.npy", 130)
-    refused(path, "'probs' cannot be read (BadZipFile: Bad CRC-32", stream=stream)
-
-
-def test_unknown_compression_method(tmp_path):
-    path = write_zip(
-        tmp_path / "p.npz", {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()}, zipfile.ZIP_BZIP2
-    )
-    with_unknown_compression(path)  # bzip2 (12) -> 99 in every header
-    refused(path, "cannot be read (NotImplementedError: That compression method is not supported)")
-
-
-@pytest.mark.parametrize("member", ["labels", "probs"])
-def test_member_that_is_not_npy_data(tmp_path, member):
-    members = {f"{k}.npy": npy_bytes(v) for k, v in VALID.items()}
-    members[f"{member}.npy"] = b"these are not .npy bytes"
-    path = write_zip(tmp_path / "p.npz", members)
-    refused(path, f"'{member}'", "not .npy data" if member == "labels" else "not a valid array")
-
-
-def test_members_without_the_npy_suffix(tmp_path):
-    """np.load shows a member `probs` (no .npy) as key 'probs'; it must be read, not crash."""
-    path = write_zip(tmp_path / "p.npz", {k: npy_bytes(v) for k, v in VALID.items()})
-    pred = load_predictions(path)
-    assert pred.kind == "probs" and pred.n == 3
-    np.testing.assert_array_equal(build_pairs(pred, 1, 2).guess, [0, 1, 1])
-
-
-def test_groups_nested_too_deeply(tmp_path):
-    path = tmp_path / "p.npz"
-    np.savez(path, **VALID, groups=np.array("[" * 100_000 + "]" * 100_000))
-    refused(path, "'groups' is nested too deeply")
-
 
 # --------------------------------------------------------------------------- prepare
 

@@ -1,6 +1,6 @@
-"""Tests of confusion_embeddings/predictions.py (the file contract), confusion_embeddings/pairs.py
-(one classifier's pairs, and several combined) and the pairs stage (stages/pairs.py: one
-predictions file, or with --seeds the folder of the classifiers' files)."""
+"""Tests of confusion_embeddings/pairs.py (one classifier's pairs, and several combined) and
+the pairs stage (stages/pairs.py: one predictions file, or with --seeds the folder of the
+classifiers' files). The predictions file's own contract: tests/test_predictions.py."""
 
 from __future__ import annotations
 
@@ -30,31 +30,10 @@ from confusion_embeddings.predictions import load_predictions
 from stages import pairs as pairs_stage
 
 from helpers import stage_argv, stage_options
-
-CLASSES = np.array(["a", "b", "c", "d"])
-# 4 pictures x 4 classes; each row's ranking is unambiguous.
-PROBS = np.array(
-    [
-        [0.70, 0.20, 0.06, 0.04],  # label a: top-1 right
-        [0.10, 0.30, 0.50, 0.10],  # label b: c, b, a/d tie -> a (lower index) first
-        [0.05, 0.15, 0.20, 0.60],  # label c: d, c, b
-        [0.40, 0.35, 0.15, 0.10],  # label d: a, b, c (d not in top-3)
-    ],
-    dtype=np.float32,
-)
-LABELS = np.array([0, 1, 2, 3])
-
-
-def save(tmp_path: Path, name: str = "pred.npz", **arrays) -> Path:
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return path
-
-
-def base(**overrides) -> dict:
-    arrays = {"labels": LABELS, "classes": CLASSES, "probs": PROBS}
-    arrays.update(overrides)
-    return {k: v for k, v in arrays.items() if v is not None}
+from synthetic import HAND_CLASSES as CLASSES
+from synthetic import HAND_PROBS as PROBS
+from synthetic import hand_arrays as base
+from synthetic import hand_file as save
 
 
 @pytest.fixture
@@ -394,115 +373,3 @@ def test_a_pairs_file_without_classifiers_asks_for_a_rerun(tmp_path):
     with pytest.raises(PipelineError, match="classifier") as exc:
         load_pairs(tmp_path / "out")
     assert "pairs" in str(exc.value) and "\n" not in str(exc.value)
-
-
-# --------------------------------------------------------------------------- validation
-
-BAD_ROWS = PROBS.copy()
-BAD_ROWS[2] *= 0.5
-NAN_PROBS = PROBS.copy()
-NAN_PROBS[1, 1] = np.nan
-NEG_PROBS = PROBS.copy()
-NEG_PROBS[3] = [0.7, -0.1, 0.3, 0.1]
-
-
-@pytest.mark.parametrize(
-    "arrays, message",
-    [
-        (base(labels=None), "missing key 'labels'"),
-        (base(classes=None), "missing key 'classes'"),
-        (base(probs=None), "exactly one of 'probs', 'logits', 'topk'; found none"),
-        (base(logits=PROBS), "found probs and logits"),
-        (base(probs=PROBS[:, :3]), r"'probs' must have shape \[N, C\] = \(4, 4\)"),
-        (base(probs=PROBS[:3]), r"'labels' has 4 entries and 'probs' 3 rows"),
-        (base(probs=PROBS.astype(np.int32)), "'probs' must be a float array"),
-        (base(labels=np.array([0, 1, 2, 4])), r"'labels'\[3\] = 4 is outside \[0, 4\)"),
-        (base(labels=np.array([0, -1, 2, 3])), r"'labels'\[1\] = -1"),
-        (base(labels=np.array([0.0, 1.0, 2.0, 3.0])), "'labels' must be an integer array"),
-        (base(labels=np.zeros((4, 1), int)), "'labels' must be a non-empty 1-D array"),
-        (base(probs=NAN_PROBS), "'probs' row 1 holds NaN"),
-        (base(probs=NEG_PROBS), "'probs' row 3 has a negative probability"),
-        (base(probs=BAD_ROWS), "'probs' row 2 sums to 0.5.*save them as 'logits'"),
-        (
-            base(probs=None, logits=np.where(np.isnan(NAN_PROBS), np.inf, PROBS)),
-            "'logits' row 1 holds NaN or inf",
-        ),
-        (
-            base(probs=None, topk=np.array([[0, 1], [1, 4], [0, 1], [0, 1]])),
-            r"'topk' row 1 holds a class index outside \[0, 4\)",
-        ),
-        (
-            base(probs=None, topk=np.array([[0, 1], [1, 2], [3, 3], [0, 1]])),
-            "'topk' row 2 lists a class twice",
-        ),
-        (base(probs=None, topk=np.zeros((4, 2), np.float32)), "'topk' must be an integer array"),
-        (
-            base(probs=None, topk=np.zeros((4, 5), int)),
-            r"'topk' must have shape \[N=4, k\] with 1 <= k <= C=4",
-        ),
-        (base(classes=np.array(["a", "b", "a", "d"])), "'classes' lists 'a' twice"),
-        (base(classes=np.array(["a", "", "c", "d"])), r"'classes'\[1\] is an empty name"),
-        (
-            base(classes=np.array(["a", "b c", "c", "d"])),
-            r"'classes'\[1\] = 'b c' contains whitespace",
-        ),
-        (base(classes=np.array([b"a", b"b", b"c", b"d"])), "'classes' must be a str array"),
-        (
-            base(
-                classes=np.array(["a"]), probs=PROBS[:, :1] / PROBS[:, :1], labels=np.zeros(4, int)
-            ),
-            "at least 2 are needed",
-        ),
-        (base(split=np.array([0, 1, 0, 1])), "'split' and 'splits' go together"),
-        (
-            base(split=np.array([0, 1, 2, 1]), splits=np.array(["train", "test"])),
-            r"'split'\[2\] = 2 is outside \[0, 2\)",
-        ),
-        (
-            base(split=np.array([0, 0, 0, 0]), splits=np.array(["train", "train"])),
-            "'splits' lists 'train' twice",
-        ),
-        (base(groups=np.array(json.dumps({"g": ["a", "x"]}))), "group 'g' names unknown class 'x'"),
-        (
-            base(groups=np.array(json.dumps({"g": ["a"], "h": ["a"]}))),
-            "class 'a' is in both group 'g' and group 'h'",
-        ),
-        (base(groups=np.array("{not json")), "'groups' is not valid JSON"),
-        (base(groups=np.array(json.dumps(["a", "b"]))), r"'groups' must be a JSON object"),
-    ],
-)
-def test_predictions_validation(tmp_path, arrays, message):
-    path = save(tmp_path, **arrays)
-    with pytest.raises(PipelineError, match=message) as exc:
-        load_predictions(path)
-    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
-
-
-def test_missing_file_names_the_param(tmp_path):
-    with pytest.raises(PipelineError, match=r"nope\.npz: predictions file not found") as exc:
-        load_predictions(tmp_path / "nope.npz")
-    # How to get one: the pipeline's predict stages, or a study's own file (the param).
-    assert "dvc repro" in str(exc.value) and "'pairs.predictions'" in str(exc.value)
-    assert "\n" not in str(exc.value)
-
-
-def test_not_an_npz(tmp_path):
-    (tmp_path / "x.npz").write_text("hello")
-    with pytest.raises(PipelineError, match="cannot be read as an .npz"):
-        load_predictions(tmp_path / "x.npz")
-    np.save(tmp_path / "y.npy", PROBS)
-    with pytest.raises(PipelineError, match="single .npy array"):
-        load_predictions(tmp_path / "y.npy")
-
-
-def test_object_arrays_are_refused_not_unpickled(tmp_path):
-    path = save(tmp_path, **base(classes=np.array(["a", "b", "c", "d"], dtype=object)))
-    with pytest.raises(PipelineError, match="'classes' is an object array"):
-        load_predictions(path)
-
-
-def test_value_errors_surface_on_the_stage_pass_too(tmp_path):
-    # check_values=False defers value checks to the blocks build_pairs reads.
-    pred = load_predictions(save(tmp_path, **base(probs=NAN_PROBS)), check_values=False)
-    with pytest.raises(PipelineError, match="'probs' row 1 holds NaN"):
-        build_pairs(pred, 2, 1)

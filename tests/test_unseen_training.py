@@ -14,7 +14,7 @@ from confusion_embeddings.cnn.config import RunConfig
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data.prepared import load_prepared
 from confusion_embeddings.data.selection import known_classes, without_classes
-from confusion_embeddings.predictions import load_predictions, predictions_from_arrays
+from confusion_embeddings.predictions import load_predictions
 
 from cnn_helpers import OPTIONS, tiny_run, train_project
 from helpers import make_prepared, run_stage_main, stage_argv, stage_options
@@ -78,20 +78,3 @@ def test_a_model_of_every_class_is_saved_without_the_key(tmp_path):
     assert RunConfig.from_dict(saved) == run
     unseen = tiny_run(unseen=["x"])
     assert RunConfig.from_dict(json.loads(json.dumps(unseen.to_dict()))) == unseen
-
-
-def test_predictions_contract_for_unseen():
-    base = {
-        "labels": np.array([0, 1, 2]),
-        "classes": np.array(["a", "b", "c"]),
-        "probs": np.array([[0.9, 0.1, 0], [0.2, 0.8, 0], [0.5, 0.5, 0]]),
-    }
-    assert predictions_from_arrays({**base, "unseen": np.array(["c"])}).unseen == ("c",)
-    assert predictions_from_arrays(base).unseen == ()
-    for unseen, message in (
-        (["d"], r"'unseen' names \['d'\]"),
-        (["c", "c"], "lists a class twice"),
-        (["b", "c"], "leaves 1 of 3 classes known"),
-    ):
-        with pytest.raises(PipelineError, match=message):
-            predictions_from_arrays({**base, "unseen": np.array(unseen)})
