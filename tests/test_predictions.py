@@ -17,7 +17,12 @@ import pytest
 
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.pairs import build_pairs
-from confusion_embeddings.predictions import load_predictions, predictions_from_arrays
+from confusion_embeddings.predictions import (
+    check_groups,
+    load_predictions,
+    parse_groups,
+    predictions_from_arrays,
+)
 
 from helpers import with_unknown_compression
 from synthetic import HAND_PROBS, hand_arrays, hand_file
@@ -318,3 +323,292 @@ def test_predictions_contract_for_unseen():
     ):
         with pytest.raises(PipelineError, match=message):
             predictions_from_arrays({**base, "unseen": np.array(unseen)})
+
+
+# --------------------------------------------------------------------------- what a file holds
+
+
+def test_a_probs_file_loads_as_stored(tmp_path):
+    labels = np.array([0, 1, 2, 3], np.uint8)  # any integer dtype
+    pred = load_predictions(hand_file(tmp_path, **hand_arrays(labels=labels)))
+    assert (pred.kind, pred.width, pred.n, pred.n_classes) == ("probs", 4, 4, 4)
+    assert pred.classes == ("a", "b", "c", "d") and pred.labels.dtype == np.uint8
+    assert pred.split is None and pred.splits == () and pred.groups is None
+    assert pred.unseen == () and pred.known_ids == [0, 1, 2, 3] and not pred.known_only
+    np.testing.assert_array_equal(np.concatenate(list(pred.blocks(3))), HAND_PROBS)
+
+
+def test_logits_and_topk_files(tmp_path):
+    logits = np.log(HAND_PROBS) - 7.0  # unnormalised, negative: fine as logits
+    pred = load_predictions(hand_file(tmp_path, **hand_arrays(probs=None, logits=logits)))
+    assert (pred.kind, pred.width) == ("logits", 4)
+    np.testing.assert_array_equal(np.concatenate(list(pred.blocks(4))), logits)
+    topk = np.array([[0, 1], [2, 1], [3, 2], [0, 1]], np.int8)
+    pred = load_predictions(hand_file(tmp_path, "k.npz", **hand_arrays(probs=None, topk=topk)))
+    assert (pred.kind, pred.width, pred.n_classes) == ("topk", 2, 4)
+    np.testing.assert_array_equal(np.concatenate(list(pred.blocks(1))), topk)
+
+
+def test_split_splits_and_groups_are_read(tmp_path):
+    groups = {"first": ["a", "b"], "last": ["d"]}
+    arrays = hand_arrays(
+        split=np.array([1, 0, 1, 0], np.int8),
+        splits=np.array(["train", "test"]),
+        groups=np.array(json.dumps(groups)),
+    )
+    pred = load_predictions(hand_file(tmp_path, **arrays))
+    np.testing.assert_array_equal(pred.split, [1, 0, 1, 0])
+    assert pred.splits == ("train", "test") and pred.groups == groups
+    none = load_predictions(hand_file(tmp_path, "n.npz", **hand_arrays(groups=np.array("null"))))
+    assert none.groups is None
+
+
+def test_blocks_stream_every_row_once_the_last_block_shorter(tmp_path):
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=11).astype(np.float32)
+    path = hand_file(tmp_path, **hand_arrays(labels=rng.integers(0, 4, 11), probs=probs))
+    pred = load_predictions(path)
+    blocks = list(pred.blocks(4))
+    assert [b.shape for b in blocks] == [(4, 4), (4, 4), (3, 4)]
+    np.testing.assert_array_equal(np.concatenate(blocks), probs)
+    assert not blocks[0].flags.writeable  # read-only: the bytes as read
+
+
+def test_row_sums_within_the_tolerance_pass(tmp_path):
+    probs = HAND_PROBS.astype(np.float64)
+    probs[0, 0] += 0.0009  # sums to 1.0009: within +-1e-3
+    load_predictions(hand_file(tmp_path, **hand_arrays(probs=probs)))
+    probs[0, 0] += 0.0002  # 1.0011: not
+    with pytest.raises(PipelineError, match=r"'probs' row 0 sums to 1\.0011, not 1 \(\+-0\.001\)"):
+        load_predictions(hand_file(tmp_path, "off.npz", **hand_arrays(probs=probs)))
+
+
+# --------------------------------------------------------------------------- more refusals
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (hand_arrays(labels=np.array([], int)), "'labels' must be a non-empty 1-D array, got"),
+        (hand_arrays(labels=np.array([True, False, True, True])), "got dtype bool"),
+        (hand_arrays(probs=HAND_PROBS.astype(complex)), "'probs' must be a float array, got"),
+        (hand_arrays(probs=None, logits=HAND_PROBS.astype(int)), "'logits' must be a float"),
+        (hand_arrays(probs=HAND_PROBS[None]), r"'probs' must have shape \[N, C\] = \(4, 4\), got"),
+        (
+            hand_arrays(probs=None, topk=np.array([0, 1, 2, 3])),
+            r"'topk' must have shape \[N=4, k\]",
+        ),
+        (
+            hand_arrays(probs=None, topk=np.zeros((3, 2), int)),
+            "'labels' has 4 entries and 'topk' 3 rows",
+        ),
+        (hand_arrays(classes=np.array([["a", "b", "c", "d"]])), "'classes' must have 1 dimension"),
+        (
+            hand_arrays(split=np.array([0, 0, 0, 0]), splits=np.array([], dtype=str)),
+            "'splits' lists 0 names; give 1 to 127, or drop 'split' and 'splits'",
+        ),
+        (
+            hand_arrays(split=np.zeros(4, int), splits=np.array([f"s{i}" for i in range(128)])),
+            "'splits' lists 128 names",
+        ),
+        (
+            hand_arrays(split=np.array([0, 0, 0]), splits=np.array(["train"])),
+            r"'split' must have shape \(4,\), got \(3,\)",
+        ),
+        (hand_arrays(splits=np.array(["train"])), "'split' and 'splits' go together"),
+        (
+            hand_arrays(split=np.zeros(4), splits=np.array(["train"])),
+            "'split' must be an integer array",
+        ),
+        (
+            hand_arrays(groups=np.array([json.dumps({"g": ["a"]})])),
+            r"'groups' must have 0 dimension\(s\), got shape \(1,\)",
+        ),
+        (hand_arrays(groups=np.array(json.dumps({"g": []}))), "group 'g' is empty; list at least"),
+        (
+            hand_arrays(groups=np.array(json.dumps({"g": ["aa"]}))),
+            r"unknown class 'aa' \(did you mean 'a'\?\); valid classes: a, b, c, d",
+        ),
+        (hand_arrays(groups=np.array(json.dumps({"g": "a"}))), "must be a JSON object"),
+        (hand_arrays(unseen=np.array([1, 2])), "'unseen' must be a str array"),
+        (hand_arrays(labels=np.array([1, 2, 3, 4])), "these run from 1 to 4: subtract 1"),
+    ],
+)
+def test_more_refusals(tmp_path, arrays, message):
+    path = hand_file(tmp_path, **arrays)
+    with pytest.raises(PipelineError, match=message) as exc:
+        load_predictions(path)
+    assert str(exc.value).startswith(f"{path}: ") and "\n" not in str(exc.value)
+
+
+def test_a_misspelt_required_key_gets_the_likely_name(tmp_path):
+    path = hand_file(tmp_path, **hand_arrays(labels=None, label=np.array([0, 1, 2, 3])))
+    with pytest.raises(PipelineError) as exc:
+        load_predictions(path)
+    assert str(exc.value) == (
+        f"{path}: missing key 'labels' (keys found: classes, label, probs); did you mean "
+        "'labels' (not 'label')?"
+    )
+
+
+def test_fewer_columns_than_classes_point_at_unseen(tmp_path):
+    path = hand_file(
+        tmp_path, **hand_arrays(probs=HAND_PROBS[:, :3] / HAND_PROBS[:, :3].sum(1)[:, None])
+    )
+    with pytest.raises(PipelineError) as exc:
+        load_predictions(path)
+    assert str(exc.value) == (
+        f"{path}: 'probs' must have shape [N, C] = (4, 4), got (4, 3); if the classifier was "
+        "trained on fewer classes, name the others in 'unseen'"
+    )
+
+
+# --------------------------------------------------------------------------- check_values
+
+
+BAD_VALUES = [
+    (
+        {"probs": np.where(np.arange(4)[:, None] == 3, np.nan, HAND_PROBS)},
+        "'probs' row 3 holds NaN",
+    ),
+    (
+        {"probs": np.where(np.arange(4)[:, None] == 3, -HAND_PROBS, HAND_PROBS)},
+        "'probs' row 3 has a negative probability",
+    ),
+    ({"probs": HAND_PROBS * np.array([[1], [1], [1], [2]])}, "'probs' row 3 sums to 2"),
+    (
+        {"probs": None, "logits": np.where(np.arange(4)[:, None] == 3, -np.inf, HAND_PROBS)},
+        "'logits' row 3 holds NaN or inf",
+    ),
+    (
+        {"probs": None, "topk": np.array([[0, 1], [1, 2], [2, 3], [3, -1]])},
+        r"'topk' row 3 holds a class index outside \[0, 4\)",
+    ),
+    (
+        {"probs": None, "topk": np.array([[0, 1], [1, 2], [2, 3], [1, 1]])},
+        "'topk' row 3 lists a class twice",
+    ),
+]
+
+
+@pytest.mark.parametrize("over, message", BAD_VALUES)
+def test_check_values_false_defers_the_value_checks_to_blocks(tmp_path, over, message):
+    """The header and the small arrays are checked at once; the scores' values only when
+    read, in blocks, naming the row by its place in the whole file (here the 2nd block)."""
+    path = hand_file(tmp_path, **hand_arrays(**over))
+    with pytest.raises(PipelineError, match=message):
+        load_predictions(path)
+    pred = load_predictions(path, check_values=False)
+    blocks = pred.blocks(2)
+    next(blocks)  # rows 0 and 1 are fine
+    with pytest.raises(PipelineError, match=message) as exc:
+        next(blocks)
+    assert str(exc.value).startswith(f"{path}: ")
+
+
+def test_check_values_false_still_checks_the_header(tmp_path):
+    path = hand_file(tmp_path, **hand_arrays(probs=HAND_PROBS.astype(np.int32)))
+    with pytest.raises(PipelineError, match="'probs' must be a float array, got dtype int32"):
+        load_predictions(path, check_values=False)
+
+
+# ----------------------------------------------------------------- unseen classes' columns
+
+NARROW = HAND_PROBS[:, [0, 1, 3]] / HAND_PROBS[:, [0, 1, 3]].sum(axis=1, keepdims=True)
+
+
+def test_narrow_probs_come_widened_with_zero_in_the_unseen_column(tmp_path):
+    arrays = hand_arrays(probs=NARROW.astype(np.float32), unseen=np.array(["c"]))
+    pred = load_predictions(hand_file(tmp_path, **arrays))
+    assert pred.unseen == ("c",) and pred.known_only and pred.width == 4
+    assert pred.known_ids == [0, 1, 3]
+    wide = np.concatenate(list(pred.blocks(3)))
+    assert wide.shape == (4, 4) and wide.dtype == np.float32
+    np.testing.assert_array_equal(wide[:, 2], 0.0)
+    np.testing.assert_array_equal(wide[:, [0, 1, 3]], NARROW.astype(np.float32))
+
+
+def test_narrow_logits_come_widened_with_minus_inf(tmp_path):
+    logits = np.log(NARROW)
+    arrays = hand_arrays(probs=None, logits=logits, unseen=np.array(["c"]))
+    pred = load_predictions(hand_file(tmp_path, **arrays))
+    wide = np.concatenate(list(pred.blocks(4)))
+    assert np.isneginf(wide[:, 2]).all()
+    np.testing.assert_array_equal(wide[:, [0, 1, 3]], logits)
+
+
+def test_full_width_probs_with_a_zero_unseen_column(tmp_path):
+    full = np.insert(NARROW, 2, 0.0, axis=1)
+    arrays = hand_arrays(probs=full, unseen=np.array(["c"]))
+    pred = load_predictions(hand_file(tmp_path, **arrays))
+    assert pred.unseen == ("c",) and not pred.known_only and pred.width == 4
+    np.testing.assert_array_equal(np.concatenate(list(pred.blocks(4))), full)
+
+
+def test_a_wrong_width_with_unseen_names_both_shapes(tmp_path):
+    arrays = hand_arrays(probs=HAND_PROBS[:, :2] * 2, unseen=np.array(["c"]))
+    path = hand_file(tmp_path, **arrays)
+    with pytest.raises(PipelineError) as exc:
+        load_predictions(path)
+    assert str(exc.value) == (
+        f"{path}: 'probs' must have shape [N, C] = (4, 4) (every class's column) or "
+        "[N, C - unseen] = (4, 3) (the known classes' columns, in the order of 'classes' "
+        "without the 1 unseen), got (4, 2)"
+    )
+
+
+def test_unseen_in_a_file_is_checked_like_train_unseen(tmp_path):
+    path = hand_file(tmp_path, **hand_arrays(unseen=np.array(["c", "x"])))
+    with pytest.raises(PipelineError) as exc:
+        load_predictions(path)
+    assert str(exc.value) == (f"{path}: 'unseen' names ['x'], not among the classes (a, b, c, d)")
+
+
+# --------------------------------------------------------------------------- arrays in memory
+
+
+def test_arrays_in_memory_give_what_the_file_gives(tmp_path):
+    groups = {"g": ["a", "b"]}
+    arrays = hand_arrays(split=np.array([0, 1, 0, 1]), splits=np.array(["train", "test"]))
+    from_file = load_predictions(hand_file(tmp_path, **arrays, groups=np.array(json.dumps(groups))))
+    mine = predictions_from_arrays({**arrays, "groups": groups, "topk": None})  # a dict: fine
+    assert mine.path == Path("predictions")
+    for name in ("classes", "kind", "width", "splits", "groups", "unseen", "known_only"):
+        assert getattr(mine, name) == getattr(from_file, name), name
+    np.testing.assert_array_equal(mine.labels, from_file.labels)
+    np.testing.assert_array_equal(mine.split, from_file.split)
+    np.testing.assert_array_equal(next(mine.blocks(10)), next(from_file.blocks(10)))
+
+
+@pytest.mark.parametrize("over, message", BAD_VALUES)
+def test_arrays_in_memory_have_every_value_checked(over, message):
+    with pytest.raises(PipelineError, match=message) as exc:
+        predictions_from_arrays(hand_arrays(**over), name="mine")
+    assert str(exc.value).startswith("mine: ")
+
+
+def test_arrays_in_memory_that_are_not_arrays():
+    with pytest.raises(PipelineError, match=r"^predictions: 'probs' is not an array \("):
+        predictions_from_arrays(hand_arrays(probs=[[0.5, 0.5], [1.0]]))
+    with pytest.raises(PipelineError, match="^predictions: 'classes' is an object array"):
+        predictions_from_arrays(hand_arrays(classes=np.array(["a", "b", "c", 4], dtype=object)))
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def test_parse_groups_and_check_groups_name_their_source():
+    classes = ("cat", "dog", "car")
+    assert parse_groups("params.yaml", "null", classes) is None
+    assert parse_groups("here", '{"pets": ["cat", "dog"]}', classes) == {"pets": ["cat", "dog"]}
+    with pytest.raises(PipelineError, match=r"^here: 'groups' is not valid JSON \(Expecting"):
+        parse_groups("here", "{", classes)
+    with pytest.raises(PipelineError) as exc:
+        check_groups("here", {"pets": ["cat", "dgo"]}, classes)
+    assert str(exc.value) == (
+        "here: group 'pets' names unknown class 'dgo' (did you mean 'dog'?); "
+        "valid classes: cat, dog, car"
+    )
+    many = tuple(f"c{i}" for i in range(25))
+    with pytest.raises(PipelineError, match=r"valid classes: c0, .*, c19, \.\.\. \(25 in all\)$"):
+        check_groups("here", {"g": ["zzz"]}, many)
