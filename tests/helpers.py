@@ -534,3 +534,51 @@ def changed_lines(before: str, after: str) -> list[str]:
     """The lines a diff of two texts removes ("-...") and adds ("+..."), in order."""
     diff = difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
     return [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+
+
+# --------------------------------------------------------------------------- evaluate
+
+# The headline figures, the only keys of the metrics file (the tables are plot data).
+HEADLINE = [
+    "table_reliability",
+    "classifiers",
+    "interval_halfwidth",
+    "nearest_share_min",
+    "picture_spread",
+    "classifier_spread",
+    "classifier_agreement",
+    "seed_spread",
+    "seed_reliability",
+    "spearman_vs_confusion",
+    "secondary_vs_confusion",
+    "mean_offdiag_cosine",
+    "collapsed",
+    "noisy",
+    "flat_guesses",
+    "unstable_ranks",
+    "consensus_vs_mean_table",
+    "least_stable_dispersion",
+    "group_separation",
+    "group_nn_agreement",
+    "group_ari",
+]
+# Figures that apply to several classifiers only: left out of the metrics of one.
+SEVERAL_CLASSIFIERS = {"classifier_agreement", "classifier_spread"}
+# Figures of several runs per classifier (gensim's seeds): the jax engine's table is one fit.
+SEVERAL_RUNS = {"seed_spread", "seed_reliability"}
+# Figures of the resampling: left out when evaluate was given no replicates.
+RESAMPLED = {"table_reliability", "interval_halfwidth", "nearest_share_min", "picture_spread"}
+
+
+def headline(m: dict, absent: set[str] = frozenset()) -> list[str]:
+    """HEADLINE in its order, less the figures that do not apply (left out, never null)."""
+    assert None not in m.values(), m
+    return [key for key in HEADLINE if key not in absent]
+
+
+def eval_params(**overrides) -> dict:
+    """The evaluate section: its defaults with `overrides`, validated as params.yaml is."""
+    from confusion_embeddings.core.params import validate_section
+    from confusion_embeddings.evaluation.scores import SCHEMA
+
+    return validate_section("evaluate", overrides, SCHEMA)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from confusion_embeddings.pairs import Pairs
 
 
 def make_synthetic_predictions(
@@ -153,3 +157,74 @@ def hand_arrays(**overrides) -> dict:
     arrays = {"labels": HAND_LABELS, "classes": HAND_CLASSES, "probs": HAND_PROBS}
     arrays.update(overrides)
     return {k: v for k, v in arrays.items() if v is not None}
+
+
+# Hand-made and synthetic pairs for the evaluation tests (test_evaluate, test_confusion,
+# test_report).
+
+
+def hand_pairs(true, guess, k, classes, groups=None, name="c0") -> Pairs:
+    """One classifier's pairs, pictures without a split."""
+    from confusion_embeddings.pairs import Pairs
+
+    true, guess = np.asarray(true, np.int32), np.asarray(guess, np.int32)
+    return Pairs(
+        true=true,
+        guess=guess,
+        rank=np.tile(np.arange(1, k + 1, dtype=np.int8), len(true) // k),
+        prob=np.full(len(true), np.nan, np.float32),
+        split=np.full(len(true), -1, np.int8),
+        classes=tuple(classes),
+        splits=(),
+        groups=groups,
+        top_k=k,
+        classifier=np.zeros(len(true), np.int16),
+        classifiers=(name,),
+    )
+
+
+def split_pairs(tmp_path, seed: int, name: str, **kwargs) -> Pairs:
+    """One classifier's top-3 pairs of a 10-class synthetic file with train/test splits."""
+    from confusion_embeddings.pairs import build_pairs
+    from confusion_embeddings.predictions import load_predictions
+
+    path = tmp_path / f"{name}.npz"
+    write_predictions(
+        path, make_synthetic_predictions(200, CIFAR10, CIFAR10_GROUPS, 1.5, seed=seed, **kwargs)
+    )
+    return build_pairs(load_predictions(path), top_k=3, block_size=4096)
+
+
+# 20 classes in 4 groups of 5, a classifier about 93% right on top-1 whose mistakes stay in
+# the group: many class pairs, so the rank correlation is not at the mercy of a few.
+SECONDARY_CLASSES = [f"s{i:02d}" for i in range(20)]
+SECONDARY_GROUPS = {f"g{g}": SECONDARY_CLASSES[5 * g : 5 * g + 5] for g in range(4)}
+
+
+def secondary_arrays(seed: int) -> dict[str, np.ndarray]:
+    return make_synthetic_predictions(
+        1500, SECONDARY_CLASSES, SECONDARY_GROUPS, confusion_strength=1.0, seed=seed, true_bonus=4.0
+    )
+
+
+def random_lower_guesses(arrays: dict, seed: int) -> dict[str, np.ndarray]:
+    """The same top-1 guesses, the 2nd and 3rd drawn uniformly among the other wrong classes
+    (a `topk` predictions file): lower-ranked guesses that carry no structure."""
+    probs, labels = arrays["probs"], arrays["labels"]
+    n, c = probs.shape
+    top1 = probs.argmax(axis=1)
+    keys = np.random.default_rng(seed).random((n, c))
+    keys[np.arange(n), labels] = 2.0  # never the true class ...
+    keys[np.arange(n), top1] = -1.0  # ... and the top-1 guess first
+    out = {k: v for k, v in arrays.items() if k != "probs"}
+    out["topk"] = np.argsort(keys, axis=1)[:, :3].astype(np.int16)
+    return out
+
+
+def pairs_of(tmp_path, arrays, name="pred") -> Pairs:
+    """The top-3 pairs of `arrays` saved as tmp_path/<name>.npz."""
+    from confusion_embeddings.pairs import build_pairs
+    from confusion_embeddings.predictions import load_predictions
+
+    path = write_predictions(tmp_path / f"{name}.npz", arrays)
+    return build_pairs(load_predictions(path), top_k=3, block_size=65536)

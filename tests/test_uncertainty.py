@@ -17,6 +17,7 @@ from confusion_embeddings.embedding.resampling import (
     draw_weights,
     resampled_counts,
 )
+from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 from confusion_embeddings.pairs import count_matrix, make_pairs
 from confusion_embeddings.predictions import predictions_from_arrays
 
@@ -129,3 +130,9 @@ def test_bootstrap_needs_two_replicates(bad):
     labels, probs = planted(LINKS, 20, 0)
     with pytest.raises(PipelineError, match=rf"^embed_predictions\(bootstrap={bad}\) is out"):
         ce.embed_predictions(labels, CLASSES, probs=probs, bootstrap=bad)
+
+
+def test_ranked_neighbours_descending_ties_by_index():
+    mean = np.array([[1.0, 0.2, 0.9, 0.2], [0.2, 1, 0, 0], [0.9, 0, 1, 0], [0.2, 0, 0, 1]])
+    np.testing.assert_array_equal(ranked_neighbours(mean, 0), [2, 1, 3])
+    np.testing.assert_array_equal(ranked_neighbours(mean, 3), [0, 1, 2])
