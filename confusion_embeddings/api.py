@@ -7,78 +7,89 @@
     result.to_frame()     # class, neighbour, cosine, low, high, rank interval (pandas)
     print(result.report())  # the markdown report the evaluate stage writes
     result.plot()         # the heatmap, a matplotlib Figure
-    result.save("out")    # the files the pairs, embed and evaluate stages write
+    result.save("out")    # the files the pairs, embed, resample and evaluate stages write
 
-It runs the same functions as the pairs, embed and evaluate stages (method.py), with the same
-params (keyword arguments named as in params.yaml's pairs/embed/evaluate sections, defaults
-from the same schemas), the same checks and the same one-line errors (PipelineError, a
-ValueError; a bad keyword argument is named as one: "embed_predictions(dim=0) is out of
-range ..."). It writes nothing unless `save` is called. Several classifiers of the same
-pictures: give lists (`probs=[p0, p1, p2]`, and one `labels` or a list of them). A model
-trained without some classes: name them in `unseen`, and give its C - u columns as they
-are (or C columns, the unseen ones 0).
+It runs the same functions as the pairs, embed, resample and evaluate stages (method.py),
+with the same params (keyword arguments named as in params.yaml's pairs, embed, resample and
+evaluate sections, defaults from the same configs, config/), the same checks and the same
+one-line errors (PipelineError, a ValueError; a bad keyword argument is named as one:
+"embed_predictions(dim=0) is out of range ..."). It writes nothing unless `save` is called.
+Several classifiers of the same pictures: give lists (`probs=[p0, p1, p2]`, and one
+`labels` or a list of them). A model trained without some classes: name them in `unseen`,
+and give its C - u columns as they are (or C columns, the unseen ones 0).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.evaluate import EvaluateConfig
+from confusion_embeddings.config.pairs import PairsConfig
+from confusion_embeddings.config.resample import ResampleConfig
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_dir, write_json
-from confusion_embeddings.core.params import params_given_to, validate_section
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED
+from confusion_embeddings.core.params import params_given_to
+from confusion_embeddings.dvc_yaml import project_dvc_yaml, stage_command
 from confusion_embeddings.embedding.engines import Embedding, embed
-from confusion_embeddings.embedding.store import write_embedding
+from confusion_embeddings.embedding.resampling import resample
+from confusion_embeddings.embedding.store import Replicates, write_embedding, write_replicates
+from confusion_embeddings.evaluation.groups import resolve_groups
 from confusion_embeddings.evaluation.report import metrics_dict, render_report
-from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
 from confusion_embeddings.evaluation.scores import Evaluation
 from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 from confusion_embeddings.evaluation.unseen import read_reference
-from confusion_embeddings.method import EvaluateOutputs, assess, write_evaluation
-from confusion_embeddings.pairs import SCHEMA as PAIRS
+from confusion_embeddings.method import EvaluateOutputs, evaluate, write_evaluation
 from confusion_embeddings.pairs import Pairs, make_pairs, pairs_metrics, write_pairs
 from confusion_embeddings.predictions import predictions_from_arrays
 
-SECTIONS = {"pairs": PAIRS, "embed": EMBED, "evaluate": EVALUATE}
-# Where `save` puts each output, as the project's dvc.yaml names them.
-SAVED = {
-    "pairs": "data/pairs",
-    "pairs_metrics": "metrics/pairs.json",
-    "embed": "data/embed",
-    "evaluate": EvaluateOutputs(
-        metrics=Path("metrics/similarity.json"),
-        table=Path("reports/similarity.csv"),
-        report=Path("reports/similarity.md"),
-        plots=Path("reports/plots"),
-        matrices=Path("reports/similarity_matrices.npz"),
-        vectors=Path("data/class_vectors"),
-    ),
-}
+
+@dataclass(frozen=True)
+class Configs:
+    """The four stages' configs one call runs with (config/)."""
+
+    pairs: PairsConfig
+    embed: EmbedConfig
+    resample: ResampleConfig
+    evaluate: EvaluateConfig
 
 
-def split_params(given: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Keyword arguments -> the three params sections, validated as params.yaml would be
+SECTIONS = {f.name: f.type for f in fields(Configs)}
+CONFIGS = (PairsConfig, EmbedConfig, ResampleConfig, EvaluateConfig)
+
+
+def split_params(given: dict[str, Any]) -> Configs:
+    """Keyword arguments -> the four stages' configs, validated as params.yaml would be
     (a key of no section gets the params' "did you mean" message)."""
-    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    owner = {key: name for name, schema in SECTIONS.items() for key in schema}
+    owner = {key: config for config in CONFIGS for key in config.schema()}
     owner.pop("predictions", None)  # a file path: the API takes arrays instead
+    sections: dict[str, dict[str, Any]] = {config.SECTION: {} for config in CONFIGS}
     for key, value in given.items():
         if key not in owner:
             close = difflib.get_close_matches(key, list(owner), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise PipelineError(
                 f"embed_predictions: unknown parameter '{key}'{hint} (any key of params.yaml's "
-                "pairs, embed or evaluate section)"
+                "pairs, embed, resample or evaluate section)"
             )
-        sections[owner[key]][key] = value
+        sections[owner[key].SECTION][key] = value
+    return Configs(*(config.from_params(sections[config.SECTION]) for config in CONFIGS))
+
+
+def saved_paths() -> dict[str, Path]:
+    """Where `save` puts each output: the paths the project's dvc.yaml gives the stages,
+    keyed "<stage> <option>" (e.g. "evaluate --report")."""
+    dvc_yaml = project_dvc_yaml()
     return {
-        name: validate_section(name, sections[name], schema) for name, schema in SECTIONS.items()
+        f"{stage} {option}": Path(value)
+        for stage in ("pairs", "embed", "resample", "evaluate")
+        for option, value in stage_command(dvc_yaml, stage).options.items()
     }
 
 
@@ -113,7 +124,8 @@ class Result:
     evaluation: Evaluation
     pairs: Pairs = field(repr=False)
     embedding: Embedding = field(repr=False)
-    params: dict[str, dict[str, Any]] = field(repr=False)
+    replicates: Replicates = field(repr=False)
+    configs: Configs = field(repr=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -179,29 +191,28 @@ class Result:
 
     def report(self) -> str:
         """The markdown report the evaluate stage writes."""
-        return render_report(self.evaluation, self.params["evaluate"])
+        return render_report(self.evaluation, self.configs.evaluate)
 
     def plot(self):
         """The similarity heatmap as a matplotlib Figure."""
         from confusion_embeddings.evaluation.plots import heatmap
 
-        return heatmap(self.evaluation, self.params["evaluate"])
+        return heatmap(self.evaluation, self.configs.evaluate)
 
     def save(self, folder: str | Path) -> Path:
-        """Write what the pairs, embed and evaluate stages write, under the paths the
-        project's dvc.yaml gives them, into `folder`; returns it."""
+        """Write what the pairs, embed, resample and evaluate stages write, under the paths
+        the project's dvc.yaml gives them, into `folder`; returns it."""
         folder = Path(folder)
-        with atomic_dir(folder / SAVED["pairs"]) as tmp:
+        at = {key: folder / path for key, path in saved_paths().items()}
+        with atomic_dir(at["pairs --out"]) as tmp:
             write_pairs(self.pairs, tmp)
-        write_json(folder / SAVED["pairs_metrics"], pairs_metrics(self.pairs))
-        with atomic_dir(folder / SAVED["embed"]) as tmp:
+        write_json(at["pairs --metrics"], pairs_metrics(self.pairs))
+        with atomic_dir(at["embed --out"]) as tmp:
             write_embedding(tmp, self.embedding)
-        out = SAVED["evaluate"]
-        write_evaluation(
-            self.evaluation,
-            self.params["evaluate"],
-            EvaluateOutputs(*(folder / p for p in vars(out).values())),
-        )
+        with atomic_dir(at["resample --out"]) as tmp:
+            write_replicates(tmp, self.replicates)
+        outputs = {f.name: at[f"evaluate --{f.name}"] for f in fields(EvaluateOutputs)}
+        write_evaluation(self.evaluation, self.configs.evaluate, EvaluateOutputs(**outputs))
         return folder
 
 
@@ -225,16 +236,19 @@ def embed_predictions(
     the report places them, evaluation/unseen.py), their rows compared with the similarity
     table CSV `reference` if given; probs/logits may then be [N, C - u], the known classes'
     columns in the order of `classes` without the unseen ones (predictions.py). `params`:
-    any key of params.yaml's pairs, embed or evaluate section, e.g. top_k=1, dim=10,
-    bootstrap=500; a bad one raises PipelineError naming the keyword argument."""
+    any key of params.yaml's pairs, embed, resample or evaluate section, e.g. top_k=1,
+    dim=10, bootstrap=500; a bad one raises PipelineError naming the keyword argument."""
     with params_given_to("embed_predictions"):  # a bad value names its keyword argument
-        sections = split_params(params)
+        configs = split_params(params)
         predictions = _predictions(labels, classes, probs, logits, topk, groups, unseen)
-        pairs = make_pairs(predictions, sections["pairs"])
-        embedding = embed(pairs, sections["embed"])
+        pairs = make_pairs(predictions, configs.pairs)
+        # The groups are checked before the refits, which take the longest.
+        resolve_groups(configs.evaluate.groups, pairs.groups, pairs.classes)
+        embedding = embed(pairs, configs.embed)
+        replicates = resample(pairs, embedding, configs.resample)
         ref = (str(reference), read_reference(reference)) if reference is not None else None
-        ev = assess(pairs, embedding, sections["evaluate"], reference=ref)
-    return Result(ev, pairs, embedding, sections)
+        ev = evaluate(pairs, embedding, replicates, configs.evaluate, reference=ref)
+    return Result(ev, pairs, embedding, replicates, configs)
 
 
 def _predictions(labels, classes, probs, logits, topk, groups, unseen) -> list:

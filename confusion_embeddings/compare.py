@@ -14,7 +14,7 @@ Prints the Spearman between the two tables with its bootstrap interval, the nois
 (how alike two tables of the same underlying table would be, each as noisy as its side) with
 its interval, whether they are different beyond noise with the two figures that verdict
 compares (the Spearman and the noise ceiling's low bound), and the class pairs that differ
-beyond their intervals (evaluation/comparison.py has the definitions). Writes into --out:
+beyond their intervals (evaluation/table_difference.py has the definitions). Writes into --out:
 comparison.json (the same figures) and comparison.png (A against B, one dot per class pair,
 with interval bars; the differing pairs named).
 """
@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_dir, write_json
-from confusion_embeddings.evaluation.comparison import Comparison, Side, compare
+from confusion_embeddings.dvc_yaml import stage_path
+from confusion_embeddings.evaluation.table_difference import Comparison, Side, compare_tables
 
 JSON_FILE = "comparison.json"
 PLOT_FILE = "comparison.png"
@@ -41,14 +40,7 @@ MATRICES_FILE = "similarity_matrices.npz"  # the evaluate stage's --matrices, by
 
 def matrices_path(dvc_yaml: Path) -> Path:
     """The evaluate stage's `--matrices` path in a dvc.yaml, relative to its folder."""
-    try:
-        cmd = yaml.safe_load(dvc_yaml.read_text())["stages"]["evaluate"]["cmd"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise PipelineError(f"{dvc_yaml}: no evaluate stage to read ({exc})") from None
-    found = re.search(r"--matrices\s+(\S+)", cmd)
-    if not found:
-        raise PipelineError(f"{dvc_yaml}: the evaluate stage names no --matrices file")
-    return Path(found.group(1))
+    return stage_path(dvc_yaml, "evaluate", "--matrices")
 
 
 def _read(data: bytes | Path, name: str) -> Side:
@@ -220,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not 0.5 <= args.confidence < 1:
         raise PipelineError(f"--confidence {args.confidence}: a number in [0.5, 1)")
-    result = compare(load_side(args.a), load_side(args.b), args.confidence)
+    result = compare_tables(load_side(args.a), load_side(args.b), args.confidence)
     print("\n".join(summary_lines(result, args.a, args.b)))
     with atomic_dir(args.out) as tmp:
         write_json(tmp / JSON_FILE, result.as_dict(args.a, args.b))

@@ -1,66 +1,79 @@
-"""The method, from predictions to a trusted table: one path for the pairs, embed and evaluate
-stages, a study, and the Python API (api.py), so that all of them give the same table.
+"""The method, from predictions to a trusted table: one path for the pairs, embed, resample
+and evaluate stages, a study, and the Python API (api.py), so that all of them give the same
+table. Each step takes its stage's config (config/) whole:
 
-    pairs.make_pairs(predictions, pairs params)  -> Pairs
-    embedding.engines.embed(pairs, embed params) -> Embedding
-    assess(pairs, embedding, evaluate params)    -> Evaluation (resampling, then every figure)
+    pairs.make_pairs(predictions, PairsConfig)         -> Pairs
+    embedding.engines.embed(pairs, EmbedConfig)        -> Embedding
+    embedding.resampling.resample(pairs, embedding, ResampleConfig)
+                                                       -> Replicates (the refits: the cost)
+    evaluate(pairs, embedding, replicates, EvaluateConfig) -> Evaluation (every figure)
 
-and `write_evaluation`, what the evaluate stage writes. Reads nothing; writes only there.
+`evaluate_files` reads the stages' folders for `evaluate`; `write_evaluation` writes what the
+evaluate stage writes. Nothing else here reads or writes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from confusion_embeddings.core.errors import PipelineError
+from confusion_embeddings.config.evaluate import EvaluateConfig
 from confusion_embeddings.core.files import atomic_dir, atomic_file, save_npz, write_json
-from confusion_embeddings.embedding.engines import Embedding
 from confusion_embeddings.embedding.formats import write_class_vectors
-from confusion_embeddings.embedding.resampling import replicate_vectors
+from confusion_embeddings.embedding.store import (
+    Embedding,
+    Replicates,
+    Sources,
+    check_same_classes,
+    load_embedding,
+    load_replicates,
+)
 from confusion_embeddings.evaluation.groups import resolve_groups
 from confusion_embeddings.evaluation.plots import write_plots, write_similarity_csv
 from confusion_embeddings.evaluation.report import metrics_dict, render_report
-from confusion_embeddings.evaluation.scores import Evaluation, evaluate
-from confusion_embeddings.evaluation.unseen import assess_unseen
-from confusion_embeddings.pairs import Pairs
+from confusion_embeddings.evaluation.scores import Evaluation, compute_figures
+from confusion_embeddings.evaluation.unseen import assess_unseen, read_reference
+from confusion_embeddings.pairs import Pairs, load_pairs
 
 
-def assess(
+def evaluate(
     pairs: Pairs,
     embedding: Embedding,
-    params: dict[str, Any],
-    sources: tuple[str, str] = ("the class vectors", "the pairs"),
+    replicates: Replicates,
+    config: EvaluateConfig,
     reference: tuple[str, dict[tuple[str, str], float]] | None = None,
+    sources: Sources | None = None,
 ) -> Evaluation:
-    """Every figure of the table (evaluate params), the vectors refitted on
-    `evaluate.bootstrap` redraws of the pictures first (embedding/resampling.py).
-    `sources` names the embedding and the pairs in the error when they do not match.
+    """Every figure of the table (evaluation/scores.py), its intervals from the replicates.
     Where the pairs have unseen classes, `reference` (where from, and its table:
     evaluation/unseen.py's read_reference) is what their rows are compared with."""
-    manifest = embedding.manifest
-    if (tuple(manifest["classes"]), tuple(manifest["classifiers"])) != (
-        pairs.classes,
-        pairs.classifiers,
-    ):
-        raise PipelineError(
-            f"{sources[0]}: its classes or classifiers differ from those of {sources[1]}; "
-            "rerun embed (dvc repro embed)"
-        )
-    # The groups are checked before the resampling, which takes the longest.
-    resolve_groups(params["groups"], pairs.groups, pairs.classes)
-    replicates = replicate_vectors(
-        pairs, embedding.restarts, manifest["params"], params["bootstrap"], params["seed"]
+    check_same_classes(pairs, embedding.manifest, "embed", sources)
+    check_same_classes(pairs, replicates.manifest, "resample", sources)
+    ev = compute_figures(
+        pairs, embedding.vectors, config, embedding.manifest, replicates.vectors, replicates.seed
     )
-    ev = evaluate(pairs, embedding.vectors, params, manifest, replicates)
     if not pairs.unseen:
         return ev
     u = ev.uncertainty
-    unseen = assess_unseen(pairs, ev.mean, u.low, u.high, ev.consensus.vectors, params, reference)
+    unseen = assess_unseen(pairs, ev.mean, u.low, u.high, ev.consensus.vectors, config, reference)
     return replace(ev, unseen=unseen)
+
+
+def evaluate_files(
+    pairs_dir: Path, embed_dir: Path, resample_dir: Path, reference: Path, config: EvaluateConfig
+) -> Evaluation:
+    """`evaluate` on the pairs, embed and resample stages' folders; the reference table is
+    read only where the pairs have unseen classes (something to place)."""
+    pairs = load_pairs(pairs_dir)
+    resolve_groups(config.groups, pairs.groups, pairs.classes)  # the params first, then the rest
+    sources = {"pairs": str(pairs_dir), "embed": str(embed_dir), "resample": str(resample_dir)}
+    embedding = load_embedding(embed_dir)
+    check_same_classes(pairs, embedding.manifest, "embed", sources)  # before the refits' files
+    replicates = load_replicates(resample_dir)
+    table = (str(reference), read_reference(reference)) if pairs.unseen else None
+    return evaluate(pairs, embedding, replicates, config, table, sources)
 
 
 @dataclass(frozen=True)
@@ -94,14 +107,14 @@ def matrices(ev: Evaluation) -> dict[str, np.ndarray]:
     }
 
 
-def write_evaluation(ev: Evaluation, params: dict[str, Any], out: EvaluateOutputs) -> None:
+def write_evaluation(ev: Evaluation, config: EvaluateConfig, out: EvaluateOutputs) -> None:
     """Everything the evaluate stage writes, each output replaced atomically."""
     with atomic_dir(out.plots) as tmp:
-        write_plots(ev, tmp, params)
+        write_plots(ev, tmp, config)
     with atomic_file(out.table) as tmp:
         write_similarity_csv(ev, tmp)
     with atomic_file(out.report) as tmp:
-        tmp.write_text(render_report(ev, params))
+        tmp.write_text(render_report(ev, config))
     with atomic_file(out.matrices) as tmp:
         save_npz(tmp, matrices(ev))
     group_names = list((ev.groups or {}).keys())

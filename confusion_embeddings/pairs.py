@@ -1,9 +1,7 @@
 """(true class, k-th guess) pairs from a classifier's top-k guesses, and the pairs file.
 
-Reads: one predictions file per classifier (format: predictions.py) and the `pairs` params:
-    top_k        guesses per picture, 1 <= top_k < C - u (and <= k of a `topk` file), where
-                 u classes are unseen (the predictions file's `unseen`); default 3
-    block_size   pictures per top-k block; bounds memory whatever N is
+Reads: one predictions file per classifier (format: predictions.py), with the pairs
+config (config/pairs.py: top_k, block_size).
 
 Writes (write_pairs, into the folder the pairs stage names):
   pairs.npz         P = N * top_k pairs, picture-major (picture i's pairs are rows
@@ -34,32 +32,18 @@ with unseen classes also "unseen": [names] and "unseen_pictures".
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from confusion_embeddings.config.pairs import PairsConfig
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import save_npz
-from confusion_embeddings.core.params import Param, at_least, int_list, param_ref
+from confusion_embeddings.core.params import param_ref
 from confusion_embeddings.predictions import Predictions, load_predictions
-
-# params.yaml `classifiers:`: one CNN per seed (dvc.yaml's train@<seed> and predict@<seed>),
-# whose predictions files the pairs stage reads; dvc.yaml hands the seeds to the stages.
-CLASSIFIERS = {"seeds": Param(list, [0, 1, 2], int_list(0, distinct=True, what="seeds"))}
-
-SCHEMA = {
-    # A study's own predictions file (confusion_embeddings/study.py); the CIFAR-10 pipeline's
-    # pairs stage reads its classifiers' folder, named in dvc.yaml, and leaves this null.
-    "predictions": Param(str, None, nullable=True),
-    "top_k": Param(int, 3, at_least(1)),
-    "block_size": Param(int, 65536, at_least(1)),
-}
 
 PAIRS_FILE = "pairs.npz"
 # The confusion plot data: every non-empty cell up to this many classes, beyond the
@@ -127,15 +111,6 @@ class Pairs:
 # --------------------------------------------------------------------------- core
 
 
-@functools.partial(jax.jit, static_argnames=("k", "from_logits"))
-def _topk_block(scores: jax.Array, k: int, from_logits: bool) -> tuple[jax.Array, jax.Array]:
-    """Top-k class indices and their probabilities for one [block_size, C] block."""
-    values, indices = jax.lax.top_k(scores, k)  # ties: the lower class index first
-    if from_logits:
-        values = jnp.exp(values - jax.nn.logsumexp(scores, axis=-1, keepdims=True))
-    return indices, values
-
-
 def _check_top_k(top_k: int, pred: Predictions) -> None:
     known = pred.n_classes - len(pred.unseen)
     if top_k >= known:
@@ -171,6 +146,9 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
             start += len(block)
         prob.fill(np.nan)
     else:
+        # Imported here: JAX loads only where pairs are made, not where they are read.
+        from confusion_embeddings.topk import topk_block
+
         rows = min(block_size, n)  # fixed for the whole run, so still one compilation
         padded = np.zeros((rows, pred.n_classes), np.float32)
         for block in pred.blocks(rows):
@@ -178,7 +156,7 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
             padded[:b] = block
             padded[b:] = 0.0
             padded[:, blocked] = -np.inf  # below any probability or logit
-            idx, val = _topk_block(padded, k=k, from_logits=pred.kind == "logits")
+            idx, val = topk_block(padded, k=k, from_logits=pred.kind == "logits")
             # np.asarray waits for the result, so `padded` is free to be refilled next.
             guess[start : start + b] = np.asarray(idx)[:b]
             prob[start : start + b] = np.asarray(val)[:b]
@@ -236,10 +214,10 @@ def combine(parts: list[Pairs]) -> Pairs:
     return replace(first, **joined, classifier=index, classifiers=names)
 
 
-def make_pairs(predictions: list[tuple[str, Predictions]], params: dict) -> Pairs:
-    """The pairs of every (name, predictions) classifier, with the pairs params."""
+def make_pairs(predictions: list[tuple[str, Predictions]], config: PairsConfig) -> Pairs:
+    """The pairs of every (name, predictions) classifier."""
     return combine(
-        [build_pairs(p, params["top_k"], params["block_size"], name) for name, p in predictions]
+        [build_pairs(p, config.top_k, config.block_size, name) for name, p in predictions]
     )
 
 
@@ -281,29 +259,33 @@ def pairs_metrics(pairs: Pairs) -> dict:
 # --------------------------------------------------------------------------- files
 
 
-def predictions_files(path: Path, seeds: list[int] | None) -> list[tuple[str, Path]]:
-    """(classifier name, file) for every classifier to read."""
+SEED = "{seed}"  # where a --predictions pattern puts a classifier's seed
+
+
+def predictions_files(path: str | Path, seeds: list[int] | None) -> list[tuple[str, Path]]:
+    """(classifier name, file) for every classifier to read: the file `path`, or with `seeds`
+    the file of each seed, `path` being a pattern with {seed} where the seed goes (dvc.yaml
+    gives it, e.g. data/predictions/seed_{seed}.npz). The name is the file's stem."""
+    path = str(path)
     if seeds is None:
-        return [(path.stem, path)]
-    if path.exists() and not path.is_dir():
-        raise PipelineError(f"{path}: --seeds names classifiers in a folder; this is a file")
-    return [(f"seed_{s}", path / f"seed_{s}.npz") for s in seeds]
+        return [(Path(path).stem, Path(path))]
+    if SEED not in path:
+        raise PipelineError(f"--predictions {path}: with --seeds, a pattern with {SEED} in it")
+    files = [Path(path.replace(SEED, str(s))) for s in seeds]
+    return [(file.stem, file) for file in files]
 
 
 def read_classifiers(
-    path: Path, seeds: list[int] | None, params: dict
+    files: list[tuple[str, Path]], config: PairsConfig
 ) -> list[tuple[str, Predictions]]:
-    """(name, predictions) of every classifier the pairs stage reads: the file at `path`,
-    or with `seeds` the files seed_<s>.npz in the folder `path` (whose other classifiers'
-    files are removed, see remove_stale). Values are checked later, block by block, as
-    build_pairs reads them."""
-    if seeds is not None and path.is_dir():
-        remove_stale(path, seeds)
+    """(name, predictions) of every (name, file). Values are checked later, block by block,
+    as build_pairs reads them. A missing file that params `pairs.predictions` named (a
+    study's) is refused naming that param."""
     predictions = []
-    for name, file in predictions_files(path, seeds):
-        if not file.exists() and params["predictions"] == str(path):
+    for name, file in files:
+        if not file.exists() and config.predictions == str(file):
             raise PipelineError(
-                f"params.yaml: 'pairs.predictions' = {params['predictions']!r} names no file; "
+                f"{param_ref('pairs', 'predictions', config.predictions)} names no file; "
                 "point it at your predictions file (.npz, kept under inputs/)"
             )
         predictions.append((name, load_predictions(file, check_values=False)))
@@ -320,16 +302,22 @@ def summary_line(metrics: dict) -> str:
     )
 
 
-def remove_stale(folder: Path, seeds: list[int]) -> None:
-    """Delete the predictions of classifiers no longer in `seeds`: DVC leaves a removed
-    stage's output in place, and this folder is the pairs stage's dependency, so a stale
-    file would enter its hash (and a fresh clone, which never has it, would see pairs as
-    changed)."""
-    wanted = {f"seed_{s}.npz" for s in seeds}
-    for stale in sorted(folder.glob("seed_*.npz")):
-        if stale.name not in wanted:
-            stale.unlink()
-            print(f"pairs: removed {stale} (its seed is no longer in classifiers.seeds)")
+def delete_stale_predictions(pattern: str | Path, seeds: list[int]) -> list[Path]:
+    """Delete the predictions files matching `pattern` (predictions_files) whose seed is no
+    longer in `seeds`, and return them: DVC leaves a removed stage's output in place, and
+    their folder is the pairs stage's dependency, so a stale file would enter its hash (and a
+    fresh clone, which never has it, would see pairs as changed)."""
+    wanted = {file for _, file in predictions_files(pattern, seeds)}
+    pattern_path = Path(pattern)
+    # the seed goes into the file name only (a folder per seed would need a recursive glob)
+    stale = [
+        f
+        for f in sorted(pattern_path.parent.glob(pattern_path.name.replace(SEED, "*")))
+        if f not in wanted
+    ]
+    for file in stale:
+        file.unlink()
+    return stale
 
 
 def write_pairs(pairs: Pairs, out_dir: Path) -> None:

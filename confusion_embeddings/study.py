@@ -1,4 +1,5 @@
-"""A study of one's own predictions: a git + DVC repository running pairs -> embed -> evaluate.
+"""A study of one's own predictions: a git + DVC repository running pairs -> embed -> resample
+-> evaluate.
 
     python -m confusion_embeddings.study studies/digits --predictions digits.npz
 
@@ -7,12 +8,12 @@ DVC command run there (`dvc repro`, `dvc exp run -S ...`, `dvc exp show`, `dvc p
 `dvc metrics diff`, `dvc plots diff`) concerns that study alone:
     inputs/predictions.npz  a copy of the file, tracked by DVC (inputs/predictions.npz.dvc),
                             never by git
-    params.yaml             the pairs, embed and evaluate sections at their defaults, with
+    params.yaml             the pairs, embed, resample and evaluate sections at their defaults, with
                             pairs.predictions naming the file and evaluate.groups null (the
                             file's own groups, if it has any), written as DVC writes it, so
                             that `dvc exp run -S` changes only the values it sets
     project                 a link to this checkout of the project (absolute, committed)
-    dvc.yaml                the project's pairs, embed and evaluate stages, generated from its
+    dvc.yaml                the project's pairs, embed, resample and evaluate stages, made from its
                             dvc.yaml: the same stage code (run through the link, and a
                             dependency of every stage, so a change to it reruns them), the
                             study's own data and outputs
@@ -29,23 +30,25 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.evaluate import EvaluateConfig
+from confusion_embeddings.config.pairs import PairsConfig
+from confusion_embeddings.config.resample import ResampleConfig
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import defaults
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED
+from confusion_embeddings.dvc_yaml import PROJECT, project_dvc_yaml, read_stages, stage_command
 from confusion_embeddings.embedding.engines import check_trainable
-from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
-from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import make_pairs
 from confusion_embeddings.predictions import load_predictions
 
-PROJECT = Path(__file__).resolve().parents[1]
-STAGES = ("pairs", "embed", "evaluate")
+CONFIGS = (PairsConfig, EmbedConfig, ResampleConfig, EvaluateConfig)
+STAGES = tuple(config.SECTION for config in CONFIGS)
 INPUTS = "inputs"
 PREDICTIONS = f"{INPUTS}/predictions.npz"
 # The study's link to the project's checkout (an absolute symbolic link, committed): the
@@ -53,14 +56,17 @@ PREDICTIONS = f"{INPUTS}/predictions.npz"
 # study, and a queued experiment's temporary copy of the study (`dvc exp run --queue`)
 # still finds the code.
 CODE = "project"
-# The project's pairs stage reads its classifiers' folder; a study's reads its one file.
-CLASSIFIERS_ARGS = "--predictions data/predictions ${classifiers}"
-STUDY_ARGS = "--predictions ${pairs.predictions}"
+# The project's pairs stage reads its classifiers' files (--seeds, by DVC's ${classifiers});
+# a study's reads its one file, which its params name.
+STUDY_PREDICTIONS = "${pairs.predictions}"
+SHIPPED = ("stages", "confusion_embeddings", "references")  # read through the CODE link
 
 
 def study_params() -> dict[str, dict[str, Any]]:
-    pairs = {**defaults(PAIRS), "predictions": PREDICTIONS}
-    return {"pairs": pairs, "embed": defaults(EMBED), "evaluate": defaults(EVALUATE)}
+    """The study's params: every section at its defaults, pairs.predictions its file."""
+    params = {config.SECTION: config().to_dict() for config in CONFIGS}
+    params["pairs"]["predictions"] = PREDICTIONS
+    return params
 
 
 def params_text() -> str:
@@ -72,26 +78,32 @@ def params_text() -> str:
     return dumps_yaml(study_params())
 
 
+def _through_link(path: str) -> str:
+    return f"{CODE}/{path}" if path.split("/", 1)[0] in SHIPPED else path
+
+
+def study_stage(dvc_yaml: Path, name: str) -> dict[str, Any]:
+    """One of the project's stages for the study: its code run through the CODE link, the
+    references read through it, the predictions from inputs/, every other path as is."""
+    entry = dict(read_stages(dvc_yaml)[name])
+    command = stage_command(dvc_yaml, name)
+    options = {flag: _through_link(value) for flag, value in command.options.items()}
+    if "--predictions" in options:  # the one file, not the classifiers' (no ${classifiers})
+        options["--predictions"] = STUDY_PREDICTIONS
+        command = replace(command, other=())
+    program = ("python", f"{CODE}/stages/{name}.py")
+    entry["cmd"] = replace(command, program=program, options=options).text()
+    # The inputs folder, not the file: a mistyped pairs.predictions then reaches the
+    # stage, which names the param, instead of stopping DVC with a bare missing path.
+    entry["deps"] = [INPUTS if d == "data/predictions" else _through_link(d) for d in entry["deps"]]
+    return entry
+
+
 def study_pipeline(project: Path) -> dict[str, Any]:
-    """The study's dvc.yaml, made from the project's: its pairs, embed and evaluate stages
-    with the code read through the study's CODE link and the predictions from inputs/."""
-    doc = yaml.safe_load((project / "dvc.yaml").read_text())
-
-    shipped = ("stages", "confusion_embeddings", "references")  # read through the CODE link
-
-    def code(path: str) -> str:
-        return f"{CODE}/{path}" if path.split("/", 1)[0] in shipped else path
-
-    stages = {}
-    for name in STAGES:
-        entry = dict(doc["stages"][name])
-        cmd = entry["cmd"].replace(f"python -m stages.{name}", f"python {CODE}/stages/{name}.py")
-        cmd = cmd.replace(" references/", f" {CODE}/references/")
-        entry["cmd"] = cmd.replace(CLASSIFIERS_ARGS, STUDY_ARGS)
-        # The inputs folder, not the file: a mistyped pairs.predictions then reaches the
-        # stage, which names the param, instead of stopping DVC with a bare missing path.
-        entry["deps"] = [INPUTS if d == "data/predictions" else code(d) for d in entry["deps"]]
-        stages[name] = entry
+    """The study's dvc.yaml, made from the project's (study_stage), with its plots."""
+    dvc_yaml = project / "dvc.yaml" if project != PROJECT else project_dvc_yaml()
+    doc = yaml.safe_load(dvc_yaml.read_text())
+    stages = {name: study_stage(dvc_yaml, name) for name in STAGES}
     return {"stages": stages, "plots": doc.get("plots", [])}
 
 
@@ -133,9 +145,8 @@ def check_file(predictions: Path) -> None:
             f"--predictions {predictions}: no such file"
             + (f"; .npz files in {here}: {', '.join(nearby)}" if nearby else "")
         )
-    params = study_params()
-    pred = load_predictions(predictions)
-    check_trainable(make_pairs([(predictions.stem, pred)], params["pairs"]), params["embed"])
+    pairs = make_pairs([(predictions.stem, load_predictions(predictions))], PairsConfig())
+    check_trainable(pairs, EmbedConfig())
 
 
 def create(folder: str | Path, predictions: str | Path, project: Path = PROJECT) -> Path:
@@ -186,7 +197,7 @@ def _build(folder: Path, predictions: Path, project: Path) -> None:
     for line in ran.splitlines():
         if line.startswith("warning:"):
             print(line, file=sys.stderr)
-        elif line.startswith(("pairs:", "embed:", "evaluate:")):
+        elif line.startswith(tuple(f"{stage}:" for stage in STAGES)):
             print(line)
     _run(["git", "add", "-A"], folder)
     _run(
@@ -196,7 +207,7 @@ def _build(folder: Path, predictions: Path, project: Path) -> None:
             "commit",
             "-q",
             "-m",
-            f"Baseline study of {predictions.name}: pairs, embed, evaluate at default params",
+            f"Baseline study of {predictions.name}: {', '.join(STAGES)} at default params",
         ],
         folder,
     )

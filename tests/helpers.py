@@ -35,15 +35,17 @@ from PIL import Image
 from confusion_embeddings.core.cli import _PLACEHOLDER, _lookup
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["prepare", "train", "predict", "pairs", "embed", "evaluate"]
-# Where each stage's params schema lives (the stage module imports it from there).
+STAGES = ["prepare", "train", "predict", "pairs", "embed", "resample", "evaluate"]
+# Where each stage's params schema lives (the stage module imports it, or its config class,
+# from there).
 SCHEMA_MODULES = {
     "prepare": "confusion_embeddings.data.prepare",
     "train": "confusion_embeddings.cnn.config",
     "predict": "confusion_embeddings.cnn.inference",
-    "pairs": "confusion_embeddings.pairs",
-    "embed": "confusion_embeddings.embedding.engines",
-    "evaluate": "confusion_embeddings.evaluation.scores",
+    "pairs": "confusion_embeddings.config.pairs",
+    "embed": "confusion_embeddings.config.embed",
+    "resample": "confusion_embeddings.config.resample",
+    "evaluate": "confusion_embeddings.config.evaluate",
 }
 # A network and a schedule small enough to train in seconds (train section overrides).
 TINY_TRAIN = {
@@ -576,9 +578,19 @@ def headline(m: dict, absent: set[str] = frozenset()) -> list[str]:
     return [key for key in HEADLINE if key not in absent]
 
 
-def eval_params(**overrides) -> dict:
-    """The evaluate section: its defaults with `overrides`, validated as params.yaml is."""
-    from confusion_embeddings.core.params import validate_section
-    from confusion_embeddings.evaluation.scores import SCHEMA
+def eval_params(**overrides):
+    """The evaluate config: its defaults with `overrides`, validated as params.yaml is."""
+    from confusion_embeddings.config.evaluate import EvaluateConfig
 
-    return validate_section("evaluate", overrides, SCHEMA)
+    return EvaluateConfig.from_params(overrides)
+
+
+def resample_and_evaluate(pairs, embedding, bootstrap: int = 20, **overrides):
+    """method.py's resample then evaluate, as the two stages run them: `bootstrap` redraws
+    (seed 0), the evaluate config's defaults with `overrides`."""
+    from confusion_embeddings.config.resample import ResampleConfig
+    from confusion_embeddings.embedding.resampling import resample
+    from confusion_embeddings.method import evaluate
+
+    replicates = resample(pairs, embedding, ResampleConfig.from_params({"bootstrap": bootstrap}))
+    return evaluate(pairs, embedding, replicates, eval_params(**overrides))

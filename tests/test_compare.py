@@ -1,4 +1,4 @@
-"""`python -m confusion_embeddings.compare` (compare.py, evaluation/comparison.py): two tables
+"""`python -m confusion_embeddings.compare` (compare.py, evaluation/table_difference.py): two tables
 that differ in one planted class pair differ there and only there; two resamples of one
 file are not different."""
 
@@ -14,7 +14,7 @@ import confusion_embeddings as ce
 from confusion_embeddings.compare import main as compare_main
 from confusion_embeddings.compare import verdict_line
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.evaluation.comparison import Comparison
+from confusion_embeddings.evaluation.table_difference import Comparison
 
 from synthetic import LINKED_CLASSES as CLASSES
 from synthetic import linked_predictions as planted

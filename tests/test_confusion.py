@@ -43,7 +43,7 @@ def test_test_pictures_and_top1_accuracy_without_a_test_split():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_secondary_structure_follows_planted_lower_guesses(tmp_path, seed):
-    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    max_pairs = len(SECONDARY_CLASSES) * eval_params().top_n
     arrays = secondary_arrays(seed)
     planted = pairs_of(tmp_path, arrays)
     assert 0.85 < top1_accuracy(planted) < 0.97
@@ -56,7 +56,7 @@ def test_secondary_structure_follows_planted_lower_guesses(tmp_path, seed):
 def test_secondary_structure_ignores_top1_mistakes_for_a_weaker_classifier(tmp_path):
     """Random lower-ranked guesses of a classifier right only ~63% of the time: still no
     order among its wrong classes beyond the top-1, so near zero."""
-    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    max_pairs = len(SECONDARY_CLASSES) * eval_params().top_n
     for seed in (0, 1):
         arrays = make_synthetic_predictions(
             1500, SECONDARY_CLASSES, SECONDARY_GROUPS, 1.5, seed=seed, true_bonus=3.0

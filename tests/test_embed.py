@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from gensim.models import KeyedVectors
 
+from confusion_embeddings.config.embed import EmbedConfig
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding.engines import (
-    SCHEMA,
-    train_all,
-    train_vectors,
+    fit_classifiers,
+    fit_runs,
     updates_per_class,
 )
 from confusion_embeddings.embedding.formats import write_word2vec
@@ -41,14 +40,14 @@ def pairs(tmp_path_factory) -> Pairs:
     return planted_pairs(tmp_path_factory.mktemp("pred"), 1500)
 
 
-def params(**overrides) -> dict:
-    """The gensim engine's params (tests/test_skipgram.py tests the jax engine)."""
-    return validate_section("embed", {"engine": "gensim", "seeds": [0, 1, 2], **overrides}, SCHEMA)
+def params(**overrides) -> EmbedConfig:
+    """The gensim engine's config (tests/test_skipgram.py tests the jax engine)."""
+    return EmbedConfig.from_params({"engine": "gensim", "seeds": [0, 1, 2], **overrides})
 
 
 @pytest.fixture(scope="module")
 def vectors(pairs) -> np.ndarray:
-    return train_vectors(pairs, params())
+    return fit_runs(pairs, params())
 
 
 def test_shape_and_dtype(vectors):
@@ -56,7 +55,7 @@ def test_shape_and_dtype(vectors):
 
 
 def test_same_seed_same_vectors_other_seed_differs(pairs, vectors):
-    again = train_vectors(pairs, params(seeds=[1, 0]))
+    again = fit_runs(pairs, params(seeds=[1, 0]))
     np.testing.assert_array_equal(again[0], vectors[1])
     np.testing.assert_array_equal(again[1], vectors[0])
     assert not np.allclose(vectors[0], vectors[1])
@@ -84,21 +83,23 @@ def two_classifiers(tmp_path_factory, pairs) -> Pairs:
 
 
 def test_one_vector_set_per_classifier_and_seed(two_classifiers, vectors):
-    all_vectors, restarts = train_all(two_classifiers, params())
+    all_vectors, restarts = fit_classifiers(two_classifiers, params())
     assert restarts is None  # gensim: its seeds are the runs, nothing to restart from
     assert all_vectors.shape == (2, 3, len(CLASSES), 5) and all_vectors.dtype == np.float32
     # Each classifier's vectors are those of its own pairs alone: the first is `vectors`.
     np.testing.assert_array_equal(all_vectors[0], vectors)
-    np.testing.assert_array_equal(all_vectors[1], train_vectors(two_classifiers.of(1), params()))
+    np.testing.assert_array_equal(all_vectors[1], fit_runs(two_classifiers.of(1), params()))
     assert not np.allclose(all_vectors[0], all_vectors[1])
     # One classifier: [1, S, C, dim].
-    np.testing.assert_array_equal(train_all(two_classifiers.of(0), params())[0], vectors[None])
+    np.testing.assert_array_equal(
+        fit_classifiers(two_classifiers.of(0), params())[0], vectors[None]
+    )
 
 
 def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_classifiers):
     p = params()
     one, two = (
-        run_embed_stage(tmp_path / name, two_classifiers, engine=p["engine"], seeds=p["seeds"])
+        run_embed_stage(tmp_path / name, two_classifiers, engine=p.engine, seeds=p.seeds)
         for name in ("one", "two")
     )
     # Only these two: the word2vec exports are no longer the embed stage's.
@@ -108,7 +109,7 @@ def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_clas
         assert f.read_bytes() == (two / f.name).read_bytes(), f.name
 
     loaded, manifest = load_vectors(one)
-    np.testing.assert_array_equal(loaded, train_all(two_classifiers, p)[0])
+    np.testing.assert_array_equal(loaded, fit_classifiers(two_classifiers, p)[0])
     # The vectors' contract (embedding/store.py); the manifest may record more about the
     # training (e.g. how many pairs reached the engine), checked here where named.
     expected = {
@@ -119,7 +120,7 @@ def test_stage_writes_the_vectors_and_manifest_byte_identical(tmp_path, two_clas
         "engine": "gensim",
         "runs": 3,
         "updates_per_class": round(updates_per_class(two_classifiers, p), 1),
-        "params": p,
+        "params": p.to_dict(),
     }
     assert {key: manifest.get(key) for key in expected} == expected
     assert json.loads((one / "manifest.json").read_text())["seeds"] == [0, 1, 2]
@@ -162,7 +163,7 @@ def test_word2vec_files_readable_by_gensim_and_byte_identical(tmp_path, vectors)
 def test_class_in_no_pair_is_refused(pairs):
     lonely = dataclasses.replace(pairs, classes=(*pairs.classes, "ghost"), groups=None)
     with pytest.raises(PipelineError, match="ghost appear in no pair"):
-        train_vectors(lonely, params(seeds=[0]))
+        fit_runs(lonely, params(seeds=[0]))
 
 
 @pytest.mark.parametrize(
@@ -180,4 +181,4 @@ def test_class_in_no_pair_is_refused(pairs):
 )
 def test_params_validation(overrides, message):
     with pytest.raises(PipelineError, match=message):
-        validate_section("embed", overrides, SCHEMA)
+        EmbedConfig.from_params(overrides)

@@ -1,8 +1,9 @@
-"""Tests of the whole evaluate path (evaluation/scores.py's `evaluate`, method.py's `assess`,
-stages/evaluate.py): collapse detection, planted groups recovered, the report, tables, plots
-and metrics of one run, several classifiers (their agreement and spread), the lower-ranked
-guesses' figure in evaluate, then the whole chain. The figures one by one are in
-test_caveats, test_confusion, test_groups, test_ranking, test_report and test_uncertainty."""
+"""Tests of the whole evaluate path (evaluation/scores.py's `compute_figures`, method.py's
+`resample` and `evaluate`, stages/resample.py and stages/evaluate.py): collapse detection,
+planted groups recovered, the report, tables, plots and metrics of one run, several classifiers
+(their agreement and spread), the lower-ranked guesses' figure in evaluate, then the whole
+chain. The figures one by one are in test_caveats, test_confusion, test_groups, test_ranking,
+test_report and test_uncertainty."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
+from confusion_embeddings.config.embed import EmbedConfig
 from confusion_embeddings.core.cli import run_main
-from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding.consensus import cosine_matrices
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
 from confusion_embeddings.embedding.engines import embed
 from confusion_embeddings.evaluation.confusion import secondary_structure, top1_accuracy
 from confusion_embeddings.evaluation.plots import (
@@ -30,19 +30,20 @@ from confusion_embeddings.evaluation.plots import (
 )
 from confusion_embeddings.evaluation.ranking import spearman_upper
 from confusion_embeddings.evaluation.report import metrics_dict, print_warnings, render_report
-from confusion_embeddings.evaluation.scores import evaluate
-from confusion_embeddings.method import assess
+from confusion_embeddings.evaluation.scores import compute_figures
 from confusion_embeddings.pairs import build_pairs, combine
 from confusion_embeddings.predictions import load_predictions, predictions_from_arrays
 from stages import embed as embed_stage
 from stages import evaluate as evaluate_stage
 from stages import pairs as pairs_stage
+from stages import resample as resample_stage
 
 from helpers import (
     SEVERAL_CLASSIFIERS,
     SEVERAL_RUNS,
     eval_params,
     headline,
+    resample_and_evaluate,
     stage_argv,
     stage_options,
 )
@@ -83,7 +84,7 @@ def test_collapse_detection_fires_on_nearly_identical_vectors(capsys):
     base = rng.normal(size=5)
     vectors = (base + 0.01 * rng.normal(size=(1, 3, 4, 5))).astype(np.float32)
     p = hand_pairs(np.repeat(np.arange(4), 2), [0, 1, 1, 0, 2, 3, 3, 2], 2, "abcd")
-    ev = evaluate(p, vectors, eval_params())
+    ev = compute_figures(p, vectors, eval_params())
     assert ev.collapsed and ev.mean_offdiag > 0.99
     print_warnings(ev)
     err = capsys.readouterr().err
@@ -106,13 +107,13 @@ def planted(tmp_path_factory):
     )
     pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
     # The jax engine (the default), three restarts: [1, 1, C, dim], one classifier.
-    embedding = embed(pairs, validate_section("embed", {"seeds": [0, 1, 2]}, EMBED_SCHEMA))
+    embedding = embed(pairs, EmbedConfig.from_params({"seeds": [0, 1, 2]}))
     return pairs, embedding
 
 
 def test_planted_groups_are_recovered(planted):
     pairs, embedding = planted
-    ev = assess(pairs, embedding, eval_params(bootstrap=20))  # groups: the file's own (PLANTED)
+    ev = resample_and_evaluate(pairs, embedding, 20)  # groups: the file's own (PLANTED)
     assert ev.groups == PLANTED
     assert ev.group_nn_agreement == 1.0
     assert ev.group_ari >= 0.9
@@ -123,7 +124,7 @@ def test_planted_groups_are_recovered(planted):
 
 def test_shuffled_groups_score_near_chance(planted):
     pairs, embedding = planted
-    ev = evaluate(pairs, embedding.vectors, eval_params(groups=SHUFFLED))
+    ev = compute_figures(pairs, embedding.vectors, eval_params(groups=SHUFFLED))
     assert abs(ev.group_ari) < 0.2
     assert ev.group_nn_agreement < 0.5
     assert ev.group_separation < 0.1
@@ -131,8 +132,8 @@ def test_shuffled_groups_score_near_chance(planted):
 
 def test_report_tables_plots_and_metrics(tmp_path, planted):
     pairs, embedding = planted
-    params = eval_params(groups={"first": CLASSES[:6], "second": CLASSES[6:10]}, bootstrap=20)
-    ev = assess(pairs, embedding, params)
+    params = eval_params(groups={"first": CLASSES[:6], "second": CLASSES[6:10]})
+    ev = resample_and_evaluate(pairs, embedding, 20, groups=params.groups)
     report = render_report(ev, params)
     for heading in ("### first", "### second", "### other"):
         assert heading in report
@@ -190,7 +191,11 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
     params = tmp_path / "params.yaml"
     params.write_text(
         yaml.safe_dump(
-            {"embed": {"seeds": [0, 1]}, "evaluate": {"groups": CIFAR10_GROUPS, "bootstrap": 20}}
+            {
+                "embed": {"seeds": [0, 1]},
+                "resample": {"bootstrap": 20},
+                "evaluate": {"groups": CIFAR10_GROUPS},
+            }
         )
     )
     monkeypatch.chdir(tmp_path)  # an option the test does not name writes here, not in the repo
@@ -210,7 +215,7 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
                     **paths(
                         "pairs",
                         d,
-                        predictions=folder,
+                        predictions=f"{folder}/seed_{{seed}}.npz",
                         out=f"{d}/pairs",
                         metrics=f"{d}/m/pairs.json",
                     ),
@@ -221,6 +226,13 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
                 stage_argv("embed", **paths("embed", d, pairs=f"{d}/pairs", out=f"{d}/embed")),
             ),
             (
+                resample_stage,
+                stage_argv(
+                    "resample",
+                    **paths("resample", d, pairs=f"{d}/pairs", embed=f"{d}/embed", out=f"{d}/res"),
+                ),
+            ),
+            (
                 evaluate_stage,
                 stage_argv(
                     "evaluate",
@@ -229,6 +241,7 @@ def test_chain_through_main_is_byte_deterministic(tmp_path, monkeypatch, capsys)
                         d,
                         pairs=f"{d}/pairs",
                         embed=f"{d}/embed",
+                        resample=f"{d}/res",
                         metrics=f"{d}/m/sim.json",
                         table=f"{d}/r/sim.csv",
                         report=f"{d}/r/sim.md",
@@ -301,13 +314,13 @@ def test_identical_classifiers_have_no_spread(tmp_path):
     two = combine([one, dataclasses.replace(one, classifiers=("seed_1",))])
     rng = np.random.default_rng(1)
     runs = rng.normal(size=(1, 3, 10, 5)).astype(np.float32)  # 3 word2vec seeds
-    ev = evaluate(two, np.concatenate([runs, runs]), eval_params())
+    ev = compute_figures(two, np.concatenate([runs, runs]), eval_params())
     assert ev.classifiers == ("seed_0", "seed_1") and ev.seeds == 3 and ev.dim == 5
     assert ev.tables.shape == (2, 10, 10)
     np.testing.assert_array_equal(ev.classifier_std, 0.0)
     assert ev.classifier_agreement == pytest.approx(1.0)
     # The seed spread is the single classifier's, and the mean its table.
-    alone = evaluate(one, runs, eval_params())
+    alone = compute_figures(one, runs, eval_params())
     np.testing.assert_allclose(ev.seed_std, alone.seed_std, atol=1e-12)
     np.testing.assert_allclose(ev.mean, alone.mean, atol=1e-12)
     assert ev.seed_std[~np.eye(10, dtype=bool)].min() > 0
@@ -323,7 +336,7 @@ def test_classifier_spread_mean_and_accuracy_by_hand(tmp_path):
     pairs = combine(parts)
     rng = np.random.default_rng(2)
     vectors = rng.normal(size=(2, 2, 10, 4)).astype(np.float32)
-    ev = evaluate(pairs, vectors, eval_params())
+    ev = compute_figures(pairs, vectors, eval_params())
     sims = cosine_matrices(vectors)  # [M, S, C, C]
     tables = sims.mean(axis=1)
     np.testing.assert_allclose(ev.tables, tables)
@@ -343,10 +356,10 @@ def test_classifier_spread_mean_and_accuracy_by_hand(tmp_path):
 
 
 def test_secondary_structure_in_evaluate_is_the_mean_over_classifiers(tmp_path):
-    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    max_pairs = len(SECONDARY_CLASSES) * eval_params().top_n
     parts = [pairs_of(tmp_path, secondary_arrays(s), f"seed_{s}") for s in (0, 1)]
     vectors = np.random.default_rng(0).normal(size=(2, 1, 20, 5)).astype(np.float32)
-    ev = evaluate(combine(parts), vectors, eval_params())
+    ev = compute_figures(combine(parts), vectors, eval_params())
     expect = np.mean([secondary_structure(p, max_pairs) for p in parts])
     assert ev.secondary == pytest.approx(expect)
 
@@ -382,16 +395,16 @@ def test_a_planted_unseen_class_leaves_the_lower_guesses_figure_alone(unseen):
     have no right top-1 guess. The figures that read the guesses (secondary_vs_confusion,
     the accuracy, spearman_vs_confusion) are over the known classes, so its pictures change
     none of them, and no false "no structure in the lower guesses" warning fires."""
-    max_pairs = len(SECONDARY_CLASSES) * eval_params()["top_n"]
+    max_pairs = len(SECONDARY_CLASSES) * eval_params().top_n
     with_unseen, known_only = _left_out(secondary_arrays(0), unseen)
     pairs = build_pairs(predictions_from_arrays(with_unseen), top_k=3, block_size=65536)
     alone = build_pairs(predictions_from_arrays(known_only), top_k=3, block_size=65536)
     secondary = secondary_structure(pairs, max_pairs)
-    assert secondary == secondary_structure(alone, max_pairs) > eval_params()["min_secondary"]
+    assert secondary == secondary_structure(alone, max_pairs) > eval_params().min_secondary
     assert top1_accuracy(pairs) == top1_accuracy(alone)
     c = len(SECONDARY_CLASSES)
     vectors = np.random.default_rng(0).normal(size=(1, 1, c, 5)).astype(np.float32)
-    ev = evaluate(pairs, vectors, eval_params())
+    ev = compute_figures(pairs, vectors, eval_params())
     assert ev.secondary == secondary and ev.flat_guesses is None
     known = [i for i, name in enumerate(SECONDARY_CLASSES) if name not in unseen]
     block = np.ix_(known, known)
@@ -405,8 +418,8 @@ def test_default_engine_holds_on_a_thousand_pictures(tmp_path):
     path = tmp_path / "small.npz"
     write_predictions(path, make_synthetic_predictions(100, CIFAR10, CIFAR10_GROUPS, 1.5, seed=3))
     pairs = build_pairs(load_predictions(path), top_k=3, block_size=4096)
-    params = validate_section("embed", {}, EMBED_SCHEMA)
-    assert params["engine"] == "jax"  # the default this test is about
-    ev = assess(pairs, embed(pairs, params), eval_params(groups=CIFAR10_GROUPS))
+    params = EmbedConfig()
+    assert params.engine == "jax"  # the default this test is about
+    ev = resample_and_evaluate(pairs, embed(pairs, params), 200, groups=CIFAR10_GROUPS)
     assert not ev.collapsed and not ev.noisy
     assert ev.spearman >= 0.5, ev.spearman

@@ -140,7 +140,11 @@ def test_evaluate_embed_and_pairs_disagree(embed_from, pairs_from, tmp_path, mon
                 make_synthetic_predictions(20, classes, None, 1.0, seed=s),
             )
         args = stage_argv(
-            "pairs", params, predictions=f"pred-{name}", out=f"pairs-{name}", metrics=f"{name}.json"
+            "pairs",
+            params,
+            predictions=f"pred-{name}/seed_{{seed}}.npz",
+            out=f"pairs-{name}",
+            metrics=f"{name}.json",
         )
         i = args.index("--seeds")
         args[i + 1 : i + 1 + len(seeds)] = map(str, which)

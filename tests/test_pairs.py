@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import chex
 import jax
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from confusion_embeddings import pairs as pairs_module
+from confusion_embeddings import topk as topk_module
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.pairs import (
@@ -77,10 +77,10 @@ def test_topk_compiles_once_for_many_blocks(tmp_path, monkeypatch):
         tmp_path, labels=rng.integers(0, 5, 11), classes=np.array(list("abcde")), probs=probs
     )
     counted = jax.jit(
-        chex.assert_max_traces(pairs_module._topk_block.__wrapped__, n=1),
+        chex.assert_max_traces(topk_module.topk_block.__wrapped__, n=1),
         static_argnames=("k", "from_logits"),
     )
-    monkeypatch.setattr(pairs_module, "_topk_block", counted)
+    monkeypatch.setattr(topk_module, "topk_block", counted)
     # 11 rows in blocks of 4: three calls, the last one padded; a retrace would raise.
     p = build_pairs(load_predictions(path), 2, block_size=4)
     assert p.true.shape == (22,)
@@ -156,7 +156,7 @@ def test_compressed_and_fortran_files_stream_the_same(tmp_path, pred):
 
 
 def test_main_writes_outputs_and_fails_cleanly(tmp_path, monkeypatch, capsys):
-    # As dvc.yaml runs it: the folder of predict@<seed>'s files, `--seeds` from params.
+    # As dvc.yaml runs it: predict@<seed>'s files by their pattern, `--seeds` from params.
     folder = tmp_path / "predictions"
     folder.mkdir()
     seeds = stage_options("pairs")["--seeds"].split()
@@ -165,7 +165,8 @@ def test_main_writes_outputs_and_fails_cleanly(tmp_path, monkeypatch, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"pairs": {"top_k": 2}}))
     out, metrics = tmp_path / "data" / "pairs", tmp_path / "metrics" / "pairs.json"
-    args = stage_argv("pairs", predictions=folder, out=out, metrics=metrics)
+    pattern = folder / PurePosixPath(stage_options("pairs")["--predictions"]).name
+    args = stage_argv("pairs", predictions=pattern, out=out, metrics=metrics)
     monkeypatch.setattr(sys, "argv", ["pairs", *args, "--params", str(params)])
     run_main(pairs_stage.main)
     m = json.loads(metrics.read_text())
@@ -183,13 +184,15 @@ def test_main_writes_outputs_and_fails_cleanly(tmp_path, monkeypatch, capsys):
 
 
 def run_pairs_stage(tmp_path, monkeypatch, predictions, seeds=None, top_k=2) -> Path:
-    """The pairs stage on `predictions` (a file, or with `seeds` a folder); returns --out."""
+    """The pairs stage on `predictions` (a file, or with `seeds` a folder, whose files
+    seed_<s>.npz it reads through the pattern seed_{seed}.npz); returns --out."""
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"pairs": {"top_k": top_k}}))
     out = tmp_path / "out"
     args = ["--predictions", str(predictions), "--out", str(out)]
     args += ["--metrics", str(tmp_path / "m.json"), "--params", str(params)]
     if seeds is not None:
+        args[1] = str(Path(predictions) / "seed_{seed}.npz")
         args += ["--seeds", *map(str, seeds)]
     monkeypatch.setattr(sys, "argv", ["pairs", *args])
     run_main(pairs_stage.main)
@@ -220,7 +223,7 @@ def test_seeds_read_the_folder_files_in_the_order_given(tmp_path, monkeypatch):
         one = build_pairs(load_predictions(files[s]), 2, 10)
         np.testing.assert_array_equal(back.of(i).guess, one.guess)
         np.testing.assert_array_equal(back.of(i).true, one.true)
-    assert predictions_files(folder, [3, 0]) == [
+    assert predictions_files(folder / "seed_{seed}.npz", [3, 0]) == [
         ("seed_3", folder / "seed_3.npz"),
         ("seed_0", folder / "seed_0.npz"),
     ]
@@ -240,12 +243,15 @@ def test_a_missing_seed_file_is_one_line_naming_it(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
 
 
-def test_seeds_with_a_file_or_twice_the_same_seed_are_refused(tmp_path, monkeypatch, capsys):
+def test_seeds_without_a_pattern_or_twice_the_same_seed_are_refused(tmp_path, monkeypatch, capsys):
     path = save(tmp_path, "seed_0.npz", **base())
+    args = ["--predictions", str(path), "--out", str(tmp_path / "out")]
+    args += ["--metrics", str(tmp_path / "m.json"), "--seeds", "0"]
+    monkeypatch.setattr(sys, "argv", ["pairs", *args])
     with pytest.raises(SystemExit):
-        run_pairs_stage(tmp_path, monkeypatch, path, seeds=[0])
+        run_main(pairs_stage.main)  # a file where --seeds needs a pattern
     err = capsys.readouterr().err
-    assert "--seeds names classifiers in a folder; this is a file" in err and err.count("\n") == 1
+    assert "with --seeds, a pattern with {seed} in it" in err and err.count("\n") == 1, err
     with pytest.raises(SystemExit):
         run_pairs_stage(tmp_path, monkeypatch, tmp_path, seeds=[0, 0])
     err = capsys.readouterr().err

@@ -13,7 +13,7 @@ from PIL import Image
 from confusion_embeddings.evaluation.plots import similarity_rows, write_plots
 from confusion_embeddings.evaluation.ranking import table_agreement
 from confusion_embeddings.evaluation.report import metrics_dict, render_report
-from confusion_embeddings.evaluation.scores import evaluate
+from confusion_embeddings.evaluation.scores import compute_figures
 from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
 from confusion_embeddings.pairs import combine
 
@@ -31,7 +31,7 @@ def test_many_classes_list_neighbours_and_keep_json_small(tmp_path):
     vectors = rng.normal(size=(1, 2, c, 5)).astype(np.float32)
     replicates = vectors[:, :1] + 0.1 * rng.normal(size=(1, 8, c, 5)).astype(np.float32)
     params = eval_params(top_n=4, all_pairs_max_classes=c - 1)
-    ev = evaluate(p, vectors, params, replicates=replicates)
+    ev = compute_figures(p, vectors, params, replicates=replicates)
     report = render_report(ev, params)
     assert "## Nearest 4 classes of each class" in report and "| **n0**" not in report
     line = next(x for x in report.splitlines() if x.startswith("- **n0** (a):"))
@@ -61,7 +61,7 @@ def test_report_and_metrics_of_several_classifiers(tmp_path):
     vectors = rng.normal(size=(3, 2, 10, 5)).astype(np.float32)
     replicates = vectors[:, :1] + 0.2 * rng.normal(size=(3, 30, 10, 5)).astype(np.float32)
     params = eval_params()
-    ev = evaluate(pairs, vectors, params, replicates=replicates)
+    ev = compute_figures(pairs, vectors, params, replicates=replicates)
     report = render_report(ev, params)
     assert "of 3 classifiers; each similarity is the mean of their tables" in report
     assert "(each the mean over 2 word2vec seeds)" in report
@@ -93,7 +93,7 @@ def test_report_and_metrics_of_several_classifiers(tmp_path):
     json.dumps(m)  # plain JSON values only
 
     # One classifier: no Classifiers table, the pictures alone, no agreement.
-    alone = evaluate(parts[0], vectors[:1], params, replicates=replicates[:1])
+    alone = compute_figures(parts[0], vectors[:1], params, replicates=replicates[:1])
     report = render_report(alone, params)
     assert "## Classifiers" not in report and "30 redraws of the pictures and word2vec" in report
     m = metrics_dict(alone)

@@ -14,14 +14,13 @@ import pytest
 import yaml
 from gensim.models import KeyedVectors
 
+from confusion_embeddings.config.embed import SCHEMA, EmbedConfig
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.embedding import engines, skipgram
 from confusion_embeddings.embedding.consensus import cosine_matrices
 from confusion_embeddings.embedding.engines import (
-    SCHEMA,
-    train_restarts,
-    train_vectors,
+    fit_restarts,
+    fit_runs,
     updates_per_class,
 )
 from confusion_embeddings.embedding.formats import write_word2vec
@@ -41,8 +40,8 @@ def pairs(tmp_path_factory) -> Pairs:
     return planted_pairs(tmp_path_factory.mktemp("pred"), 600)
 
 
-def params(**overrides) -> dict:
-    return validate_section("embed", {"engine": "jax", "seeds": [0, 1, 2], **overrides}, SCHEMA)
+def params(**overrides) -> EmbedConfig:
+    return EmbedConfig.from_params({"engine": "jax", "seeds": [0, 1, 2], **overrides})
 
 
 def make_pairs(true: list[int], guess: list[int], classes: list[str]) -> Pairs:
@@ -70,7 +69,7 @@ def mean_cosine(vectors: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def vectors(pairs) -> np.ndarray:
     """Every restart's vectors [S, C, dim] (the table keeps the lowest-loss one)."""
-    return train_restarts(pairs, params()).w_in
+    return fit_restarts(pairs, params()).w_in
 
 
 # --------------------------------------------------------------------------- results
@@ -86,7 +85,7 @@ def test_planted_pairs_are_nearest(pairs, vectors, objective):
     vecs = (
         vectors
         if objective == "softmax"
-        else train_restarts(pairs, params(jax_objective="negative")).w_in
+        else fit_restarts(pairs, params(jax_objective="negative")).w_in
     )
     mean = mean_cosine(vecs)
     np.fill_diagonal(mean, -np.inf)
@@ -96,7 +95,7 @@ def test_planted_pairs_are_nearest(pairs, vectors, objective):
 
 
 def test_same_seed_bitwise_identical_and_order_free(pairs, vectors):
-    again = train_restarts(pairs, params(seeds=[1, 0])).w_in
+    again = fit_restarts(pairs, params(seeds=[1, 0])).w_in
     np.testing.assert_array_equal(again[0], vectors[1])
     np.testing.assert_array_equal(again[1], vectors[0])
     # Different initial vectors ...
@@ -105,13 +104,13 @@ def test_same_seed_bitwise_identical_and_order_free(pairs, vectors):
 
 def test_converged_result_hardly_depends_on_the_budget(pairs, vectors):
     # Each seed's result: doubling the training budget hardly moves it (gensim's moves a lot).
-    doubled = train_restarts(pairs, params(jax_steps=2 * SCHEMA["jax_steps"].default)).w_in
+    doubled = fit_restarts(pairs, params(jax_steps=2 * SCHEMA["jax_steps"].default)).w_in
     assert np.abs(cosine_matrices(doubled) - cosine_matrices(vectors)).max() < 0.02
 
 
 def fit(counts: np.ndarray, seed: int = 0, **overrides):
     """train_skipgram with embed's jax defaults."""
-    d = validate_section("embed", {}, SCHEMA)
+    d = EmbedConfig().to_dict()
     kw = {
         "dim": d["dim"],
         "steps": d["jax_steps"],
@@ -175,8 +174,8 @@ def test_directed_objective_learns_the_asymmetry():
     # Trained on both directions (the reversed pairs added), b -> a is 40 of b's 200 pairs.
     assert p_sym[1, 0] == pytest.approx(0.2, abs=0.05)
     # And the vectors the engine returns (W_in) differ between the two inputs.
-    cos_dir = mean_cosine(train_vectors(directed, params(seeds=[0])))
-    cos_sym = mean_cosine(train_vectors(symmetric, params(seeds=[0])))
+    cos_dir = mean_cosine(fit_runs(directed, params(seeds=[0])))
+    cos_sym = mean_cosine(fit_runs(symmetric, params(seeds=[0])))
     assert np.abs(cos_dir - cos_sym).max() > 0.1
 
 
@@ -184,9 +183,9 @@ def test_class_never_a_true_class_is_refused():
     # "c" is guessed but has no picture: no input vector can be trained for it.
     p = make_pairs([0, 0, 1, 1], [0, 2, 1, 2], ["a", "b", "c"])
     with pytest.raises(PipelineError, match="c are never a true class"):
-        train_vectors(p, params(seeds=[0]))
-    gensim = validate_section("embed", {"engine": "gensim", "seeds": [0]}, SCHEMA)
-    train_vectors(p, gensim)  # gensim trains it
+        fit_runs(p, params(seeds=[0]))
+    gensim = EmbedConfig.from_params({"engine": "gensim", "seeds": [0]})
+    fit_runs(p, gensim)  # gensim trains it
 
 
 def test_seed_beyond_32_bits_is_refused(pairs):
@@ -194,13 +193,13 @@ def test_seed_beyond_32_bits_is_refused(pairs):
     with pytest.raises(
         PipelineError, match=r"embed\.seeds' = \[4294967296\]: engine jax takes seeds below 2\*\*32"
     ):
-        train_vectors(pairs, params(seeds=[0, 2**32]))
+        fit_runs(pairs, params(seeds=[0, 2**32]))
 
 
 def test_class_in_no_pair_is_refused(pairs):
     lonely = dataclasses.replace(pairs, classes=(*pairs.classes, "ghost"), groups=None)
     with pytest.raises(PipelineError, match="ghost appear in no pair"):
-        train_vectors(lonely, params(seeds=[0]))
+        fit_runs(lonely, params(seeds=[0]))
 
 
 # --------------------------------------------------------------------------- compilation
@@ -291,9 +290,9 @@ def test_cli_with_engine_jax(tmp_path, monkeypatch, pairs):
 
 
 def test_defaults():
-    p = validate_section("embed", {}, SCHEMA)
-    assert p["engine"] == "jax"  # the default engine (gensim is the paper's)
-    assert (p["jax_steps"], p["jax_lr"], p["jax_l2"], p["jax_objective"], p["jax_negative"]) == (
+    p = EmbedConfig.from_params({})
+    assert p.engine == "jax"  # the default engine (gensim is the paper's)
+    assert (p.jax_steps, p.jax_lr, p.jax_l2, p.jax_objective, p.jax_negative) == (
         4000,
         0.05,
         0.01,
@@ -324,12 +323,11 @@ def test_defaults():
 )
 def test_params_validation(overrides, message):
     with pytest.raises(PipelineError, match=message):
-        validate_section("embed", overrides, SCHEMA)
+        EmbedConfig.from_params(overrides)
 
 
 def test_jax_params_accepted():
-    p = validate_section(
-        "embed",
+    p = EmbedConfig.from_params(
         {
             "engine": "jax",
             "jax_steps": 100,
@@ -338,6 +336,5 @@ def test_jax_params_accepted():
             "jax_objective": "negative",
             "jax_negative": 10,
         },
-        SCHEMA,
     )
-    assert p["jax_lr"] == 1 and p["jax_objective"] == "negative"
+    assert p.jax_lr == 1 and p.jax_objective == "negative"

@@ -80,13 +80,13 @@ def test_a_stage_that_fails_inside_the_study_shows_its_reason_and_leaves_nothing
 
     def bad():
         params = real()
-        params["evaluate"]["bootstrap"] = 1
+        params["resample"]["bootstrap"] = 1
         return params
 
     monkeypatch.setattr(study, "study_params", bad)
     with pytest.raises(PipelineError) as exc:
         study.create(tmp_path / "s", predictions)
-    assert "stopped: params.yaml: 'evaluate.bootstrap' = 1 is out of range" in str(exc.value)
+    assert "stopped: params.yaml: 'resample.bootstrap' = 1 is out of range" in str(exc.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
     monkeypatch.setattr(study, "study_params", real)
     assert study.create(tmp_path / "s", predictions).is_dir()  # the retry just works

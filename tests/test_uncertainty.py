@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import confusion_embeddings as ce
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.pairs import PairsConfig
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import defaults
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED
 from confusion_embeddings.embedding.engines import embed
 from confusion_embeddings.embedding.resampling import (
     distinct_starts,
@@ -33,7 +33,7 @@ def test_resampled_counts_equal_counting_the_drawn_pictures():
     labels, probs = planted(LINKS, 30, 0)
     pairs = make_pairs(
         [("p", predictions_from_arrays({"labels": labels, "classes": CLASSES, "probs": probs}))],
-        {"top_k": 3, "block_size": 64},
+        PairsConfig(top_k=3, block_size=64),
     )
     weights = draw_weights(np.random.default_rng(1), pairs.n_pictures, 4)
     assert (weights.sum(axis=1) == pairs.n_pictures).all()
@@ -70,11 +70,11 @@ def test_intervals_widen_on_fewer_pictures():
 def test_the_seeds_of_the_jax_engine_are_restarts_and_the_refits_start_in_each_optimum():
     labels, probs = planted(LINKS, 100, 0)
     pred = predictions_from_arrays({"labels": labels, "classes": CLASSES, "probs": probs})
-    pairs = make_pairs([("p", pred)], {"top_k": 3, "block_size": 4096})
-    params = defaults(EMBED)
-    got = embed(pairs, params)
+    pairs = make_pairs([("p", pred)], PairsConfig(top_k=3, block_size=4096))
+    config = EmbedConfig()
+    got = embed(pairs, config)
     restarts = got.restarts
-    assert restarts.w_in.shape == (1, len(params["seeds"]), C, params["dim"])
+    assert restarts.w_in.shape == (1, len(config.seeds), C, config.dim)
     best = int(np.argmin(restarts.loss[0]))
     np.testing.assert_array_equal(got.vectors[0, 0], restarts.w_in[0, best])
     one = type(restarts)(restarts.w_in[0], restarts.w_out[0], restarts.loss[0])

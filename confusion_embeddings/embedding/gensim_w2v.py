@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gensim.models import Word2Vec
 
+from confusion_embeddings.config.embed import EmbedConfig
 from confusion_embeddings.pairs import Pairs
 
 # Pairs written per chunk to the temporary corpus: bounds the Python strings alive at once.
@@ -34,29 +34,29 @@ def _write_corpus(path: Path, pairs: Pairs, order: np.ndarray) -> None:
             fh.write("".join(f"{names[a]} {names[b]}\n" for a, b in zip(true, guess, strict=True)))
 
 
-def train_gensim(pairs: Pairs, counts: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+def train_gensim(pairs: Pairs, counts: np.ndarray, config: EmbedConfig) -> np.ndarray:
     """One Word2Vec model per seed; float32 [S, C, dim] in class order. `counts`: how often
     each class occurs in the corpus (every class at least once)."""
     freq = {name: int(n) for name, n in zip(pairs.classes, counts, strict=True)}
     n_pairs = pairs.true.shape[0]
-    out = np.empty((len(params["seeds"]), pairs.n_classes, params["dim"]), np.float32)
+    out = np.empty((len(config.seeds), pairs.n_classes, config.dim), np.float32)
     with tempfile.TemporaryDirectory(prefix="embed-corpus-") as tmp:
         corpus = Path(tmp) / "pairs.txt"
-        if not params["shuffle"]:
+        if not config.shuffle:
             _write_corpus(corpus, pairs, np.arange(n_pairs))
-        for i, seed in enumerate(params["seeds"]):
-            if params["shuffle"]:  # a fresh order per seed: the pairs file is sorted by class
+        for i, seed in enumerate(config.seeds):
+            if config.shuffle:  # a fresh order per seed: the pairs file is sorted by class
                 _write_corpus(corpus, pairs, np.random.default_rng(seed).permutation(n_pairs))
             model = Word2Vec(
-                vector_size=params["dim"],
-                window=params["window"],
+                vector_size=config.dim,
+                window=config.window,
                 sg=1,
                 hs=0,
-                negative=params["negative"],
-                sample=params["sample"],
-                alpha=params["alpha"],
-                min_alpha=params["min_alpha"],
-                epochs=params["epochs"],
+                negative=config.negative,
+                sample=config.sample,
+                alpha=config.alpha,
+                min_alpha=config.min_alpha,
+                epochs=config.epochs,
                 min_count=1,
                 workers=1,  # more workers race on the shared weights: not reproducible
                 seed=seed,
@@ -64,7 +64,7 @@ def train_gensim(pairs: Pairs, counts: np.ndarray, params: dict[str, Any]) -> np
             # The vocabulary from the counts: skips gensim's own Python scan of the file.
             model.build_vocab_from_freq(freq, corpus_count=n_pairs)
             model.train(
-                corpus_file=str(corpus), total_words=int(counts.sum()), epochs=params["epochs"]
+                corpus_file=str(corpus), total_words=int(counts.sum()), epochs=config.epochs
             )
             out[i] = np.stack([model.wv[name] for name in pairs.classes])
     return out

@@ -7,7 +7,7 @@ recounts the (true, k-th guess) pairs of the drawn pictures and refits the class
 - engine jax: on the replicate's C x C count matrix, never re-reading the pictures; every
   replicate of a batch at once (vmap, one jitted loop). The refit starts from each distinct
   optimum the point estimate's restarts found and keeps the lowest loss, as the point
-  estimate did (engines.train_restarts): the same estimator on the redrawn pictures. A cold
+  estimate did (engines.fit_restarts): the same estimator on the redrawn pictures. A cold
   start would let a replicate fall into another local optimum, which is the optimiser's
   noise, not the data's.
 - engine gensim: one Word2Vec per replicate on the replicate's pairs, with seed
@@ -16,15 +16,18 @@ recounts the (true, k-th guess) pairs of the drawn pictures and refits the class
 When every classifier scored the same pictures (equal labels, as the CNN pipeline's do), one
 draw of picture weights serves them all: the pictures are what was drawn, and they are shared.
 
-Reads and writes nothing; evaluation/uncertainty.py turns the replicates into intervals.
+`resample` is the resample stage's step (pairs and class vectors in, Replicates out). Reads
+and writes nothing; evaluation/uncertainty.py turns the replicates into intervals.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.resample import ResampleConfig
 from confusion_embeddings.core.cli import progress
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.embedding.consensus import cosine_matrices
@@ -35,6 +38,7 @@ from confusion_embeddings.embedding.engines import (
     word_counts,
 )
 from confusion_embeddings.embedding.skipgram import SkipGram, refit_skipgram
+from confusion_embeddings.embedding.store import Embedding, Replicates, Sources, check_same_classes
 from confusion_embeddings.pairs import Pairs
 
 # Memory one batch of replicates may take (picture weights, count matrices and the refit's
@@ -85,12 +89,12 @@ def _refit_jax(
     counts: np.ndarray,
     restarts: Restarts,
     starts: list[int],
-    params: dict[str, Any],
+    config: EmbedConfig,
     unseen: tuple[int, ...],
 ) -> np.ndarray:
     """Refit from every start, keep each replicate's lowest loss: [R, C, dim]. A replicate
     where a class has no picture gets NaN vectors for that class (it has no input side)."""
-    settings = jax_settings(params)
+    settings = jax_settings(config)
     best_w, best_loss = None, None
     for s in starts:
         start = SkipGram(restarts.w_in[s], restarts.w_out[s], float(restarts.loss[s]), 0.0)
@@ -106,13 +110,11 @@ def _refit_jax(
     return np.where(absent[..., None], np.nan, best_w).astype(np.float32)
 
 
-def _refit_gensim(
-    pairs: Pairs, weights: np.ndarray, first: int, params: dict[str, Any]
-) -> np.ndarray:
+def _refit_gensim(pairs: Pairs, weights: np.ndarray, first: int, config: EmbedConfig) -> np.ndarray:
     from confusion_embeddings.embedding.gensim_w2v import train_gensim
 
-    k, seeds = pairs.top_k, params["seeds"]
-    out = np.full((len(weights), pairs.n_classes, params["dim"]), np.nan, np.float32)
+    k, seeds = pairs.top_k, config.seeds
+    out = np.full((len(weights), pairs.n_classes, config.dim), np.nan, np.float32)
     for r, w in enumerate(weights):
         pictures = np.repeat(np.arange(len(w)), w)
         part = pairs.rows((pictures[:, None] * k + np.arange(k)).ravel())
@@ -121,22 +123,22 @@ def _refit_gensim(
         except PipelineError:  # a class in no drawn pair: no vector this replicate
             continue
         seed = seeds[(first + r) % len(seeds)]
-        out[r] = train_gensim(part, counts, {**params, "seeds": [seed]})[0]
+        out[r] = train_gensim(part, counts, replace(config, seeds=[seed]))[0]
     return out
 
 
 def replicate_vectors(
     pairs: Pairs,
     restarts: Restarts | None,
-    params: dict[str, Any],
-    replicates: int,
-    seed: int,
+    embed: EmbedConfig,
+    config: ResampleConfig,
 ) -> np.ndarray:
-    """Class vectors refitted on `replicates` bootstrap draws of the pictures, float32
-    [M, B, C, dim] (M classifiers; module docstring). `params` are the embed params the
-    point estimate was made with; `restarts` its jax restarts (None for gensim)."""
+    """Class vectors refitted on `config.bootstrap` draws of the pictures, float32
+    [M, B, C, dim] (M classifiers; module docstring). `embed` is the config the point
+    estimate was made with; `restarts` its jax restarts (None for gensim)."""
+    replicates, seed = config.bootstrap, config.seed
     parts = [pairs.of(i) for i in range(len(pairs.classifiers))]
-    m, c, dim = len(parts), pairs.n_classes, params["dim"]
+    m, c, dim = len(parts), pairs.n_classes, embed.dim
     out = np.empty((m, replicates, c, dim), np.float32)
     shared = shared_pictures(parts)
     rngs = [np.random.default_rng([seed, 0 if shared else i]) for i in range(m)]
@@ -155,15 +157,39 @@ def replicate_vectors(
             ]
         for i, part in enumerate(parts):
             if restarts is None:
-                out[i, first : first + size] = _refit_gensim(part, weights[i], first, params)
+                out[i, first : first + size] = _refit_gensim(part, weights[i], first, embed)
             else:
                 counts = resampled_counts(part, weights[i])
                 unseen = tuple(part.unseen_ids.tolist())
                 out[i, first : first + size] = _refit_jax(
-                    counts, _of(restarts, i), starts[i], params, unseen
+                    counts, _of(restarts, i), starts[i], embed, unseen
                 )
     return out
 
 
 def _of(restarts: Restarts, i: int) -> Restarts:
     return Restarts(restarts.w_in[i], restarts.w_out[i], restarts.loss[i])
+
+
+def resample(
+    pairs: Pairs,
+    embedding: Embedding,
+    config: ResampleConfig,
+    sources: Sources | None = None,
+) -> Replicates:
+    """The class vectors refitted on `config.bootstrap` redraws of the pictures, with the
+    embed config the point estimate was made with (embedding/resampling.py)."""
+    manifest = embedding.manifest
+    check_same_classes(pairs, manifest, "embed", sources)
+    embed = EmbedConfig.from_params(manifest["params"])
+    vectors = replicate_vectors(pairs, embedding.restarts, embed, config)
+    return Replicates(
+        vectors,
+        {
+            "classes": list(pairs.classes),
+            "classifiers": list(pairs.classifiers),
+            "bootstrap": config.bootstrap,
+            "seed": config.seed,
+            "params": config.to_dict(),
+        },
+    )

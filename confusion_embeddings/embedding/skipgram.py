@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-OBJECTIVES = ("softmax", "negative")
+from confusion_embeddings.config.embed import OBJECTIVES
+
 NOISE_POWER = 0.75  # word2vec's unigram ** 0.75 noise distribution
 
 

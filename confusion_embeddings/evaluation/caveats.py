@@ -7,22 +7,26 @@ remedy.
 
 from __future__ import annotations
 
+from confusion_embeddings.config.evaluate import EvaluateConfig
 
-def collapse_reasons(spearman: float | None, offdiag: float, params: dict) -> tuple[str, ...]:
+
+def collapse_reasons(
+    spearman: float | None, offdiag: float, config: EvaluateConfig
+) -> tuple[str, ...]:
     """Which collapse criteria fire, each as a line for the warning and the report."""
     reasons = []
-    if offdiag > params["collapse_mean_cosine"]:
+    if offdiag > config.collapse_mean_cosine:
         reasons.append(
             f"mean off-diagonal cosine {offdiag:.4f} > evaluate.collapse_mean_cosine "
-            f"{params['collapse_mean_cosine']}: the classes point in nearly one direction; usual "
+            f"{config.collapse_mean_cosine}: the classes point in nearly one direction; usual "
             "cause: too many updates for a small vocabulary on pairs sorted by class "
             "(embed.shuffle false with embed.sample 0, or many more epochs), see "
             "docs/design/embedding-engines.md"
         )
-    if spearman is not None and spearman < params["collapse_threshold"]:
+    if spearman is not None and spearman < config.collapse_threshold:
         reasons.append(
             f"Spearman vs confusion {spearman:.4f} < evaluate.collapse_threshold "
-            f"{params['collapse_threshold']}: the similarities do not rank class pairs as the "
+            f"{config.collapse_threshold}: the similarities do not rank class pairs as the "
             "confusions do (with many classes, where most pairs' confusion rates are noise, "
             "check the group scores too)"
         )
@@ -33,22 +37,23 @@ def noise_reasons(
     reliability: float | None,
     updates: float | None,
     engine: str,
-    params: dict,
+    config: EvaluateConfig,
     table_reliability: float | None = None,
 ) -> tuple[str, ...]:
     """Which noise criteria fire, each as a line for the warning and the report."""
     reasons = []
-    if table_reliability is not None and table_reliability < params["noise_reliability"]:
+    if table_reliability is not None and table_reliability < config.min_table_reliability:
         reasons.append(
             f"the table's reliability under resampling of the pictures is "
-            f"{table_reliability:.2f} < evaluate.noise_reliability {params['noise_reliability']}: "
+            f"{table_reliability:.2f} < evaluate.min_table_reliability "
+            f"{config.min_table_reliability}: "
             "too few pictures for the differences it ranks (two redraws of them rank the class "
             "pairs differently); add pictures, and read only the largest similarities"
         )
-    if reliability is not None and reliability < params["noise_reliability"]:
+    if reliability is not None and reliability < config.min_seed_reliability:
         reasons.append(
             f"the table's split-half reliability over word2vec seeds is {reliability:.2f} < "
-            f"evaluate.noise_reliability {params['noise_reliability']}: the seed-to-seed spread "
+            f"evaluate.min_seed_reliability {config.min_seed_reliability}: the seed-to-seed spread "
             "is large against the differences it ranks; "
             + (
                 "use embed.engine: jax, or more pictures"
@@ -56,10 +61,10 @@ def noise_reasons(
                 else "use more pictures, or more embed.seeds"
             )
         )
-    if updates is not None and updates < params["min_updates_per_class"]:
+    if updates is not None and updates < config.min_updates_per_class:
         reasons.append(
             f"only {updates:.0f} pairs per class and epoch reach the {engine} engine "
-            f"(< evaluate.min_updates_per_class {params['min_updates_per_class']:g}): too "
+            f"(< evaluate.min_updates_per_class {config.min_updates_per_class:g}): too "
             "few for it; "
             + (
                 "use embed.engine: jax (it trains on every pair), or embed.sample: 0"
@@ -81,14 +86,14 @@ def lower_guesses(top_k: int) -> str:
     return "the 2nd guesses" if top_k == 2 else f"the 2nd to {ordinal(top_k)} guesses"
 
 
-def flat_guesses_reason(secondary: float | None, top_k: int, params: dict) -> str | None:
+def flat_guesses_reason(secondary: float | None, top_k: int, config: EvaluateConfig) -> str | None:
     """The warning that the 2nd..k-th guesses carry no class structure, or None."""
-    if secondary is None or top_k < 2 or secondary >= params["min_secondary"]:
+    if secondary is None or top_k < 2 or secondary >= config.min_secondary:
         return None
     return (
         f"no structure in the lower guesses: {lower_guesses(top_k)} rank the class "
         f"pairs like the top-1 mistakes at Spearman {secondary:.2f} < evaluate.min_secondary "
-        f"{params['min_secondary']} (label smoothing, over-confident or non-probabilistic "
+        f"{config.min_secondary} (label smoothing, over-confident or non-probabilistic "
         "scores flatten them), so the table rests on the top-1 mistakes alone; use "
         "pairs.top_k: 1, or calibrated probabilities"
     )

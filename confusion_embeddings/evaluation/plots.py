@@ -13,6 +13,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy.cluster import hierarchy
 
+from confusion_embeddings.config.evaluate import EvaluateConfig
 from confusion_embeddings.evaluation.projection import ClassMap, replicate_maps
 from confusion_embeddings.evaluation.scores import Evaluation
 from confusion_embeddings.evaluation.uncertainty import (
@@ -30,7 +31,7 @@ def _group_colours(ev: Evaluation) -> list[tuple[float, ...]]:
     return [cmap(g % cmap.N) if g >= 0 else (0.6, 0.6, 0.6, 1.0) for g in ev.group_labels]
 
 
-def heatmap(ev: Evaluation, params: dict) -> Figure:
+def heatmap(ev: Evaluation, config: EvaluateConfig) -> Figure:
     """The mean similarity table as a heatmap, classes in average-linkage order."""
     names, c = ev.classes, len(ev.classes)
     labelled = c <= PLOT_LABEL_MAX_CLASSES
@@ -47,7 +48,7 @@ def heatmap(ev: Evaluation, params: dict) -> Figure:
     else:
         ax.set_xticks([])
         ax.set_yticks([])
-    if c <= params["table_max_classes"]:
+    if c <= config.table_max_classes:
         for r, i in enumerate(order):
             for k, j in enumerate(order):
                 value = ev.mean[i, j]
@@ -65,9 +66,9 @@ def heatmap(ev: Evaluation, params: dict) -> Figure:
     return fig
 
 
-def write_plots(ev: Evaluation, out_dir: Path, params: dict) -> None:
+def write_plots(ev: Evaluation, out_dir: Path, config: EvaluateConfig) -> None:
     names, c = ev.classes, len(ev.classes)
-    heatmap(ev, params).savefig(out_dir / "similarity_heatmap.png", dpi=120)
+    heatmap(ev, config).savefig(out_dir / "similarity_heatmap.png", dpi=120)
 
     fig = Figure(figsize=(max(8.0, min(0.35 * c, 16.0)), 5))
     ax = fig.subplots()

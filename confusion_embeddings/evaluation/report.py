@@ -11,9 +11,10 @@ import sys
 import numpy as np
 from scipy.stats import spearmanr
 
+from confusion_embeddings.config.evaluate import EvaluateConfig
 from confusion_embeddings.evaluation.scores import Evaluation
 from confusion_embeddings.evaluation.uncertainty import ranked_neighbours
-from confusion_embeddings.evaluation.unseen import unseen_metrics, unseen_section
+from confusion_embeddings.evaluation.unseen import summary_lines, unseen_metrics, unseen_section
 
 REPORT_TOP_PAIRS = 10  # most similar pairs named in the report's summary
 JSON_DECIMALS = 4
@@ -117,7 +118,7 @@ def _trust_lines(ev: Evaluation) -> list[str]:
     return lines
 
 
-def render_report(ev: Evaluation, params: dict) -> str:
+def render_report(ev: Evaluation, config: EvaluateConfig) -> str:
     """reports/similarity.md: how far to trust the table, the summary, the classifiers,
     the consensus vectors, the tables (or neighbour lists) and the stability of each class."""
     lines = [
@@ -125,11 +126,11 @@ def render_report(ev: Evaluation, params: dict) -> str:
         "",
         *_trust_lines(ev),
         *_what_lines(ev),
-        *_summary_section(ev, params),
+        *_summary_section(ev, config),
         *(unseen_section(ev.unseen, ev.classes, ev.uncertainty.confidence) if ev.unseen else []),
         *_classifiers_section(ev),
-        *_consensus_section(ev, params),
-        *_tables_section(ev, params),
+        *_consensus_section(ev, config),
+        *_tables_section(ev, config),
         *_stability_section(ev),
     ]
     return "\n".join(lines)
@@ -151,7 +152,7 @@ def _what_lines(ev: Evaluation) -> list[str]:
     ]
 
 
-def _summary_section(ev: Evaluation, params: dict) -> list[str]:
+def _summary_section(ev: Evaluation, config: EvaluateConfig) -> list[str]:
     """The headline figures as a table, then the most similar class pairs."""
     names, c = ev.classes, len(ev.classes)
     u = ev.uncertainty
@@ -166,7 +167,7 @@ def _summary_section(ev: Evaluation, params: dict) -> list[str]:
         f"| table reliability under resampling | {fmt(u.reliability)} |",
         f"| mean ± of a similarity ({u.confidence:.0%} interval, half width) | "
         f"{fmt(ev.mean_half_width)} |",
-        f"| classes whose nearest class holds in < {params['nearest_stability']:.0%} of redraws | "
+        f"| classes whose nearest class holds in < {config.nearest_stability:.0%} of redraws | "
         f"{len(ev.unstable_nearest)} |",
         f"| classes | {c} |",
         f"| classifiers | {len(ev.classifiers)} |",
@@ -223,11 +224,11 @@ def _classifiers_section(ev: Evaluation) -> list[str]:
     return [*lines, ""]
 
 
-def _tables_section(ev: Evaluation, params: dict) -> list[str]:
+def _tables_section(ev: Evaluation, config: EvaluateConfig) -> list[str]:
     """The paper's tables, one per group (up to evaluate.table_max_classes classes), else
     each class's nearest evaluate.top_n classes."""
     names, c = ev.classes, len(ev.classes)
-    if c <= params["table_max_classes"]:
+    if c <= config.table_max_classes:
         lines = [
             "## Similarity tables",
             "",
@@ -241,7 +242,7 @@ def _tables_section(ev: Evaluation, params: dict) -> list[str]:
         for title, columns in grouped.items():
             lines += [f"### {title}", "", *_table(ev, columns), ""]
         return lines
-    n = min(params["top_n"], c - 1)
+    n = min(config.top_n, c - 1)
     group_names = list((ev.groups or {}).keys())
     lines = [f"## Nearest {n} classes of each class", ""]
     for i, name in enumerate(names):
@@ -290,12 +291,12 @@ def _stability_section(ev: Evaluation) -> list[str]:
     return [*lines, ""]
 
 
-def _consensus_section(ev: Evaluation, params: dict) -> list[str]:
+def _consensus_section(ev: Evaluation, config: EvaluateConfig) -> list[str]:
     """The consensus embedding: each class's nearest class in it and its dispersion."""
     cons, names = ev.consensus, ev.classes
     table = cons.table()
     order = np.argsort(-cons.dispersion, kind="stable")
-    shown = order if len(names) <= params["table_max_classes"] else order[: params["top_n"]]
+    shown = order if len(names) <= config.table_max_classes else order[: config.top_n]
     runs = cons.aligned.shape[0]
     lines = [
         "## Consensus embedding",
@@ -307,7 +308,7 @@ def _consensus_section(ev: Evaluation, params: dict) -> list[str]:
         f"Spearman {fmt(ev.consensus_agreement)} (largest difference "
         f"{ev.consensus_max_diff:.2f}). Dispersion: the mean of 1 - cosine between a class's "
         f"vector in each of the {runs} refits on redrawn pictures and its consensus vector; "
-        f"above {params['unstable_dispersion']:g} (`evaluate.unstable_dispersion`) a class's "
+        f"above {config.unstable_dispersion:g} (`evaluate.unstable_dispersion`) a class's "
         "place is not stable.",
         "",
         f"The class map (`plots/class_map.png`: metric MDS on 1 - cosine) has stress "
@@ -339,3 +340,16 @@ def print_warnings(ev: Evaluation) -> None:
     for line in ev.warnings:
         if not line.startswith("collapsed vectors: "):
             print(f"warning: {line}", file=sys.stderr)
+
+
+def print_summary(ev: Evaluation, report: object) -> None:
+    """What the evaluate stage prints: the warnings, a line per unseen class, and one line of
+    headline figures naming the `report` file."""
+    print_warnings(ev)
+    for line in summary_lines(ev.unseen, ev.classes) if ev.unseen else []:
+        print(line)
+    print(
+        f"evaluate: table reliability {fmt(ev.uncertainty.reliability)}, Spearman vs confusion "
+        f"{fmt(ev.spearman)}, collapsed {ev.collapsed}, noisy {ev.noisy}; classifier "
+        f"agreement {fmt(ev.classifier_agreement)}; report {report}"
+    )

@@ -1,4 +1,4 @@
-"""The figures of the evaluate stage, put together: `evaluate` and its `Evaluation`.
+"""The figures of the evaluate stage, put together: `compute_figures` and its `Evaluation`.
 
 Reads and writes nothing. Cosine matrices are computed per run (gensim: per word2vec seed),
 then averaged; std is the population std (ddof=0); the intervals come from resampling
@@ -18,7 +18,7 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.stats import spearmanr
 
-from confusion_embeddings.core.params import Param, at_least, in_range, one_of
+from confusion_embeddings.config.evaluate import EvaluateConfig
 from confusion_embeddings.embedding.consensus import (
     Consensus,
     align_runs,
@@ -50,46 +50,8 @@ from confusion_embeddings.evaluation.uncertainty import (
     Uncertainty,
     uncertainty,
 )
-from confusion_embeddings.evaluation.unseen import NOVELTY_SCORES, Unseen
+from confusion_embeddings.evaluation.unseen import Unseen
 from confusion_embeddings.pairs import Pairs
-
-SCHEMA = {
-    # {group: [class names]} or null (then the predictions file's own `groups`, if any)
-    "groups": Param(dict, None, nullable=True),
-    "top_n": Param(int, 9, at_least(1)),
-    "table_max_classes": Param(int, 20, at_least(1)),
-    # Up to this many classes every class pair is listed and its replicates kept (compare
-    # reads them); beyond, each class's top_n (a 1,000-class table is a million rows).
-    "all_pairs_max_classes": Param(int, 50, at_least(2)),
-    "collapse_threshold": Param(float, 0.2, in_range(-1.0, 1.0)),
-    "collapse_mean_cosine": Param(float, 0.8, in_range(-1.0, 1.0)),
-    # "noisy" (a different thing from collapsed; docs/design/embedding-engines.md has the
-    # measurements): a split-half Spearman of the table, over word2vec seeds or over the
-    # pictures, below this...
-    "noise_reliability": Param(float, 0.8, in_range(-1.0, 1.0)),
-    # ... or fewer pairs per class and epoch than this reach the engine (after gensim's
-    # down-sampling; see embedding/engines.py:updates_per_class).
-    "min_updates_per_class": Param(float, 50.0, at_least(0.0)),
-    # A class whose vectors, refitted on redrawn pictures, sit farther than this (mean
-    # 1 - cosine) from its consensus vector is flagged as not stable (embedding/consensus.py).
-    "unstable_dispersion": Param(float, 0.1, in_range(0.0, 2.0)),
-    # Resampling over pictures (embedding/resampling.py, evaluation/uncertainty.py):
-    # replicates, the intervals' coverage, and the seed of the draws.
-    "bootstrap": Param(int, 200, at_least(2)),
-    "confidence": Param(float, 0.95, in_range(0.5, 0.999)),
-    "seed": Param(int, 0, at_least(0)),
-    # "unstable ranks": a class whose nearest class is the table's in fewer replicates.
-    "nearest_stability": Param(float, 0.8, in_range(0.0, 1.0)),
-    # "no structure in the lower guesses": secondary_vs_confusion below this
-    # (docs/uncertainty.md has the figures it was chosen from).
-    "min_secondary": Param(float, 0.2, in_range(-1.0, 1.0)),
-    # Classes the classifiers never saw (train.unseen; evaluation/unseen.py): the
-    # per-picture new-or-known score the report leads with (max_prob, the baseline, is shown
-    # beside it; docs/unseen.md has the measurement behind the choice), and the share of
-    # known test pictures its threshold keeps as known.
-    "novelty_score": Param(str, "spread", one_of(*NOVELTY_SCORES)),
-    "novelty_keep_known": Param(float, 0.95, in_range(0.5, 0.999)),
-}
 
 
 @dataclass(frozen=True)
@@ -187,32 +149,38 @@ class Evaluation:
 
 
 def _spread(
-    tables: np.ndarray, replicates: np.ndarray, conf_sim: np.ndarray, params: dict
+    tables: np.ndarray,
+    replicates: np.ndarray,
+    conf_sim: np.ndarray,
+    config: EvaluateConfig,
+    seed: int,
 ) -> Uncertainty:
     """The tables' uncertainty (evaluation/uncertainty.py) over the neighbours the report
     lists: every other class up to `all_pairs_max_classes` classes, else the top_n."""
     c = tables.shape[-1]
-    listed = c - 1 if c <= params["all_pairs_max_classes"] else min(params["top_n"], c - 1)
-    confused = ranked_pairs(conf_sim, c * params["top_n"])
-    return uncertainty(tables, replicates, listed, confused, params["confidence"], params["seed"])
+    listed = c - 1 if c <= config.all_pairs_max_classes else min(config.top_n, c - 1)
+    confused = ranked_pairs(conf_sim, c * config.top_n)
+    return uncertainty(tables, replicates, listed, confused, config.confidence, seed)
 
 
-def evaluate(
+def compute_figures(
     pairs: Pairs,
     vectors: np.ndarray,
-    params: dict,
+    config: EvaluateConfig,
     manifest: dict | None = None,
     replicates: np.ndarray | None = None,
+    seed: int = 0,
 ) -> Evaluation:
     """All figures of the stage from the pairs, the [M, R, C, dim] vectors (M classifiers,
     R runs each) and their refits on bootstrap draws of the pictures, [M, B, C, dim]
-    (embedding/resampling.py; None: no resampling, B = 0); `manifest` (the embed stage's)
-    names the engine and how many pairs reached it."""
+    (embedding/resampling.py; None: no resampling, B = 0), whose `seed` also draws the
+    classifiers (uncertainty.py); `manifest` (the embed stage's) names the engine and how
+    many pairs reached it."""
     manifest = {"engine": "?", **(manifest or {})}
     sims = cosine_matrices(vectors)  # [M, R, C, C]
     tables = sims.mean(axis=1)
     mean = tables.mean(axis=0)
-    max_pairs = len(pairs.classes) * params["top_n"]
+    max_pairs = len(pairs.classes) * config.top_n
     per_classifier = [pairs.of(i) for i in range(len(pairs.classifiers))]
     conf_sim = confusion_similarity(pairs)
     secondary = _mean_of([secondary_structure(p, max_pairs) for p in per_classifier])
@@ -220,7 +188,7 @@ def evaluate(
     rho = spearman_upper(*_known_block(pairs, mean, conf_sim), max_pairs=max_pairs)
     if replicates is None:
         replicates = np.empty((*vectors.shape[:1], 0, *vectors.shape[2:]), np.float32)
-    spread = _spread(tables, replicates, conf_sim, params)
+    spread = _spread(tables, replicates, conf_sim, config, seed)
     offdiag = mean_offdiag(mean)
     return Evaluation(
         classes=pairs.classes,
@@ -240,22 +208,22 @@ def evaluate(
             reliability,
             manifest.get("updates_per_class"),
             manifest["engine"],
-            params,
+            config,
             spread.reliability,
         ),
         uncertainty=spread,
         class_map=class_map(mean),
-        unstable_nearest=_unstable_nearest(spread, params["nearest_stability"]),
-        flat_guesses=caveats.flat_guesses_reason(secondary, pairs.top_k, params),
+        unstable_nearest=_unstable_nearest(spread, config.nearest_stability),
+        flat_guesses=caveats.flat_guesses_reason(secondary, pairs.top_k, config),
         confusion=confusion_counts(pairs),
         confusion_sim=conf_sim,
         spearman=rho,
         mean_offdiag=offdiag,
-        collapse_reasons=caveats.collapse_reasons(rho, offdiag, params),
+        collapse_reasons=caveats.collapse_reasons(rho, offdiag, config),
         n_pictures=pairs.n_pictures,
         top_k=pairs.top_k,
-        **_consensus_figures(vectors, replicates, mean, params),
-        **_group_figures(pairs, mean, params),
+        **_consensus_figures(vectors, replicates, mean, config),
+        **_group_figures(pairs, mean, config),
     )
 
 
@@ -286,7 +254,7 @@ def _unstable_nearest(spread: Uncertainty, threshold: float) -> tuple[int, ...]:
 
 
 def _consensus_figures(
-    vectors: np.ndarray, replicates: np.ndarray, mean: np.ndarray, params: dict
+    vectors: np.ndarray, replicates: np.ndarray, mean: np.ndarray, config: EvaluateConfig
 ) -> dict:
     """Evaluation's consensus fields: the runs' consensus vectors with the replicates aligned
     to them, how its own table agrees with the mean table, and the classes it holds loosely."""
@@ -303,14 +271,14 @@ def _consensus_figures(
         ),
         "consensus_max_diff": float(np.abs(table - mean)[iu].max()) if len(iu[0]) else 0.0,
         "unstable": tuple(
-            int(i) for i in np.flatnonzero(consensus.dispersion > params["unstable_dispersion"])
+            int(i) for i in np.flatnonzero(consensus.dispersion > config.unstable_dispersion)
         ),
     }
 
 
-def _group_figures(pairs: Pairs, mean: np.ndarray, params: dict) -> dict:
+def _group_figures(pairs: Pairs, mean: np.ndarray, config: EvaluateConfig) -> dict:
     """Evaluation's group fields (groups.py) and the average-linkage tree of all classes."""
-    groups = resolve_groups(params["groups"], pairs.groups, pairs.classes)
+    groups = resolve_groups(config.groups, pairs.groups, pairs.classes)
     labels = group_labels(groups, pairs.classes)
     separation, agreement, ari = group_scores(mean, labels)
     link = average_linkage(mean)

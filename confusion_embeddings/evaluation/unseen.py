@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import mannwhitneyu, spearmanr
 
+from confusion_embeddings.config.evaluate import NOVELTY_SCORES, EvaluateConfig
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.embedding.consensus import unit
 from confusion_embeddings.pairs import Pairs
 
-NOVELTY_SCORES = ("max_prob", "margin", "entropy", "spread")
 BASELINE = "max_prob"
 NEAREST_LISTED = 3  # known classes listed per unseen class in the report
 REFERENCE_HEADER = ["class", "neighbour", "cosine"]  # the first columns of the table CSV
@@ -212,7 +212,7 @@ def assess_unseen(
     low: np.ndarray,
     high: np.ndarray,
     vectors: np.ndarray,
-    params: dict,
+    config: EvaluateConfig,
     reference: tuple[str, dict[tuple[str, str], float]] | None = None,
 ) -> Unseen | None:
     """Placement and novelty of the pairs' unseen classes (None when there are none).
@@ -222,7 +222,7 @@ def assess_unseen(
     where, table = reference if reference else ("no reference table given", None)
     return Unseen(
         place(pairs.classes, pairs.unseen_ids, mean, low, high, table),
-        novelty(pairs, vectors, params["novelty_score"], params["novelty_keep_known"]),
+        novelty(pairs, vectors, config.novelty_score, config.novelty_keep_known),
         where,
     )
 

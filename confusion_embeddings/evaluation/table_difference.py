@@ -1,4 +1,4 @@
-"""Is table A different from table B beyond the noise of each? The figures of `compare`.
+"""Is table A different from table B beyond the noise of each? The figures of compare.py.
 
 Reads and writes nothing. Each side is a table with its bootstrap replicates on a set of
 class pairs (the evaluate stage's matrices file). On the class pairs both sides kept:
@@ -103,7 +103,7 @@ class Comparison:
         }
 
 
-def compare(a: Side, b: Side, confidence: float = 0.95) -> Comparison:
+def compare_tables(a: Side, b: Side, confidence: float = 0.95) -> Comparison:
     """The figures of the module docstring."""
     if set(a.classes) != set(b.classes):
         only = sorted(set(a.classes) ^ set(b.classes))
@@ -124,7 +124,7 @@ def compare(a: Side, b: Side, confidence: float = 0.95) -> Comparison:
     if n < 2:
         raise PipelineError(
             f"{a.name if len(ra) < 2 else b.name}: fewer than 2 bootstrap replicates; rerun "
-            "evaluate with evaluate.bootstrap >= 2"
+            "resample with resample.bootstrap >= 2"
         )
     ra, rb = ra[:n], rb[:n]
     tail = 100 * (1 - confidence) / 2
