@@ -10,6 +10,8 @@
                         -> resampling.json, api.json
     engines.py          embed's two engines side by side on one pairs file -> engines.json
     bf16_predictions.py how far bf16 moves the guesses and the similarity table
+    synthetic.py        synthetic predictions files with a planted confusion structure
+                        (engines.py; the tests import it too)
     lock_diff.py        a tool: two dvc.lock files compared output by output
 
 Studies of the method (recipe, engine, unseen classes) live in method_studies/; the
