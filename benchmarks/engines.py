@@ -2,20 +2,22 @@
 
     .venv/bin/python -m benchmarks.engines                    # data/pairs, params.yaml's embed
     .venv/bin/python -m benchmarks.engines --pairs some/dir --seeds 0 1 2
-    PYTHONPATH=tests .venv/bin/python -m benchmarks.engines --synthetic  # CIFAR-like pairs
+    .venv/bin/python -m benchmarks.engines --synthetic           # CIFAR-like pairs
 
 Reads <pairs>/pairs.npz (the pairs stage's output) and takes one classifier's pairs from it
 (--classifier, by default the first: the engines train on one classifier's pairs, as the
 embed stage does for each). If it does not exist (or --synthetic), generates CIFAR-like
-pairs instead: tests/synthetic.py's predictions (10 classes, the two CIFAR-10 groups
-confused within themselves) turned into top-3 pairs by stages/pairs.py.
+pairs instead: benchmarks/synthetic.py's predictions (10 classes, the two CIFAR-10 groups
+confused within themselves) turned into top-3 pairs by the pairs stage's build_pairs
+(confusion_embeddings/pairs.py).
 
 The embed params are params.yaml's `embed` section (defaults where it has none; seeds
 0..9 by default), once with engine gensim and once with engine jax. For each engine it
 prints and records:
     wall_s                 train_vectors() for all seeds (jax: compilation included)
-    spearman_vs_confusion  stages/evaluate.py's spearman_upper of the seed-mean cosine table
-                           against the confusion similarity (the evaluate stage's figure)
+    spearman_vs_confusion  spearman_upper (evaluation/ranking.py) of the seed-mean cosine
+                           table against the confusion similarity (the evaluate stage's
+                           figure)
     mean_offdiag_cosine    mean off-diagonal cosine of the seed-mean table
     mean_seed_std          mean over class pairs of the cosine's std over seeds
     budget_x2_max_change   largest change of the seed-mean cosine table when the training
@@ -64,7 +66,12 @@ def seed_runs(pairs, params):
 
 
 def synthetic_pairs(n_per_class: int, strength: float, seed: int) -> Pairs:
-    from synthetic import CIFAR10, CIFAR10_GROUPS, make_synthetic_predictions, write_predictions
+    from benchmarks.synthetic import (
+        CIFAR10,
+        CIFAR10_GROUPS,
+        make_synthetic_predictions,
+        write_predictions,
+    )
 
     with tempfile.TemporaryDirectory(prefix="engines-bench-") as tmp:
         path = write_predictions(

@@ -386,19 +386,44 @@ def ratio_over_rounds(
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
+class Bench(NamedTuple):
+    """What every measurement of one run shares: params.yaml's train section, the network in
+    float32 (and in bf16 where it runs natively: else None), the inputs, the repetitions."""
+
+    params: dict
+    run: RunConfig
+    run_bf16: RunConfig | None
+    batch: np.ndarray  # a train batch of random pictures, and its labels
+    labels: np.ndarray
+    pbatch: np.ndarray  # a predict batch
+    flops_train: int  # per picture, forward and backward
+    reps: int
+    rounds: int
+
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.run.model
+
+    @property
+    def cfg_bf16(self) -> ModelConfig | None:
+        return self.run_bf16.model if self.run_bf16 else None
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 100k pairs")
     ap.add_argument("--skip-repro", action="store_true", help="skip the dvc timings")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
-    args = ap.parse_args()
-    reps = 3 if args.quick else 7
+    return ap.parse_args()
 
+
+def prepare(quick: bool) -> tuple[Bench, dict]:
+    """The process set up as the train and predict stages set it up, before JAX starts:
+    freed host memory reused (for PyTorch too, which runs in this process), and on CPU one
+    JAX device per core. Returns the run's Bench and the machine's description."""
     p = validate_section(
         "train", yaml.safe_load((ROOT / "params.yaml").read_text())["train"], TRAIN_SCHEMA
     )
-    # As the train and predict stages do, before JAX starts: freed host memory reused (for
-    # PyTorch too, which runs in this process), and on CPU one JAX device per core.
     choice = conv.resolve(p["conv_impl"], "f32")
     bf16 = conv.resolve(p["conv_impl"], "bf16")  # the same convolution, or a warning why not
     setup = host.prepare_host(p["cpu_devices"], [p["batch_size"], PREDICT_BATCH], choice.impl)
@@ -408,123 +433,135 @@ def main() -> None:
     # The float32 figures are float32 whatever params.yaml's precision; bf16 ones are named so.
     run = RunConfig.resolve(p, 0, 10, choice)
     run_bf16 = run.running(bf16) if bf16.precision == "bf16" else None
-    cfg, cfg_bf16 = run.model, run_bf16.model if run_bf16 else None
-    if cfg_bf16 is None:
+    if run_bf16 is None:
         print(f"skipping the bf16 figures: {bf16.warning}", flush=True)
     rng = np.random.default_rng(0)
     bs = p["batch_size"]
     batch = rng.integers(0, 256, (bs, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, bs).astype(np.int32)
-    flops_train = 3 * count_flops(cfg, (32, 32))
+    pbatch = rng.integers(0, 256, (PREDICT_BATCH, 32, 32, 3), dtype=np.uint8)
+    flops = 3 * count_flops(run.model, (32, 32))
+    reps, rounds = (3, 2) if quick else (7, 3)
+    bench = Bench(p, run, run_bf16, batch, labels, pbatch, flops, reps, rounds)
+    return bench, machine(bf16.warning or "measured", setup.memory_reused)
 
-    res: dict = {
-        "machine": {
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "torch": torch.__version__,
-            "backend": jax.default_backend(),
-            "devices": jax.device_count(),
-            "cpus": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "cpu_isa": host.cpu_isa(),
-            "bf16_isa": [f for f in host.BF16_ISA if f in host.cpu_isa().split()],
-            "bf16_figures": bf16.warning or "measured",
-            "host_memory_reused": setup.memory_reused,
-        },
-        "network": {
-            "batch_size": bs,
-            **dataclasses.asdict(cfg),
-            "gflops_train_per_image": flops_train / 1e9,
-        },
+
+def machine(bf16_figures: str, memory_reused) -> dict:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_isa": host.cpu_isa(),
+        "bf16_isa": [f for f in host.BF16_ISA if f in host.cpu_isa().split()],
+        "bf16_figures": bf16_figures,
+        "host_memory_reused": memory_reused,
     }
-    # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
-    # machine then lowers one round of every figure instead of all of one engine's. Each
-    # ratio is the median over rounds of the ratio measured within the round.
-    rounds = 2 if args.quick else 3
-    print(f"measuring peak matmul and train steps ({rounds} rounds) ...", flush=True)
-    train_bf16 = {}
-    if cfg_bf16 is not None:
-        train_bf16 = {
-            "train_images_per_s_jax_bf16": lambda: jax_train(run_bf16, batch, labels, reps, False),
-            "train_images_per_s_torch_bf16_channels_last": lambda: torch_train(
-                p, cfg, batch, labels, reps, channels_last=True, bf16=True
-            ),
-        }
-    train = side_by_side(
-        rounds,
-        {
-            "peak_gflops": lambda: peak_gflops(reps),
-            "train_images_per_s_jax": lambda: jax_train(run, batch, labels, reps, False),
-            "train_images_per_s_jax_with_augmentation": lambda: jax_train(
-                run, batch, labels, reps, True
-            ),
-            "train_images_per_s_jax_one_device": lambda: jax_train(
-                run, batch, labels, reps, False, n_devices=1
-            ),
-            "train_images_per_s_torch_channels_last": lambda: torch_train(
-                p, cfg, batch, labels, reps, channels_last=True
-            ),
-            "train_images_per_s_torch_contiguous": lambda: torch_train(
-                p, cfg, batch, labels, reps, channels_last=False
-            ),
-            **train_bf16,
-        },
-    )
-    res.update({k: pooled(v) for k, v in train.items()})
+
+
+def network(b: Bench) -> dict:
+    return {
+        "batch_size": b.params["batch_size"],
+        **dataclasses.asdict(b.cfg),
+        "gflops_train_per_image": b.flops_train / 1e9,
+    }
+
+
+def train_measures(b: Bench) -> dict:
+    """The peak matmul and every train step, each a function returning its figure."""
+    p, cfg, batch, labels, reps = b.params, b.cfg, b.batch, b.labels, b.reps
+    measures = {
+        "peak_gflops": lambda: peak_gflops(reps),
+        "train_images_per_s_jax": lambda: jax_train(b.run, batch, labels, reps, False),
+        "train_images_per_s_jax_with_augmentation": lambda: jax_train(
+            b.run, batch, labels, reps, True
+        ),
+        "train_images_per_s_jax_one_device": lambda: jax_train(
+            b.run, batch, labels, reps, False, n_devices=1
+        ),
+        "train_images_per_s_torch_channels_last": lambda: torch_train(
+            p, cfg, batch, labels, reps, channels_last=True
+        ),
+        "train_images_per_s_torch_contiguous": lambda: torch_train(
+            p, cfg, batch, labels, reps, channels_last=False
+        ),
+    }
+    if b.run_bf16 is not None:
+        measures["train_images_per_s_jax_bf16"] = lambda: jax_train(
+            b.run_bf16, batch, labels, reps, False
+        )
+        measures["train_images_per_s_torch_bf16_channels_last"] = lambda: torch_train(
+            p, cfg, batch, labels, reps, channels_last=True, bf16=True
+        )
+    return measures
+
+
+def measure_train(b: Bench) -> dict:
+    """The train figures, their ratios within each round, and the step's share of the peak."""
+    print(f"measuring peak matmul and train steps ({b.rounds} rounds) ...", flush=True)
+    train = side_by_side(b.rounds, train_measures(b))
+    res = {k: pooled(v) for k, v in train.items()}
     res["train_ratio_vs_torch"] = ratio_over_rounds(
         train,
         "train_images_per_s_jax",
         ("train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"),
     )
-    if train_bf16:
+    if b.run_bf16 is not None:
         res["train_ratio_bf16_vs_f32"] = ratio_over_rounds(
             train, "train_images_per_s_jax_bf16", ("train_images_per_s_jax",)
         )
         res["train_ratio_vs_torch_bf16"] = ratio_over_rounds(
             train, "train_images_per_s_jax_bf16", ("train_images_per_s_torch_bf16_channels_last",)
         )
-    res["train_gflops_jax"] = res["train_images_per_s_jax"]["median"] * flops_train / 1e9
+    gflop = b.flops_train / 1e9
+    res["train_gflops_jax"] = res["train_images_per_s_jax"]["median"] * gflop
     # Within each round too: the matmul peak moves with the machine's phases like the rest.
     res["train_fraction_of_peak"] = over_rounds(
         [
-            j["median"] * flops_train / 1e9 / pk["median"]
+            j["median"] * gflop / pk["median"]
             for j, pk in zip(train["train_images_per_s_jax"], train["peak_gflops"], strict=True)
         ]
     )
+    return res
 
-    print(f"measuring inference + top-k ({rounds} rounds) ...", flush=True)
-    pbatch = rng.integers(0, 256, (PREDICT_BATCH, 32, 32, 3), dtype=np.uint8)
-    predict_bf16 = {}
-    if cfg_bf16 is not None:
-        predict_bf16 = {
-            "predict_images_per_s_jax_bf16": lambda: jax_predict(cfg_bf16, pbatch, reps),
-            "predict_images_per_s_torch_bf16_channels_last": lambda: torch_predict(
-                cfg, pbatch, reps, channels_last=True, bf16=True
-            ),
-        }
-    predict = side_by_side(
-        rounds,
-        {
-            "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps),
-            "predict_images_per_s_jax_one_device": lambda: jax_predict(
-                cfg, pbatch, reps, n_devices=1
-            ),
-            "predict_images_per_s_torch_channels_last": lambda: torch_predict(
-                cfg, pbatch, reps, channels_last=True
-            ),
-            "predict_images_per_s_torch_contiguous": lambda: torch_predict(
-                cfg, pbatch, reps, channels_last=False
-            ),
-            **predict_bf16,
-        },
-    )
-    res.update({k: pooled(v) for k, v in predict.items()})
+
+def predict_measures(b: Bench) -> dict:
+    """Every inference + top-k, each a function returning its figure."""
+    cfg, pbatch, reps = b.cfg, b.pbatch, b.reps
+    measures = {
+        "predict_images_per_s_jax": lambda: jax_predict(cfg, pbatch, reps),
+        "predict_images_per_s_jax_one_device": lambda: jax_predict(cfg, pbatch, reps, n_devices=1),
+        "predict_images_per_s_torch_channels_last": lambda: torch_predict(
+            cfg, pbatch, reps, channels_last=True
+        ),
+        "predict_images_per_s_torch_contiguous": lambda: torch_predict(
+            cfg, pbatch, reps, channels_last=False
+        ),
+    }
+    if b.cfg_bf16 is not None:
+        measures["predict_images_per_s_jax_bf16"] = lambda: jax_predict(b.cfg_bf16, pbatch, reps)
+        measures["predict_images_per_s_torch_bf16_channels_last"] = lambda: torch_predict(
+            cfg, pbatch, reps, channels_last=True, bf16=True
+        )
+    return measures
+
+
+def measure_predict(b: Bench) -> dict:
+    """The inference figures and their ratios within each round."""
+    print(f"measuring inference + top-k ({b.rounds} rounds) ...", flush=True)
+    predict = side_by_side(b.rounds, predict_measures(b))
+    res = {k: pooled(v) for k, v in predict.items()}
     res["predict_ratio_vs_torch"] = ratio_over_rounds(
         predict,
         "predict_images_per_s_jax",
         ("predict_images_per_s_torch_channels_last", "predict_images_per_s_torch_contiguous"),
     )
-    if predict_bf16:
+    if b.cfg_bf16 is not None:
         res["predict_ratio_bf16_vs_f32"] = ratio_over_rounds(
             predict, "predict_images_per_s_jax_bf16", ("predict_images_per_s_jax",)
         )
@@ -533,16 +570,30 @@ def main() -> None:
             "predict_images_per_s_jax_bf16",
             ("predict_images_per_s_torch_bf16_channels_last",),
         )
+    return res
 
+
+def write(res: dict, out: str) -> None:
+    Path(out).write_text(json.dumps(res, indent=2) + "\n")
+
+
+def main() -> None:
+    args = parse_args()
+    bench, host_info = prepare(args.quick)
+    res: dict = {"machine": host_info, "network": network(bench)}
+    # JAX and PyTorch take turns, `rounds` times: a slow phase of this (noisy, shared)
+    # machine then lowers one round of every figure instead of all of one engine's. Each
+    # ratio is the median over rounds of the ratio measured within the round.
+    res.update(measure_train(bench))
+    res.update(measure_predict(bench))
     # Written now too: the network's figures survive a failure in the stages' timings below.
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    write(res, args.out)
     if not args.skip_repro:
         print("measuring dvc repro ...", flush=True)
         res.update(repro_times(3 if args.quick else 5))
     print("measuring the pairs stage at ImageNet size ...", flush=True)
     res.update(pairs_many_classes(100_000 if args.quick else 1_281_167))
-
-    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    write(res, args.out)
     print_table(res)
 
 

@@ -52,7 +52,7 @@ def test_ratio_is_taken_within_each_round_and_against_the_faster_layout():
 
 
 def test_recipe_study_finds_every_classifiers_predictions_in_a_lock():
-    from benchmarks.recipe_study import prediction_files
+    from method_studies.recipe_study import prediction_files
 
     single = {"data/prepared": "a", "data/predictions.npz": "b", "models/cnn": "c"}
     assert prediction_files(single) == {"predictions": "b"}

@@ -225,10 +225,13 @@ def test_the_readme_is_a_front_door():
     assert all((ROOT / n).exists() for n in named), named
 
 
+OUR_PACKAGES = ("confusion_embeddings", "stages", "benchmarks", "method_studies")
+
+
 def test_every_command_and_file_the_pages_name_exists():
     """What a reader types from the README and the docs: `make <target>` is a target of the
-    Makefile, `python -m <module>` a module of the project, and every docs/, benchmarks/ or
-    confusion_embeddings/ path a file or folder (tests/ paths: test_reliability_doc.py)."""
+    Makefile, `python -m <module>` a module of the project, and every path under docs/ or
+    one of OUR_PACKAGES a file or folder (tests/ paths: test_reliability_doc.py)."""
     makefile = (ROOT / "Makefile").read_text()
     targets = set(re.findall(r"(?m)^([\w-]+):", makefile))
     for page in PAGES:
@@ -240,9 +243,7 @@ def test_every_command_and_file_the_pages_name_exists():
         for target in re.findall(r"(?m)(?:^|\s)make ([a-z][\w-]*)", code):
             assert target in targets, (page.name, f"make {target}")
         for module in {m.rstrip(".") for m in re.findall(r"python -m ([\w.]+)", code)}:
-            found = module.split(".")[0] in ("confusion_embeddings", "benchmarks", "stages")
+            found = module.split(".")[0] in OUR_PACKAGES
             assert not found or importlib.util.find_spec(module), (page.name, module)
-        for path in set(
-            re.findall(r"\b((?:docs|confusion_embeddings|benchmarks)/[\w/.-]*\w)", text)
-        ):
+        for path in set(re.findall(rf"\b((?:docs|{'|'.join(OUR_PACKAGES)})/[\w/.-]*\w)", text)):
             assert (ROOT / path).exists() or "<" in path, (page.name, path)

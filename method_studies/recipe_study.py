@@ -1,8 +1,8 @@
 """The classifier recipe study: which recipe gives ranked guesses the method can read.
 
-    python -m benchmarks.recipe_study --repo . --experiments ls0-e10-s0 ls0-e10-s1 ...
-    python -m benchmarks.recipe_study ... --tta --prepared data/prepared
-    python -m benchmarks.recipe_study --experiments bf16-e10 HEAD   # experiments, commits
+    python -m method_studies.recipe_study --repo . --experiments ls0-e10-s0 ls0-e10-s1 ...
+    python -m method_studies.recipe_study ... --tta --prepared data/prepared
+    python -m method_studies.recipe_study --experiments bf16-e10 HEAD   # experiments, commits
 
 Reads DVC experiments of this pipeline from their dvc.lock in git and their outputs in the
 DVC cache. An experiment with one classifier (the paper's setup) is grouped with the others
@@ -17,7 +17,7 @@ setting it reports, as evaluate computes them:
 With --tta, every classifier of the settings is also run again from its saved weights with
 test-time augmentation off, flip only, and flip + translate, the same figures per variant.
 
-Writes benchmarks/recipe_study.json (or --out) and prints a markdown table.
+Writes method_studies/recipe_study.json (or --out) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--experiments", nargs="+", required=True)
     ap.add_argument("--tta", action="store_true", help="also rerun predict with TTA variants")
     ap.add_argument("--prepared", type=Path, help="the prepared data (for --tta)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "recipe_study.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "method_studies" / "recipe_study.json")
     args = ap.parse_args()
     refs = experiment_refs(args.repo)
     # setting -> [(classifier name, its experiment's outputs, its predictions md5)]

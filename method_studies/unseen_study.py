@@ -5,9 +5,9 @@ run -n` names them): from each, params.yaml, metrics/train/seed_<s>.json (the te
 on the known classes), metrics/similarity.json (unseen_*, novelty_auroc_*) and
 reports/similarity.csv (the unseen class's row); and the reference table
 references/similarity.csv; the report's line with every novelty score's AUROC. Prints the
-markdown table and writes benchmarks/unseen_study.json.
+markdown table and writes method_studies/unseen_study.json.
 
-    python -m benchmarks.unseen_study [--prefix unseen-] [--out benchmarks/unseen_study.json]
+    python -m method_studies.unseen_study [--prefix unseen-] [--out FILE]
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def summary(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prefix", default="unseen-")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "unseen_study.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "method_studies" / "unseen_study.json")
     args = ap.parse_args()
     with open(ROOT / "references" / "similarity.csv", newline="") as fh:
         reference = list(csv.DictReader(fh))

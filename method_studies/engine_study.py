@@ -1,8 +1,8 @@
 """Benchmark: which embed engine holds from a few hundred pictures to ImageNet's size.
 
-    python -m benchmarks.engine_study                   # every setting below
-    python -m benchmarks.engine_study --quick           # without the 1,000-class setting
-    python -m benchmarks.engine_study --predictions cifar=data/predictions/seed_0.npz
+    python -m method_studies.engine_study                   # every setting below
+    python -m method_studies.engine_study --quick           # without the 1,000-class setting
+    python -m method_studies.engine_study --predictions cifar=data/predictions/seed_0.npz
 
 Both engines (embed.engine gensim and jax), every other embed param at its default, on:
   - graded synthetic predictions: C classes at random positions in a 4-d latent space; a
@@ -16,7 +16,7 @@ seed-mean table: spearman_vs_confusion (the pairs evaluate ranks: C x top_n most
 mean_offdiag_cosine, collapsed (evaluate's default criteria), seed_reliability (split-half:
 even vs odd seeds, evaluation/scores.py), and the wall time of train_vectors.
 
-Writes benchmarks/engine_study.json.
+Writes method_studies/engine_study.json.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the 1,000-class setting")
     ap.add_argument("--predictions", nargs="*", default=[], help="NAME=PATH predictions files")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "engine_study.json"))
+    ap.add_argument("--out", default=str(ROOT / "method_studies" / "engine_study.json"))
     args = ap.parse_args()
     results = {}
     for n_classes, n in SETTINGS:
