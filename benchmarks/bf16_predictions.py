@@ -139,19 +139,18 @@ def _bf16_logits_fn(graphdef, norm, tta_flip: bool, tta_translate: int):
 def compare(data, splits: list[str], probs: dict[str, np.ndarray], seconds: dict) -> dict:
     from scipy.stats import spearmanr
 
+    from confusion_embeddings.config.embed import EmbedConfig
+    from confusion_embeddings.config.pairs import PairsConfig
     from confusion_embeddings.core.files import save_npz
-    from confusion_embeddings.core.params import validate_section
     from confusion_embeddings.embedding.consensus import cosine_matrices
-    from confusion_embeddings.embedding.engines import SCHEMA as EMBED_SCHEMA
-    from confusion_embeddings.embedding.engines import train_vectors
+    from confusion_embeddings.embedding.engines import fit_runs
     from confusion_embeddings.evaluation.confusion import confusion_similarity
-    from confusion_embeddings.pairs import SCHEMA as PAIRS
     from confusion_embeddings.pairs import build_pairs
     from confusion_embeddings.predictions import load_predictions
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     top_k = params["pairs"]["top_k"]
-    embed = validate_section("embed", {**params["embed"], "engine": "jax"}, EMBED_SCHEMA)
+    embed = EmbedConfig.from_params({**params["embed"], "engine": "jax"})
     labels = np.concatenate([data.splits[s].labels for s in splits]).astype(np.int32)
     split_id = np.concatenate(
         [np.full(len(data.splits[s].labels), i) for i, s in enumerate(splits)]
@@ -172,9 +171,9 @@ def compare(data, splits: list[str], probs: dict[str, np.ndarray], seconds: dict
                     "groups": np.array(json.dumps(data.groups)),
                 },
             )
-            pairs = build_pairs(load_predictions(path), top_k, PAIRS["block_size"].default)
+            pairs = build_pairs(load_predictions(path), top_k, PairsConfig().block_size)
             guesses[name] = pairs.guess.reshape(-1, top_k)
-            cosines = cosine_matrices(train_vectors(pairs, embed)).mean(axis=0)
+            cosines = cosine_matrices(fit_runs(pairs, embed)).mean(axis=0)
             tables[name] = (cosines, confusion_similarity(pairs))
     report: dict = {"seconds": seconds, "pictures": int(len(labels)), "against_f32": {}}
     ref = guesses["f32"]

@@ -14,7 +14,7 @@ confused within themselves) turned into top-3 pairs by the pairs stage's build_p
 The embed params are params.yaml's `embed` section (defaults where it has none; seeds
 0..9 by default), once with engine gensim and once with engine jax. For each engine it
 prints and records:
-    wall_s                 train_vectors() for all seeds (jax: compilation included)
+    wall_s                 fit_runs() for all seeds (jax: compilation included)
     spearman_vs_confusion  spearman_upper (evaluation/ranking.py) of the seed-mean cosine
                            table against the confusion similarity (the evaluate stage's
                            figure)
@@ -43,13 +43,13 @@ import numpy as np
 import yaml
 from scipy.stats import spearmanr
 
-from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.pairs import PairsConfig
 from confusion_embeddings.embedding.consensus import cosine_matrices
-from confusion_embeddings.embedding.engines import SCHEMA, train_restarts, train_vectors
+from confusion_embeddings.embedding.engines import fit_restarts, fit_runs
 from confusion_embeddings.evaluation.confusion import confusion_similarity
 from confusion_embeddings.evaluation.ranking import mean_offdiag, seed_mean_std, spearman_upper
 from confusion_embeddings.pairs import PAIRS_FILE, Pairs, build_pairs, load_pairs
-from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.predictions import load_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +57,12 @@ ENGINES = ("gensim", "jax")
 BUDGET_KEY = {"gensim": "epochs", "jax": "jax_steps"}
 
 
-def seed_runs(pairs, params):
+def seed_runs(pairs, config: EmbedConfig):
     """One vector set per seed [S, C, dim]: gensim's runs, or each of the jax engine's
     restarts (its table keeps only the lowest-loss one)."""
-    if params["engine"] == "jax":
-        return train_restarts(pairs, params).w_in
-    return train_vectors(pairs, params)
+    if config.engine == "jax":
+        return fit_restarts(pairs, config).w_in
+    return fit_runs(pairs, config)
 
 
 def synthetic_pairs(n_per_class: int, strength: float, seed: int) -> Pairs:
@@ -80,16 +80,16 @@ def synthetic_pairs(n_per_class: int, strength: float, seed: int) -> Pairs:
                 n_per_class, CIFAR10, CIFAR10_GROUPS, confusion_strength=strength, seed=seed
             ),
         )
-        return build_pairs(load_predictions(path), top_k=3, block_size=PAIRS["block_size"].default)
+        return build_pairs(load_predictions(path), top_k=3, block_size=PairsConfig().block_size)
 
 
-def embed_params(params_file: Path, seeds: list[int] | None) -> dict:
+def embed_params(params_file: Path, seeds: list[int] | None) -> EmbedConfig:
     raw = {}
     if params_file.exists():
         raw = (yaml.safe_load(params_file.read_text()) or {}).get("embed") or {}
     if seeds is not None:
         raw = {**raw, "seeds": seeds}
-    return validate_section("embed", raw, SCHEMA)
+    return EmbedConfig.from_params(raw)
 
 
 def upper(a: np.ndarray) -> np.ndarray:
@@ -106,12 +106,12 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def run(pairs: Pairs, base: dict) -> dict:
+def run(pairs: Pairs, base: EmbedConfig) -> dict:
     conf = confusion_similarity(pairs)
     results: dict[str, dict] = {}
     means: dict[str, np.ndarray] = {}
     for engine in ENGINES:
-        params = {**base, "engine": engine}
+        params = base.replace(engine=engine)
         t0 = time.perf_counter()
         vectors = seed_runs(pairs, params)
         wall = time.perf_counter() - t0
@@ -131,7 +131,7 @@ def run(pairs: Pairs, base: dict) -> dict:
             results[engine]["rerun_identical"] = bool(np.array_equal(again, vectors))
         # Budget dependence: twice the training (gensim: epochs, jax: steps), same seeds.
         budget_key = BUDGET_KEY[engine]
-        doubled = seed_runs(pairs, {**params, budget_key: 2 * params[budget_key]})
+        doubled = seed_runs(pairs, params.replace(**{budget_key: 2 * getattr(params, budget_key)}))
         results[engine]["budget_x2_max_change"] = _r(
             np.abs(seed_mean_std(cosine_matrices(doubled))[0] - mean).max()
         )

@@ -4,7 +4,7 @@
 
 1. The evaluate stage's function (method.assess) on the committed CIFAR-10 run's pairs and
    vectors (data/pairs, data/embed: run `dvc repro` or `dvc pull` first) with
-   evaluate.bootstrap = 200 and = 2, alternating over rounds (this machine's speed wanders):
+   resample.bootstrap = 200 and = 2, alternating over rounds (this machine's speed wanders):
    `evaluate_s_bootstrap_200`, `evaluate_s_bootstrap_2` and their difference, the added cost.
 2. 1,000 classes x 1,281,167 pictures (synthetic top-10 guesses, as ImageNet's size): the
    refits' peak memory (resident set size) and time at --big-replicates replicates.
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from confusion_embeddings.core.params import validate_section
+from confusion_embeddings.config.evaluate import EvaluateConfig
+from confusion_embeddings.config.resample import ResampleConfig
+from confusion_embeddings.embedding.resampling import resample
 from confusion_embeddings.embedding.store import load_embedding
-from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
-from confusion_embeddings.method import assess
+from confusion_embeddings.method import evaluate
 from confusion_embeddings.pairs import load_pairs
 
 HERE = Path(__file__).resolve().parent
@@ -47,13 +48,18 @@ def cpu_name() -> str:
 
 def evaluate_cost(rounds: int) -> dict:
     pairs, embedding = load_pairs("data/pairs"), load_embedding("data/embed")
-    params = validate_section("evaluate", {}, EVALUATE)
+    config = EvaluateConfig()
+
+    def resample_and_evaluate(bootstrap: int) -> None:  # the two stages, as they run
+        replicates = resample(pairs, embedding, ResampleConfig(bootstrap=bootstrap))
+        evaluate(pairs, embedding, replicates, config)
+
     times: dict[int, list[float]] = {200: [], 2: []}
-    assess(pairs, embedding, {**params, "bootstrap": 2})  # compile once, outside the timing
+    resample_and_evaluate(2)  # compile once, outside the timing
     for _ in range(rounds):
         for b in (200, 2):
             start = time.perf_counter()
-            assess(pairs, embedding, {**params, "bootstrap": b})
+            resample_and_evaluate(b)
             times[b].append(time.perf_counter() - start)
     full, bare = np.median(times[200]), np.median(times[2])
     return {
@@ -71,8 +77,9 @@ def big_cost(replicates: int) -> dict:
     code = f"""
 import json, resource, time
 import numpy as np
-from confusion_embeddings.core.params import validate_section
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED, embed
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.resample import ResampleConfig
+from confusion_embeddings.embedding.engines import embed
 from confusion_embeddings.embedding.resampling import replicate_vectors
 from confusion_embeddings.pairs import Pairs
 n, c, k = 1_281_167, 1000, 10
@@ -86,11 +93,11 @@ pairs = Pairs(true=np.repeat(true, k), guess=guess.astype(np.int32).ravel(),
               prob=np.full(n * k, np.nan, np.float32), split=np.full(n * k, -1, np.int8),
               classes=tuple(f"c{{i}}" for i in range(c)), splits=(), groups=None, top_k=k,
               classifier=np.zeros(n * k, np.int16), classifiers=("big",))
-params = validate_section("embed", {{"seeds": [0]}}, EMBED)
+params = EmbedConfig(seeds=[0])
 e = embed(pairs, params)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-replicate_vectors(pairs, e.restarts, params, {replicates}, 0)
+replicate_vectors(pairs, e.restarts, params, ResampleConfig(bootstrap={replicates}))
 print(json.dumps({{"seconds": time.perf_counter() - start,
                    "peak_rss_mib_before": before / 1024,
                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))

@@ -73,8 +73,8 @@ from confusion_embeddings.cnn.inference import SCHEMA as PREDICT
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, ModelConfig, count_flops
 from confusion_embeddings.cnn.training import create_train_state, make_train_step
+from confusion_embeddings.config.embed import SCHEMA as EMBED
 from confusion_embeddings.core.params import validate_section
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED
 
 ROOT = Path(__file__).resolve().parents[1]
 # Inference is timed at the predict stage's default batch.

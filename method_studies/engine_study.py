@@ -14,7 +14,7 @@ Both engines (embed.engine gensim and jax), every other embed param at its defau
 Each setting's pairs are the top-3 guesses. Per engine it records evaluate's figures on the
 seed-mean table: spearman_vs_confusion (the pairs evaluate ranks: C x top_n most confused),
 mean_offdiag_cosine, collapsed (evaluate's default criteria), seed_reliability (split-half:
-even vs odd seeds, evaluation/scores.py), and the wall time of train_vectors.
+even vs odd seeds, evaluation/scores.py), and the wall time of fit_runs.
 
 Writes method_studies/engine_study.json.
 """
@@ -28,30 +28,29 @@ from pathlib import Path
 
 import numpy as np
 
-from confusion_embeddings.core.params import defaults, validate_section
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.evaluate import EvaluateConfig
+from confusion_embeddings.config.pairs import PairsConfig
 from confusion_embeddings.embedding.consensus import cosine_matrices
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED
-from confusion_embeddings.embedding.engines import train_restarts, train_vectors
+from confusion_embeddings.embedding.engines import fit_restarts, fit_runs
 from confusion_embeddings.evaluation.caveats import collapse_reasons
 from confusion_embeddings.evaluation.confusion import confusion_similarity
 from confusion_embeddings.evaluation.ranking import mean_offdiag, seed_reliability, spearman_upper
-from confusion_embeddings.evaluation.scores import SCHEMA as EVALUATE
-from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, build_pairs
 from confusion_embeddings.predictions import load_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_K = 3
-BLOCK = PAIRS["block_size"].default
+BLOCK = PairsConfig().block_size
 SETTINGS = [(10, 200), (10, 1000), (10, 5000), (10, 60000), (100, 50000), (1000, 1281167)]
 
 
-def seed_runs(pairs, params):
+def seed_runs(pairs, config: EmbedConfig):
     """One vector set per seed [S, C, dim]: gensim's runs, or each of the jax engine's
     restarts (its table keeps only the lowest-loss one)."""
-    if params["engine"] == "jax":
-        return train_restarts(pairs, params).w_in
-    return train_vectors(pairs, params)
+    if config.engine == "jax":
+        return fit_restarts(pairs, config).w_in
+    return fit_runs(pairs, config)
 
 
 def graded_pairs(n_classes: int, n: int, seed: int = 0) -> Pairs:
@@ -85,12 +84,12 @@ def graded_pairs(n_classes: int, n: int, seed: int = 0) -> Pairs:
 
 
 def measure(pairs: Pairs) -> dict:
-    ev = validate_section("evaluate", {}, EVALUATE)
+    ev = EvaluateConfig()
     conf = confusion_similarity(pairs)
-    max_pairs = pairs.n_classes * ev["top_n"]
+    max_pairs = pairs.n_classes * ev.top_n
     out = {}
     for engine in ("gensim", "jax"):
-        params = validate_section("embed", {**defaults(EMBED), "engine": engine}, EMBED)
+        params = EmbedConfig(engine=engine)
         t0 = time.perf_counter()
         sims = cosine_matrices(seed_runs(pairs, params))
         wall = time.perf_counter() - t0

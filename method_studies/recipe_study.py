@@ -36,22 +36,21 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from confusion_embeddings.core.params import defaults, validate_section
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.pairs import PairsConfig
 from confusion_embeddings.embedding.consensus import cosine_matrices
-from confusion_embeddings.embedding.engines import SCHEMA as EMBED
-from confusion_embeddings.embedding.engines import train_vectors
+from confusion_embeddings.embedding.engines import fit_runs
 from confusion_embeddings.evaluation.confusion import (
     confusion_similarity,
     secondary_structure,
     top1_accuracy,
 )
 from confusion_embeddings.evaluation.ranking import spearman_upper, table_agreement
-from confusion_embeddings.pairs import SCHEMA as PAIRS
 from confusion_embeddings.pairs import Pairs, build_pairs
 from confusion_embeddings.predictions import load_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
-PAIRS_DEFAULTS = defaults(PAIRS)
+PAIRS_DEFAULTS = PairsConfig()
 TTA = {"none": (False, 0), "flip": (True, 0), "flip+translate": (True, 1)}
 
 
@@ -104,16 +103,16 @@ def prediction_files(outs: dict[str, str]) -> dict[str, str]:
 def pairs_of(predictions: Path, name: str) -> Pairs:
     """A predictions file's pairs at the pairs stage's default top_k and block size."""
     return build_pairs(
-        load_predictions(predictions), PAIRS_DEFAULTS["top_k"], PAIRS_DEFAULTS["block_size"], name
+        load_predictions(predictions), PAIRS_DEFAULTS.top_k, PAIRS_DEFAULTS.block_size, name
     )
 
 
 def figures(pairs_list: list[Pairs]) -> dict:
     tables = {}
     for engine in ("jax", "gensim"):
-        params = validate_section("embed", {**defaults(EMBED), "engine": engine}, EMBED)
+        params = EmbedConfig(engine=engine)
         tables[engine] = np.stack(
-            [cosine_matrices(train_vectors(p, params)).mean(axis=0) for p in pairs_list]
+            [cosine_matrices(fit_runs(p, params)).mean(axis=0) for p in pairs_list]
         )
     vs_conf = [
         spearman_upper(t, confusion_similarity(p))
