@@ -90,6 +90,7 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
     assert vectors.shape == (len(seeds), 1, 4, 3) and manifest["classes"] == classes
     assert manifest["classifiers"] == list(pr.classifiers)
 
+    run_in_project(project, "resample")
     run_in_project(project, "evaluate")
     with np.load(project / o["evaluate"]["--matrices"], allow_pickle=False) as mat:
         mean = mat["similarity_mean"]

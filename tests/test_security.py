@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -171,7 +171,8 @@ def test_pickled_object_array_in_predictions_never_runs(box, monkeypatch, capsys
     )
     (box.work / "params.yaml").write_text("pairs:\n  top_k: 1\n")
     monkeypatch.chdir(box.work)
-    monkeypatch.setattr(sys, "argv", ["pairs", *stage_argv("pairs", predictions=folder)])
+    pattern = folder / PurePosixPath(stage_options("pairs")["--predictions"]).name
+    monkeypatch.setattr(sys, "argv", ["pairs", *stage_argv("pairs", predictions=pattern)])
     before = box.snapshot()
     with pytest.raises(SystemExit) as exc:
         run_main(pairs_stage.main)
