@@ -225,6 +225,7 @@ def embed_predictions(
     topk: np.ndarray | Sequence[np.ndarray] | None = None,
     groups: dict[str, list[str]] | None = None,
     unseen: Sequence[str] = (),
+    split: Sequence[str] | np.ndarray | Sequence[np.ndarray] | None = None,
     reference: str | Path | None = None,
     **params: Any,
 ) -> Result:
@@ -235,12 +236,15 @@ def embed_predictions(
     array or a list). `unseen`: classes the classifier was never trained on (never a guess;
     the report places them, evaluation/unseen.py), their rows compared with the similarity
     table CSV `reference` if given; probs/logits may then be [N, C - u], the known classes'
-    columns in the order of `classes` without the unseen ones (predictions.py). `params`:
+    columns in the order of `classes` without the unseen ones (predictions.py). `split`:
+    each picture's split name, e.g. "train" or "test" (one array, or one per classifier):
+    the new-or-known scores are fitted on the known classes' "train" pictures and measured
+    on the "test" ones (novelty.py). `params`:
     any key of params.yaml's pairs, embed, resample or evaluate section, e.g. top_k=1,
     dim=10, bootstrap=500; a bad one raises PipelineError naming the keyword argument."""
     with params_given_to("embed_predictions"):  # a bad value names its keyword argument
         configs = split_params(params)
-        predictions = _predictions(labels, classes, probs, logits, topk, groups, unseen)
+        predictions = _predictions(labels, classes, probs, logits, topk, groups, unseen, split)
         pairs = make_pairs(predictions, configs.pairs)
         # The groups are checked before the refits, which take the longest.
         resolve_groups(configs.evaluate.groups, pairs.groups, pairs.classes)
@@ -251,11 +255,12 @@ def embed_predictions(
     return Result(ev, pairs, embedding, replicates, configs)
 
 
-def _predictions(labels, classes, probs, logits, topk, groups, unseen) -> list:
+def _predictions(labels, classes, probs, logits, topk, groups, unseen, split=None) -> list:
     """(name, Predictions) per classifier, each checked against the predictions contract."""
     given = {"probs": probs, "logits": logits, "topk": topk}
     scores = {k: _per_classifier(v, 2) for k, v in given.items() if v is not None}
     label_list = _per_classifier(labels, 1)
+    splits = _per_classifier(split, 1) if split is not None else [None]
     m = max([len(label_list), *(len(v) for v in scores.values())])
     for key, v in {"labels": label_list, **scores}.items():
         if len(v) not in (1, m):
@@ -271,7 +276,20 @@ def _predictions(labels, classes, probs, logits, topk, groups, unseen) -> list:
             "classes": np.asarray(classes, dtype=str),
             "groups": groups,
             "unseen": np.asarray(list(unseen), dtype=str) if unseen else None,
+            **_split_arrays(splits[i if len(splits) > 1 else 0]),
             **{k: v[i if len(v) > 1 else 0] for k, v in scores.items()},
         }
         predictions.append((name, predictions_from_arrays(arrays, name)))
     return predictions
+
+
+def _split_arrays(names: Sequence[str] | np.ndarray | None) -> dict[str, np.ndarray]:
+    """A picture's split names -> the contract's `split` (int8 indices) and `splits`."""
+    if names is None:
+        return {}
+    listed = np.asarray(names, dtype=str).tolist()
+    index = {name: i for i, name in enumerate(dict.fromkeys(listed))}  # first appearance
+    return {
+        "split": np.array([index[name] for name in listed], np.int8),
+        "splits": np.array(list(index), dtype=str),
+    }

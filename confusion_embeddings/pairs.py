@@ -19,6 +19,9 @@ Writes (write_pairs, into the folder the pairs stage names):
                       classifiers str [M] one name per classifier (predictions file)
                       unseen   str [u]    only where the predictions name unseen classes:
                                           classes that are a true class, never a guess
+                      novelty_<score> float32 [N] only with unseen classes: each picture's
+                                          new-or-known scores that need its whole output
+                                          (novelty.py), classifier after classifier
                     Written without timestamps, so equal inputs give equal bytes.
   confusion.csv     header `actual,predicted,count`: the top-1 guesses of the test pictures
                     (every picture where there is no test split) of every classifier, as
@@ -43,9 +46,11 @@ from confusion_embeddings.config.pairs import PairsConfig
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import save_npz
 from confusion_embeddings.core.params import param_ref
+from confusion_embeddings.novelty import picture_scores
 from confusion_embeddings.predictions import Predictions, load_predictions
 
 PAIRS_FILE = "pairs.npz"
+NOVELTY_PREFIX = "novelty_"  # pairs.npz keys of the per-picture novelty.py scores
 # The confusion plot data: every non-empty cell up to this many classes, beyond the
 # CONFUSION_MAX_CELLS most frequent (a plot of a million cells shows nothing).
 CONFUSION_ALL_CELLS_MAX_CLASSES = 50
@@ -78,6 +83,9 @@ class Pairs:
     classifier: np.ndarray  # int16 [P], index into `classifiers`
     classifiers: tuple[str, ...] = ("classifier",)
     unseen: tuple[str, ...] = ()  # classes never trained on: a true class, never a guess
+    # Only with unseen classes: each picture's new-or-known scores that need its whole
+    # output (novelty.py), {score: float32 [P]}, repeated over the picture's k pairs.
+    novelty: dict[str, np.ndarray] | None = None
 
     @property
     def unseen_ids(self) -> np.ndarray:
@@ -96,7 +104,8 @@ class Pairs:
     def rows(self, keep: np.ndarray) -> Pairs:
         """The pairs where the boolean mask `keep` [P] holds, of the same classifiers."""
         arrays = {what: getattr(self, what)[keep] for what in (*PER_PAIR, "classifier")}
-        return replace(self, **arrays)
+        novelty = {name: v[keep] for name, v in self.novelty.items()} if self.novelty else None
+        return replace(self, **arrays, novelty=novelty)
 
     def of(self, index: int) -> Pairs:
         """The pairs of one classifier."""
@@ -180,7 +189,14 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
         classifier=np.zeros(n * k, np.int16),
         classifiers=(name or pred.path.stem,),
         unseen=pred.unseen,
+        novelty=_novelty(pred, block_size, k),
     )
+
+
+def _novelty(pred: Predictions, block_size: int, k: int) -> dict[str, np.ndarray] | None:
+    """novelty.py's per-picture scores, repeated over each picture's k pairs."""
+    scores = picture_scores(pred, block_size)
+    return {name: np.repeat(v, k) for name, v in scores.items()} if scores else None
 
 
 def _check_no_unseen_guess(pred: Predictions, guess: np.ndarray, blocked: list[int], start: int):
@@ -211,7 +227,10 @@ def combine(parts: list[Pairs]) -> Pairs:
         raise PipelineError(f"two classifiers share a name in {list(names)}")
     index = np.concatenate([np.full(len(part.true), i, np.int16) for i, part in enumerate(parts)])
     joined = {what: np.concatenate([getattr(part, what) for part in parts]) for what in PER_PAIR}
-    return replace(first, **joined, classifier=index, classifiers=names)
+    novelty = None
+    if all(part.novelty for part in parts):
+        novelty = {n: np.concatenate([p.novelty[n] for p in parts]) for n in first.novelty}
+    return replace(first, **joined, classifier=index, classifiers=names, novelty=novelty)
 
 
 def make_pairs(predictions: list[tuple[str, Predictions]], config: PairsConfig) -> Pairs:
@@ -337,6 +356,10 @@ def write_pairs(pairs: Pairs, out_dir: Path) -> None:
             "classifiers": np.array(pairs.classifiers, dtype=str),
             # Only where there are unseen classes: the default pairs file keeps its bytes.
             **({"unseen": np.array(pairs.unseen, dtype=str)} if pairs.unseen else {}),
+            **{
+                f"{NOVELTY_PREFIX}{name}": v[:: pairs.top_k]
+                for name, v in (pairs.novelty or {}).items()
+            },
         },
     )
     k, names = pairs.top_k, pairs.classes
@@ -401,4 +424,10 @@ def load_pairs(pairs_dir: str | Path) -> Pairs:
         classifier=arrays["classifier"],
         classifiers=tuple(arrays["classifiers"].tolist()),
         unseen=tuple(arrays["unseen"].tolist()) if "unseen" in arrays else (),
+        novelty={
+            key[len(NOVELTY_PREFIX) :]: np.repeat(v, int(rank.max()))
+            for key, v in arrays.items()
+            if key.startswith(NOVELTY_PREFIX)
+        }
+        or None,
     )

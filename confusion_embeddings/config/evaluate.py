@@ -8,8 +8,18 @@ from dataclasses import dataclass
 from confusion_embeddings.config.section import Section, knob
 from confusion_embeddings.core.params import at_least, in_range, one_of
 
-# Per-picture new-or-known scores (evaluation/unseen.py); max_prob is the usual baseline.
-NOVELTY_SCORES = ("max_prob", "margin", "entropy", "spread")
+# Per-picture new-or-known scores (evaluation/unseen.py, novelty.py); max_prob is the usual
+# baseline; max_logit and energy need logits, the Mahalanobis ones a "train" split.
+NOVELTY_SCORES = (
+    "max_prob",
+    "margin",
+    "entropy",
+    "spread",
+    "max_logit",
+    "energy",
+    "mahalanobis",
+    "relative_mahalanobis",
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ class EvaluateConfig(Section):
     # per-picture new-or-known score the report leads with (max_prob, the baseline, is shown
     # beside it; docs/unseen.md has the measurement behind the choice), and the share of
     # known test pictures its threshold keeps as known.
-    novelty_score: str = knob(str, "spread", one_of(*NOVELTY_SCORES))
+    novelty_score: str = knob(str, "relative_mahalanobis", one_of(*NOVELTY_SCORES))
     novelty_keep_known: float = knob(float, 0.95, in_range(0.5, 0.999))
 
 

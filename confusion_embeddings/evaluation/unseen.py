@@ -11,14 +11,19 @@ classes its pictures are mistaken for. Each unseen class's known classes are lis
 cosine with their resampling intervals; where the reference has the class, the row is
 compared with the reference's row over the known classes (Spearman) and nearest class.
 
-Novelty: a per-picture score from the classifier's own top-k output, higher = more likely
-new. Every score below is computed; `evaluate.novelty_score` picks the one the report leads
-with, and `max_prob` (the usual baseline) is always shown beside it:
+Novelty: a per-picture score from the classifier's own output, higher = more likely new.
+Every score below is computed where the predictions allow it; `evaluate.novelty_score` picks
+the one the report leads with, and `max_prob` (the usual baseline) is always shown beside
+it. From the top-k guesses (the pairs):
     max_prob   1 - p1                              (the most probable guess's probability)
     margin     1 - (p1 - p2)                       (top_k >= 2)
     entropy    entropy of (p1..pk, 1 - sum)        (the remainder as one outcome)
     spread     1 - |sum_r w_r u(g_r)|, w = p / sum p, u(g) the unit consensus vector of
                guess g: guesses spread over dissimilar classes, in the class-vector space
+and from each picture's whole output, computed where the pairs are made (novelty.py):
+max_logit and energy (logits files only), mahalanobis and relative_mahalanobis (the whole
+ranking of the guesses against each known class's typical ranking, fitted on the known
+classes' training pictures; from probabilities or logits).
 AUROC: unseen-class pictures (all splits: the classifier never trained on them) against
 the known classes' test pictures (every known picture without a test split), per
 classifier, then averaged. "Called new": a score above the threshold that keeps
@@ -37,9 +42,13 @@ from scipy.stats import mannwhitneyu, spearmanr
 from confusion_embeddings.config.evaluate import NOVELTY_SCORES, EvaluateConfig
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.embedding.consensus import unit
+from confusion_embeddings.novelty import SCORES
 from confusion_embeddings.pairs import Pairs
 
 BASELINE = "max_prob"
+# What leads where evaluate.novelty_score cannot be computed from the predictions at hand:
+# the best of the scores every file with probabilities allows (docs/unseen.md).
+FALLBACK = "spread"
 NEAREST_LISTED = 3  # known classes listed per unseen class in the report
 REFERENCE_HEADER = ["class", "neighbour", "cosine"]  # the first columns of the table CSV
 
@@ -74,6 +83,9 @@ class Novelty:
     auroc: dict[str, float]  # per score: all unseen pictures vs the known test pictures
     class_auroc: dict[int, dict[str, float]]  # per unseen class and score
     called_new: dict[int, tuple[int, int]]  # per unseen class: (called new, pictures), `score`
+    asked: str = ""  # evaluate.novelty_score where these predictions cannot give it (then
+    # `score` is FALLBACK): a score of logits from a probs file, or a learned one without a
+    # "train" split
 
 
 @dataclass(frozen=True)
@@ -154,7 +166,10 @@ def novelty_scores(pairs: Pairs, vectors: np.ndarray) -> np.ndarray:
     mixed = np.einsum("nk,nkd->nd", w, unit(vectors.astype(np.float64))[g])
     margin = 1.0 - (p[:, 0] - p[:, 1]) if k >= 2 else np.full(len(p), np.nan)
     spread = 1.0 - np.linalg.norm(mixed, axis=1)
-    return np.stack([1.0 - p[:, 0], margin, -(plogp + rlogr), spread], axis=1)
+    whole = [  # novelty.py's, computed from each picture's whole output where it was given
+        (pairs.novelty or {}).get(name, np.full(pairs.true.shape, np.nan))[::k] for name in SCORES
+    ]
+    return np.stack([1.0 - p[:, 0], margin, -(plogp + rlogr), spread, *whole], axis=1)
 
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
@@ -180,6 +195,9 @@ def novelty(pairs: Pairs, vectors: np.ndarray, score: str, keep_known: float) ->
     is_unseen = np.isin(true, unseen)
     known = ~is_unseen & ((split == test) if test is not None else True)
     chosen = NOVELTY_SCORES.index(score)
+    asked = ""
+    if not np.isfinite(scores[:, chosen]).any():  # not computable from these predictions
+        asked, score, chosen = score, FALLBACK, NOVELTY_SCORES.index(FALLBACK)
     per: dict[int | None, dict[str, list[float]]] = {}
     counts = {int(u): [0, 0] for u in unseen}
     for m in range(len(pairs.classifiers)):
@@ -203,6 +221,7 @@ def novelty(pairs: Pairs, vectors: np.ndarray, score: str, keep_known: float) ->
         mean.get(None, {}),
         {int(u): mean.get(int(u), {}) for u in unseen},
         {u: (c[0], c[1]) for u, c in counts.items()},
+        asked,
     )
 
 
@@ -230,7 +249,8 @@ def assess_unseen(
 def unseen_metrics(u: Unseen) -> dict[str, float | int]:
     """unseen_nearest_match (share of unseen classes whose nearest known class is the
     reference's), unseen_row_spearman (mean), novelty_auroc (the evaluate.novelty_score
-    chosen) with the max_prob baseline beside it, and the share of pictures called new."""
+    chosen) with the max_prob baseline beside it, every other score's novelty_auroc_<score>
+    where the predictions allow it, and the share of pictures called new."""
     out: dict[str, float | int] = {"unseen_classes": len(u.placements)}
     matches = [p.match for p in u.placements if p.match is not None]
     rhos = [p.row_spearman for p in u.placements if p.row_spearman is not None]
@@ -243,6 +263,9 @@ def unseen_metrics(u: Unseen) -> dict[str, float | int]:
         for key, name in (("novelty_auroc", nov.score), (f"novelty_auroc_{BASELINE}", BASELINE)):
             if name in nov.auroc:
                 out[key] = round(nov.auroc[name], 4)
+        for name in NOVELTY_SCORES:  # then every other score these predictions allow
+            if name != BASELINE and name in nov.auroc:
+                out[f"novelty_auroc_{name}"] = round(nov.auroc[name], 4)
         called = sum(c for c, _ in nov.called_new.values())
         total = sum(n for _, n in nov.called_new.values())
         if total:
@@ -295,6 +318,14 @@ def unseen_section(u: Unseen, classes: tuple[str, ...], confidence: float) -> li
     return [*lines, "", *_novelty_lines(u.novelty, classes)]
 
 
+_NEEDS = {
+    "max_logit": "needs logits; these predictions hold probabilities",
+    "energy": "needs logits; these predictions hold probabilities",
+    "mahalanobis": 'is fitted on a "train" split these predictions lack',
+    "relative_mahalanobis": 'is fitted on a "train" split these predictions lack',
+}
+
+
 def _novelty_lines(nov: Novelty | None, classes: tuple[str, ...]) -> list[str]:
     if nov is None:
         return ["New or known: not measured (the predictions hold guesses, no probabilities).", ""]
@@ -303,7 +334,9 @@ def _novelty_lines(nov: Novelty | None, classes: tuple[str, ...]) -> list[str]:
         "### New or known?",
         "",
         f"AUROC of telling the unseen classes' pictures from the known classes' test pictures "
-        f"by `{nov.score}` (`evaluate.novelty_score`), with `{BASELINE}` (1 - top "
+        f"by `{nov.score}` (`evaluate.novelty_score`"
+        + (f" asks for `{nov.asked}`, which {_NEEDS.get(nov.asked, '')}" if nov.asked else "")
+        + f"), with `{BASELINE}` (1 - top "
         "probability) beside it. Called new: above the threshold that keeps "
         f"{nov.keep_known:.0%} of the known test pictures as known "
         "(`evaluate.novelty_keep_known`).",
@@ -315,7 +348,7 @@ def _novelty_lines(nov: Novelty | None, classes: tuple[str, ...]) -> list[str]:
         aurocs = " | ".join(_f(nov.class_auroc[u].get(s)) for s in shown)
         share = f"{called}/{total} ({called / total:.0%})" if total else "-"
         lines.append(f"| {classes[u]} | {aurocs} | {share} |")
-    every = ", ".join(f"{s} {_f(nov.auroc.get(s))}" for s in NOVELTY_SCORES)
+    every = ", ".join(f"{s} {_f(nov.auroc[s])}" for s in NOVELTY_SCORES if s in nov.auroc)
     return [*lines, "", f"Every score's AUROC, all unseen pictures: {every}.", ""]
 
 

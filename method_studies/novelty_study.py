@@ -1,0 +1,114 @@
+"""New or known: every novelty score's AUROC per left-out class, from the leave-one-class-out
+experiments' own predictions files.
+
+    python -m method_studies.novelty_study                 # experiments named loco-<class>
+    python -m method_studies.novelty_study --prefix unseen-
+
+Reads each experiment's predict@0 output (its dvc.lock names the file, the local DVC cache
+holds it) and runs the method on it as the pipeline does (pairs, embed, two redraws: the
+AUROCs do not depend on the redraws). Writes method_studies/novelty_study.json (or --out)
+and prints a markdown table: a row per left-out class, a column per score, then the mean,
+the median and how many classes each score beats max_prob on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from confusion_embeddings.config.embed import EmbedConfig
+from confusion_embeddings.config.evaluate import NOVELTY_SCORES, EvaluateConfig
+from confusion_embeddings.config.pairs import PairsConfig
+from confusion_embeddings.config.resample import ResampleConfig
+from confusion_embeddings.embedding.engines import embed
+from confusion_embeddings.embedding.resampling import resample
+from confusion_embeddings.method import evaluate
+from confusion_embeddings.pairs import make_pairs
+from confusion_embeddings.predictions import load_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".dvc" / "cache" / "files" / "md5"
+BASELINE = "max_prob"
+
+
+def experiments(prefix: str) -> dict[str, str]:
+    """{left-out class: experiment ref} of the experiments named <prefix><class>."""
+    listed = subprocess.run(
+        ["dvc", "exp", "list", "--all", "--name-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return {name[len(prefix) :]: name for name in listed if name.startswith(prefix)}
+
+
+def predictions_file(experiment: str) -> Path:
+    """The experiment's predict@0 output in the local DVC cache (its dvc.lock says which)."""
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for ref in (r for r in refs if r.rsplit("/", 1)[-1] == experiment):
+        lock = subprocess.run(
+            ["git", "show", f"{ref}:dvc.lock"], cwd=ROOT, capture_output=True, text=True
+        )
+        if lock.returncode == 0:
+            md5 = yaml.safe_load(lock.stdout)["stages"]["predict@0"]["outs"][0]["md5"]
+            return CACHE / md5[:2] / md5[2:]
+    raise SystemExit(f"{experiment}: no experiment with a dvc.lock of that name")
+
+
+def aurocs(path: Path) -> dict[str, float]:
+    """Every score's AUROC for one left-out class's predictions."""
+    pairs = make_pairs([("seed_0", load_predictions(path))], PairsConfig())
+    embedding = embed(pairs, EmbedConfig())
+    replicates = resample(pairs, embedding, ResampleConfig(bootstrap=2))
+    ev = evaluate(pairs, embedding, replicates, EvaluateConfig())
+    return {k: round(v, 4) for k, v in ev.unseen.novelty.auroc.items()}
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    scores = [s for s in NOVELTY_SCORES if any(s in r for r in rows.values())]
+    lines = [
+        "| left out | " + " | ".join(scores) + " |",
+        "|---|" + "---|" * len(scores),
+    ]
+    for cls, r in rows.items():
+        lines.append(
+            f"| {cls} | " + " | ".join(f"{r.get(s, float('nan')):.3f}" for s in scores) + " |"
+        )
+    for what, fn in (("mean", np.mean), ("median", np.median)):
+        lines.append(
+            f"| {what} | "
+            + " | ".join(f"{fn([r[s] for r in rows.values() if s in r]):.3f}" for s in scores)
+            + " |"
+        )
+    beats = [sum(r[s] > r[BASELINE] for r in rows.values() if s in r) for s in scores]
+    lines.append(f"| beats {BASELINE} | " + " | ".join(f"{b}/{len(rows)}" for b in beats) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prefix", default="loco-", help="experiment names: <prefix><class>")
+    ap.add_argument("--out", default=str(ROOT / "method_studies" / "novelty_study.json"))
+    args = ap.parse_args()
+    found = experiments(args.prefix)
+    if not found:
+        raise SystemExit(f"no experiment named {args.prefix}<class>; see docs/unseen.md")
+    rows = {cls: aurocs(predictions_file(name)) for cls, name in sorted(found.items())}
+    Path(args.out).write_text(json.dumps({"experiments": found, "auroc": rows}, indent=2) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
