@@ -23,7 +23,8 @@ CHILD = f"""
 import numpy as np, jax.numpy as jnp, yaml
 from confusion_embeddings import host
 from confusion_embeddings.cnn import conv
-from confusion_embeddings.cnn.config import SCHEMA, RunConfig
+from confusion_embeddings.cnn.config import RunConfig
+from confusion_embeddings.config.train import SCHEMA
 from confusion_embeddings.cnn.training import create_train_state, make_train_step
 from confusion_embeddings.core.params import validate_section
 

@@ -67,13 +67,13 @@ from flax import nnx
 
 from confusion_embeddings import devices, host
 from confusion_embeddings.cnn import conv
-from confusion_embeddings.cnn.config import SCHEMA as TRAIN_SCHEMA
 from confusion_embeddings.cnn.config import RunConfig
-from confusion_embeddings.cnn.inference import SCHEMA as PREDICT
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, ModelConfig, count_flops
 from confusion_embeddings.cnn.training import create_train_state, make_train_step
 from confusion_embeddings.config.embed import SCHEMA as EMBED
+from confusion_embeddings.config.predict import SCHEMA as PREDICT
+from confusion_embeddings.config.train import SCHEMA as TRAIN_SCHEMA
 from confusion_embeddings.core.params import validate_section
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,8 +41,9 @@ def child(conv_impl: str, precision: str, reps: int) -> dict:
     from benchmarks.run import jax_train
     from confusion_embeddings import host
     from confusion_embeddings.cnn import conv
-    from confusion_embeddings.cnn.config import SCHEMA, RunConfig
+    from confusion_embeddings.cnn.config import RunConfig
     from confusion_embeddings.cnn.training import create_train_state, make_train_step
+    from confusion_embeddings.config.train import SCHEMA
     from confusion_embeddings.core.params import validate_section
 
     p = validate_section(

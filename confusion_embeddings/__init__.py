@@ -8,11 +8,12 @@ The DVC stages under `stages/` are thin entry points over these modules:
     host.py       the process before JAX starts: CPU devices, memory, multi-process jobs
     devices.py    meshes and data parallelism
     predictions.py  the predictions-file contract: the seam between a classifier and the method
-    pairs.py      (true class, k-th guess) pairs from predictions (topk.py: the jitted top-k)
+    pairs.py      (true class, k-th guess) pairs from predictions (topk.py: the jitted top-k;
+                  novelty.py: new-or-known scores from each picture's whole output)
     embedding/    word2vec engines (gensim, the JAX skip-gram), the refits, the vector files
     evaluation/   similarity tables, scores, uncertainty, the report and the plots
     method.py     pairs -> vectors -> refits -> evaluation, as the stages and the API run it
-    config/       one frozen typed config per method stage (pairs, embed, resample, evaluate)
+    config/       every params section's knobs and defaults; the method stages' typed configs
     dvc_yaml.py   what the library reads of a dvc.yaml (the stages' paths)
     core/         shared plumbing: errors, params, class lists, atomic files, npz streaming,
                   entry points

@@ -26,19 +26,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from confusion_embeddings.config.hosts import HOSTS
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import Param, at_least, int_or_auto
 
 _initialized = False  # init_distributed ran in this process
 
+
 # The params key of every stage that runs the network (see use_cpu_devices).
-CPU_DEVICES = Param((str, int), "auto", int_or_auto(1))
-
-# params.yaml `hosts:`, read by every stage that runs the network. Not a DVC dependency of
-# any stage: it changes no result, only how long a multi-process job waits for a peer.
-HOSTS = {"peer_timeout": Param(int, 60, at_least(5))}
-
-
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None:

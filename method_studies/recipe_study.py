@@ -146,7 +146,7 @@ def run_of_old_config(config: dict) -> dict:
     """The RunConfig (as a dict) of a model saved before config.json held one: its network
     ("model") and inference settings ("inference", absent in the oldest) over the train
     params' defaults, which every recipe studied here kept for what was not recorded."""
-    from confusion_embeddings.cnn.config import SCHEMA
+    from confusion_embeddings.config.train import SCHEMA
     from confusion_embeddings.core.params import defaults
 
     model, inference = config["model"], config.get("inference", {})

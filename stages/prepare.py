@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 
+from confusion_embeddings.config.prepare import SCHEMA
 from confusion_embeddings.core.cli import run_main, stage_args
 from confusion_embeddings.core.files import write_json
 from confusion_embeddings.core.params import load_params
-from confusion_embeddings.data.prepare import SCHEMA, prepare
+from confusion_embeddings.data.prepare import prepare
 
 
 def main(argv: list[str] | None = None) -> None:

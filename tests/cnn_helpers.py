@@ -13,7 +13,8 @@ import yaml
 from confusion_embeddings import host
 from confusion_embeddings.cnn import conv as conv_module
 from confusion_embeddings.cnn import onednn
-from confusion_embeddings.cnn.config import SCHEMA, RunConfig, TrainParams
+from confusion_embeddings.cnn.config import RunConfig, TrainParams
+from confusion_embeddings.config.train import SCHEMA
 from confusion_embeddings.core.params import validate_section
 
 from helpers import ROOT, TINY_TRAIN, make_prepared, scratch_project, stage_argv, stage_options

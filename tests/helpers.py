@@ -39,9 +39,9 @@ STAGES = ["prepare", "train", "predict", "pairs", "embed", "resample", "evaluate
 # Where each stage's params schema lives (the stage module imports it, or its config class,
 # from there).
 SCHEMA_MODULES = {
-    "prepare": "confusion_embeddings.data.prepare",
-    "train": "confusion_embeddings.cnn.config",
-    "predict": "confusion_embeddings.cnn.inference",
+    "prepare": "confusion_embeddings.config.prepare",
+    "train": "confusion_embeddings.config.train",
+    "predict": "confusion_embeddings.config.predict",
     "pairs": "confusion_embeddings.config.pairs",
     "embed": "confusion_embeddings.config.embed",
     "resample": "confusion_embeddings.config.resample",
@@ -400,9 +400,10 @@ def save_tiny_model(
     from flax import nnx
 
     from confusion_embeddings.cnn.checkpoint import save_model
-    from confusion_embeddings.cnn.config import SCHEMA, RunConfig
+    from confusion_embeddings.cnn.config import RunConfig
     from confusion_embeddings.cnn.conv import ConvChoice
     from confusion_embeddings.cnn.network import CNN
+    from confusion_embeddings.config.train import SCHEMA
     from confusion_embeddings.core.params import validate_section
 
     section = {

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from confusion_embeddings import host
+from confusion_embeddings.config.hosts import HOSTS
 from confusion_embeddings.config.pairs import CLASSIFIERS
 from confusion_embeddings.core.params import defaults
 
@@ -387,7 +387,7 @@ def test_classifiers_params_are_spelt_out():
 def test_hosts_params_are_spelt_out_and_no_stage_depends_on_them():
     """`hosts` (how long a multi-process job waits for a peer) changes no result: a change
     must not make DVC retrain, so no stage lists it among its params."""
-    assert default_params()["hosts"] == defaults(host.HOSTS)
+    assert default_params()["hosts"] == defaults(HOSTS)
     for name, entry in dvc_stages().items():
         params = entry.get("do", entry).get("params", [])
         assert "hosts" not in params, f"dvc.yaml: stage {name} depends on params hosts"

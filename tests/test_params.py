@@ -54,12 +54,11 @@ def schema(stage: str) -> dict[str, Param]:
     module = importlib.import_module(SCHEMA_MODULES[stage])
     # The code that validates the stage's section uses this very schema (or its config).
     configs = [v for v in vars(module).values() if getattr(v, "SECTION", None) == stage]
-    if configs:
-        assert (
-            getattr(importlib.import_module(f"stages.{stage}"), configs[0].__name__) is configs[0]
-        )
-        assert configs[0].schema() == module.SCHEMA
-        return module.SCHEMA
+    for config in configs:
+        assert config.schema() == module.SCHEMA
+    stage_module = importlib.import_module(f"stages.{stage}")
+    if configs and getattr(stage_module, configs[0].__name__, None) is configs[0]:
+        return module.SCHEMA  # the stage builds the typed config itself
     reader, name = VALIDATED_IN.get(stage, (f"stages.{stage}", "SCHEMA"))
     assert getattr(importlib.import_module(reader), name) is module.SCHEMA
     return module.SCHEMA

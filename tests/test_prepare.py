@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from confusion_embeddings.config.prepare import SCHEMA
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.params import load_params
@@ -287,13 +288,13 @@ def test_params_refused(tmp_path: Path, yaml_text: str, fragment: str) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(f"prepare:\n  {yaml_text}\n")
     with pytest.raises(PipelineError, match=fragment.replace("(", r"\(")):
-        load_params("prepare", prep.SCHEMA, path)
+        load_params("prepare", SCHEMA, path)
 
 
 def test_params_defaults_and_nulls(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("prepare:\n  max_per_class: null\n  image_size: 32\n")
-    assert load_params("prepare", prep.SCHEMA, path) == {
+    assert load_params("prepare", SCHEMA, path) == {
         "max_per_class": None,
         "image_size": 32,
         "seed": 0,

@@ -10,7 +10,6 @@ import numpy as np
 from flax import nnx
 
 from confusion_embeddings.cnn.checkpoint import load_model, save_model
-from confusion_embeddings.cnn.config import SCHEMA
 from confusion_embeddings.cnn.conv import conv
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, dirac, space_to_depth, whitening_matrix
@@ -20,6 +19,7 @@ from confusion_embeddings.cnn.training import (
     patch_whitening,
     train_and_evaluate,
 )
+from confusion_embeddings.config.train import SCHEMA
 from confusion_embeddings.data.prepared import load_prepared
 
 from cnn_helpers import tiny_run, tiny_train

@@ -2,7 +2,8 @@
 
 Reads and writes nothing itself; cnn/checkpoint.py saves a `RunConfig` with the model as
 `config.json` and loads it back, so predict runs the network as train ran it. The train
-params' defaults live in SCHEMA alone; `TrainParams` names them, with no default of its own.
+params' defaults live in config/train.py's SCHEMA alone; `TrainParams` names them, with no
+default of its own.
 """
 
 from __future__ import annotations
@@ -10,61 +11,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from confusion_embeddings import host
-from confusion_embeddings.cnn.conv import IMPLS, PRECISIONS, ConvChoice
+from confusion_embeddings.cnn.conv import ConvChoice
 from confusion_embeddings.cnn.network import ModelConfig
 from confusion_embeddings.core.errors import PipelineError
-from confusion_embeddings.core.params import Param, above, at_least, in_range, int_list, one_of
 
 # numpy's default_rng refuses negative seeds and jax.random.key takes at most 64 bits.
 SEED_RANGE = (0, 2**32 - 1)
-
-
-def _class_names(v: list) -> str | None:
-    """A list of distinct class names (strings), possibly empty."""
-    ok = all(isinstance(x, str) and x for x in v) and len(set(v)) == len(v)
-    return None if ok else "a list of distinct class names, e.g. [truck]"
-
-
-SCHEMA = {
-    # The fewest epochs that keep every classifier above the accuracy floor (docs/recipe.md).
-    "epochs": Param(int, 12, at_least(1)),
-    "batch_size": Param(int, 512, at_least(1)),
-    "lr": Param(float, 0.2, above(0)),  # peak learning rate, per mean loss over a batch
-    "momentum": Param(float, 0.9, in_range(0.0, 0.999)),
-    "nesterov": Param(bool, True),
-    "weight_decay": Param(float, 5e-4, at_least(0.0)),  # conv and linear kernels only
-    "warmup_fraction": Param(float, 0.2, in_range(0.0, 1.0)),
-    # 0: smoothing erases the order of the 2nd and 3rd guesses, which the method reads.
-    "label_smoothing": Param(float, 0.0, in_range(0.0, 0.999)),
-    "translate": Param(int, 2, at_least(0)),
-    "flip": Param(bool, True),
-    "tta_flip": Param(bool, True),
-    "tta_translate": Param(int, 1, at_least(0)),
-    "eval_batch_size": Param(int, 1000, at_least(1)),
-    "stem_patch": Param(int, 2, at_least(1)),
-    "stem_width": Param(int, 32, at_least(1)),
-    "widths": Param(list, [64, 128, 256], int_list(1, what="positive ints")),
-    # 0: train on every training picture; K >= 2: leave out fold seed mod K (cross-fitting).
-    "crossfit_folds": Param(int, 0, lambda v: None if v == 0 or v >= 2 else "0 or an int >= 2"),
-    "bn_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
-    # airbench's three initialisation and optimisation levers (docs/recipe.md measures each):
-    # a frozen whitening of the stem's input patches (eigenvalues + whiten_eps), identity
-    # (dirac) init of the convolutions, and batch-norm biases learning bias_lr_scale times
-    # faster than the kernels.
-    "whiten": Param(bool, True),
-    "whiten_eps": Param(float, 5e-4, above(0)),
-    "dirac": Param(bool, True),
-    "bias_lr_scale": Param(float, 64.0, above(0)),
-    "logit_scale": Param(float, 1 / 9, above(0)),
-    "conv_impl": Param(str, "auto", one_of(*IMPLS)),
-    # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
-    "precision": Param(str, "bf16", one_of(*PRECISIONS)),
-    "cpu_devices": host.CPU_DEVICES,
-    # Classes whose pictures the classifier never trains on (names): it has C - k outputs,
-    # predict still scores every picture, and the report places these classes (unseen.md).
-    "unseen": Param(list, [], _class_names),
-}
 
 
 def check_seed(seed: int) -> None:

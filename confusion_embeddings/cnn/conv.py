@@ -37,9 +37,8 @@ from jax import lax
 
 from confusion_embeddings import host
 from confusion_embeddings.cnn import onednn
+from confusion_embeddings.config.train import IMPLS, PRECISIONS
 
-IMPLS = ("auto", "onednn", "matmul", "xla")
-PRECISIONS = ("f32", "bf16")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 

@@ -15,23 +15,8 @@ from flax import nnx
 
 from confusion_embeddings import devices
 from confusion_embeddings.cnn.checkpoint import Model
-from confusion_embeddings.core.params import Param, at_least
 from confusion_embeddings.data.prepared import Prepared, Split
 from confusion_embeddings.data.selection import crossfit_folds
-
-SCHEMA = {
-    # Every picture by default, train and test, as in the paper.
-    "splits": Param(
-        list,
-        ["train", "test"],
-        lambda v: (
-            None
-            if v and all(isinstance(s, str) for s in v) and len(set(v)) == len(v)
-            else "a non-empty list of distinct split names"
-        ),
-    ),
-    "batch_size": Param(int, 1000, at_least(1)),
-}
 
 
 def make_inference_fn(graphdef, norm, tta_flip: bool = False, tta_translate: int = 0):

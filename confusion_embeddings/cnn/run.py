@@ -25,12 +25,14 @@ import jax
 from confusion_embeddings import host
 from confusion_embeddings.cnn import conv
 from confusion_embeddings.cnn.checkpoint import load_model, read_config, save_model
-from confusion_embeddings.cnn.config import SCHEMA, RunConfig, check_seed
-from confusion_embeddings.cnn.inference import SCHEMA as PREDICT_SCHEMA
+from confusion_embeddings.cnn.config import RunConfig, check_seed
 from confusion_embeddings.cnn.inference import predict_splits
 from confusion_embeddings.cnn.network import count_flops
 from confusion_embeddings.cnn.resume import Resume, fingerprint
 from confusion_embeddings.cnn.training import Trained, train_and_evaluate
+from confusion_embeddings.config.hosts import HOSTS
+from confusion_embeddings.config.predict import SCHEMA as PREDICT_SCHEMA
+from confusion_embeddings.config.train import SCHEMA
 from confusion_embeddings.core.cli import stage_deps
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.core.files import atomic_file, save_npz, write_json
@@ -61,7 +63,7 @@ def start_host(
     (with params `hosts` from `doc`, the params file as read)."""
     if choice.warning:
         print(choice.warning, file=sys.stderr)
-    hosts = params_section(doc, "hosts", host.HOSTS, params_file)
+    hosts = params_section(doc, "hosts", HOSTS, params_file)
     host.start(cpu_devices, batch_sizes, choice.impl, hosts)
 
 

@@ -13,22 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from confusion_embeddings.config.prepare import SCHEMA
 from confusion_embeddings.core.files import atomic_dir, write_json
-from confusion_embeddings.core.params import Param, at_least, in_range, validate_section
+from confusion_embeddings.core.params import validate_section
 from confusion_embeddings.data.archive import Source, is_junk, open_source
 from confusion_embeddings.data.cifar_python import write_cifar
 from confusion_embeddings.data.image_folder import read_image_folder
 from confusion_embeddings.data.selection import SPLITS
-
-SCHEMA = {
-    # Keep at most this many pictures per class and split (a seeded random sample); null = all.
-    "max_per_class": Param(int, None, at_least(1), nullable=True),
-    # Resize every picture to image_size x image_size (PIL bilinear); null = keep the
-    # source's size, which must then be the same for all pictures.
-    "image_size": Param(int, None, in_range(1, 4096), nullable=True),
-    # Seed of the class-balanced subset drawn when max_per_class is set.
-    "seed": Param(int, 0, at_least(0)),
-}
 
 
 def detect_format(src: Source) -> tuple[str, str]:
