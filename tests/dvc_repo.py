@@ -49,6 +49,7 @@ STAGES = [
     *(f"predict@{s}" for s in SEEDS),
     "pairs",
     "embed",
+    "resample",
     "evaluate",
 ]
 

@@ -88,7 +88,7 @@ def test_dvc_workflow_end_to_end(tmp_path):
 
     committed = run(repo, "git", "show", "HEAD:params.yaml")
     out = run(repo, "dvc", "exp", "run", "-S", "embed.dim=10")
-    assert ran(out) == {"embed", "evaluate"}, out  # training and prediction untouched
+    assert ran(out) == {"embed", "resample", "evaluate"}, out  # no training, no prediction
     # DVC wrote params.yaml and the archive's .dvc file again: the diff is the one value.
     changed = changed_lines(committed, (repo / "params.yaml").read_text())
     assert [line.split("#")[0].strip() for line in changed] == ["-  dim: 5", "+  dim: 10"]
@@ -137,11 +137,18 @@ def test_dvc_workflow_end_to_end(tmp_path):
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "dim 10")
 
+    # A param of the tables and the report alone: evaluate reruns, the refits do not.
+    out = run(repo, "dvc", "exp", "run", "-S", "evaluate.top_n=2")
+    assert ran(out) == {"evaluate"}, out
+    run(repo, "git", "checkout", "--", "params.yaml", "dvc.lock")
+    run(repo, "dvc", "checkout")
+    assert ran(run(repo, "dvc", "repro")) == set()
+
     # A classifier added: only it trains and predicts; the tables are made again.
     before = model_bytes(repo)
     set_seeds(repo, [*SEEDS, 2])
     out = run(repo, "dvc", "repro")
-    assert ran(out) == {"train@2", "predict@2", "pairs", "embed", "evaluate"}, out
+    assert ran(out) == {"train@2", "predict@2", "pairs", "embed", "resample", "evaluate"}, out
     after = model_bytes(repo)
     assert {k: v for k, v in after.items() if k in before} == before  # the others untouched
     assert "data/predictions/seed_2.npz" in after
@@ -156,7 +163,7 @@ def test_dvc_workflow_end_to_end(tmp_path):
     # (embed may come from DVC's run cache: its pairs are those of before the seed came).
     set_seeds(repo, list(SEEDS))
     out = run(repo, "dvc", "repro")
-    assert redone(out) == {"pairs", "embed", "evaluate"}, out
+    assert redone(out) == {"pairs", "embed", "resample", "evaluate"}, out
     assert {"pairs", "evaluate"} <= ran(out), out
     assert model_bytes(repo).items() >= before.items()
     embed_manifest = yaml.safe_load((embed_out / "manifest.json").read_text())
@@ -246,7 +253,7 @@ def test_bring_your_own_predictions_through_dvc(tmp_path):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     out = run(repo, "dvc", "repro", "--downstream", "pairs")
-    assert ran(out) == {"pairs", "embed", "evaluate"}, out
+    assert ran(out) == {"pairs", "embed", "resample", "evaluate"}, out
     assert not (repo / "models").exists() and not (repo / "data" / "prepared").exists()
     assert {path: path.read_bytes() for path in files} == files
     sim = yaml.safe_load((repo / stage_options("evaluate")["--metrics"]).read_text())

@@ -15,7 +15,7 @@ kernel's window (2x2 under 3x3) are convolved as one dense matmul (`conv_dense`)
 
 `train.precision` (saved with the model too), decided here with the convolution:
 - `f32`: float32 throughout.
-- `bf16` (the default, cnn/config.py's SCHEMA): bfloat16 convolutions and matmuls with
+- `bf16` (the default, config/train.py's SCHEMA): bfloat16 convolutions and matmuls with
   float32 accumulation (cnn/network.py), through oneDNN's bf16 kernel on CPU, XLA's own
   on GPU/TPU. On a CPU without native bf16 instructions (avx512_bf16, amx_bf16), or where
   the oneDNN kernel does not run, float32 with one warning line (docs/design/bf16.md).

@@ -2,8 +2,8 @@
 
 Reads: one section of params.yaml (the stage names it); writes nothing.
 
-Every knob has exactly one default, in the schema of the module that uses it (e.g.
-`cnn.training.SCHEMA`); params.yaml spells the same values out so that `dvc exp run -S`
+Every knob has exactly one default, in config/ (a module per section, e.g.
+`config/train.py:SCHEMA`); params.yaml spells the same values out so that `dvc exp run -S`
 and `dvc params diff` see them (tests/test_dvc_yaml.py checks the two agree). The one
 exception is project data rather than a default: CIFAR-10's two groups in `evaluate.groups`.
 """
