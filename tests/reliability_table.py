@@ -325,7 +325,7 @@ row(
     f"a classifier's file missing (`--seeds {' '.join(map(str, SEEDS))}`, no seed_{SEEDS[-1]}.npz)",
     stage_main(
         "pairs",
-        stage_argv("pairs", predictions=one_missing / "data" / "predictions"),
+        stage_argv("pairs", predictions=one_missing / stage_options("pairs")["--predictions"]),
         DEFAULT,
         one_missing,
     ),
