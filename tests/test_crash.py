@@ -69,6 +69,7 @@ KILLS_PER_STAGE = {
     **{f"predict@{s}": 3 if s == SEEDS[0] else 1 for s in SEEDS},
     "pairs": 3,
     "embed": 3,
+    "resample": 3,
     "evaluate": 3,
 }
 # ... and one more at the moment its first checkpoint appears.
