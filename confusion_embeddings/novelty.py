@@ -81,6 +81,16 @@ def _squared_distance(z: np.ndarray, mean: np.ndarray, precision: np.ndarray) ->
     return np.einsum("ni,ij,nj->n", d, precision, d)
 
 
+def _nearest_squared_distance(z: np.ndarray, means: np.ndarray, precision: np.ndarray):
+    """min over the class means m of (z - m)' P (z - m), expanded as z'Pz - 2 z'Pm + m'Pm so
+    that the cost is two matrix products whatever the number of classes."""
+    zp = z @ precision
+    own = np.einsum("ni,ni->n", zp, z)
+    cross = zp @ means.T  # [rows, classes]
+    centre = np.einsum("ki,ij,kj->k", means, precision, means)
+    return np.maximum(own[:, None] - 2 * cross + centre[None, :], 0.0).min(axis=1)
+
+
 def fit(pred: Predictions, block_size: int) -> tuple | None:
     """The learned scores' statistics from the known classes' training pictures, or None
     where the file has no "train" split (or no training picture of some known class)."""
@@ -122,7 +132,7 @@ def picture_scores(pred: Predictions, block_size: int) -> dict[str, np.ndarray] 
         if stats is not None:
             means, within, overall, total = stats
             z = centred(block, pred.kind, known)
-            nearest = np.min([_squared_distance(z, m, within) for m in means], axis=0)
+            nearest = _nearest_squared_distance(z, means, within)
             out["mahalanobis"][rows] = nearest
             out["relative_mahalanobis"][rows] = nearest - _squared_distance(z, overall, total)
         start += len(block)
