@@ -125,15 +125,23 @@ def load_embedding(embed_dir: str | Path) -> Embedding:
     return Embedding(vectors, restarts, manifest)
 
 
+def _read_folder(folder: str | Path, array_file: str, stage: str):
+    """(array, manifest, array path, manifest path) of a stage's folder; a missing file is
+    refused naming the stage that writes it."""
+    folder = Path(folder)
+    manifest_path, array_path = folder / MANIFEST_FILE, folder / array_file
+    for path in (manifest_path, array_path):
+        if not path.exists():
+            raise PipelineError(
+                f"{path}: not found; run the {stage} stage first (dvc repro {stage})"
+            )
+    manifest = json.loads(manifest_path.read_text())
+    return np.load(array_path, allow_pickle=False), manifest, array_path, manifest_path
+
+
 def load_vectors(embed_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read vectors.npy [M, R, C, dim] and manifest.json written by the embed stage."""
-    embed_dir = Path(embed_dir)
-    manifest_path, vectors_path = embed_dir / MANIFEST_FILE, embed_dir / VECTORS_FILE
-    for path in (manifest_path, vectors_path):
-        if not path.exists():
-            raise PipelineError(f"{path}: not found; run the embed stage first (dvc repro embed)")
-    manifest = json.loads(manifest_path.read_text())
-    vectors = np.load(vectors_path, allow_pickle=False)
+    vectors, manifest, vectors_path, manifest_path = _read_folder(embed_dir, VECTORS_FILE, "embed")
     expected = (
         len(manifest.get("classifiers", ())),
         manifest.get("runs", len(manifest["seeds"])),
@@ -156,13 +164,9 @@ def write_replicates(out_dir: Path, replicates: Replicates) -> None:
 
 def load_replicates(resample_dir: str | Path) -> Replicates:
     """The resample stage's folder, its shape checked against its manifest."""
-    folder = Path(resample_dir)
-    manifest_path, vectors_path = folder / MANIFEST_FILE, folder / REPLICATES_FILE
-    for path in (manifest_path, vectors_path):
-        if not path.exists():
-            raise PipelineError(f"{path}: not found; run the resample stage (dvc repro resample)")
-    manifest = json.loads(manifest_path.read_text())
-    vectors = np.load(vectors_path, allow_pickle=False)
+    vectors, manifest, vectors_path, manifest_path = _read_folder(
+        resample_dir, REPLICATES_FILE, "resample"
+    )
     m, b, c = len(manifest["classifiers"]), manifest["bootstrap"], len(manifest["classes"])
     if vectors.shape[:3] != (m, b, c):
         raise PipelineError(
