@@ -5,8 +5,10 @@ experiments' own predictions files.
     python -m method_studies.novelty_study --prefix unseen-
 
 Reads each experiment's predict@0 output (its dvc.lock names the file, the local DVC cache
-holds it) and runs the method on it as the pipeline does (pairs, embed, two redraws: the
-AUROCs do not depend on the redraws). Writes method_studies/novelty_study.json (or --out)
+holds it), or the same classifier's logits where `python -m method_studies.novelty_logits`
+wrote them (then max_logit and energy are measured too; `scores_from` in the JSON says
+which), and runs the method on it as the pipeline does (pairs, embed, two redraws: the AUROCs
+do not depend on the redraws). Writes method_studies/novelty_study.json (or --out)
 and prints a markdown table: a row per left-out class, a column per score, then the mean,
 the median and how many classes each score beats max_prob on.
 """
@@ -34,6 +36,13 @@ from confusion_embeddings.predictions import load_predictions
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".dvc" / "cache" / "files" / "md5"
 BASELINE = "max_prob"
+# method_studies/novelty_logits.py writes each experiment's logits here: the same classifier's
+# output before the softmax, which the logit scores (max_logit, energy) need.
+LOGITS = ROOT / ".cache" / "novelty_logits"
+
+
+def logits_file(experiment: str) -> Path:
+    return LOGITS / f"{experiment}.npz"
 
 
 def experiments(prefix: str) -> dict[str, str]:
@@ -48,8 +57,8 @@ def experiments(prefix: str) -> dict[str, str]:
     return {name[len(prefix) :]: name for name in listed if name.startswith(prefix)}
 
 
-def predictions_file(experiment: str) -> Path:
-    """The experiment's predict@0 output in the local DVC cache (its dvc.lock says which)."""
+def experiment_lock(experiment: str) -> dict:
+    """The experiment's dvc.lock, parsed."""
     refs = subprocess.run(
         ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
         cwd=ROOT,
@@ -62,9 +71,22 @@ def predictions_file(experiment: str) -> Path:
             ["git", "show", f"{ref}:dvc.lock"], cwd=ROOT, capture_output=True, text=True
         )
         if lock.returncode == 0:
-            md5 = yaml.safe_load(lock.stdout)["stages"]["predict@0"]["outs"][0]["md5"]
-            return CACHE / md5[:2] / md5[2:]
+            return yaml.safe_load(lock.stdout)
     raise SystemExit(f"{experiment}: no experiment with a dvc.lock of that name")
+
+
+def predictions_file(experiment: str) -> Path:
+    """The experiment's predict@0 output in the local DVC cache (its dvc.lock says which)."""
+    return cached(experiment_lock(experiment), "predict@0", "data/predictions/seed_0.npz")
+
+
+def cached(lock: dict, stage: str, path: str) -> Path:
+    """Where the local DVC cache keeps a stage's output `path` (a file, or a folder's `.dir`
+    listing) as that dvc.lock records it."""
+    for out in lock["stages"][stage]["outs"]:
+        if out["path"] == path:
+            return CACHE / out["md5"][:2] / out["md5"][2:]
+    raise SystemExit(f"dvc.lock: stage {stage} has no output {path}")
 
 
 def aurocs(path: Path) -> dict[str, float]:
@@ -105,8 +127,13 @@ def main() -> None:
     found = experiments(args.prefix)
     if not found:
         raise SystemExit(f"no experiment named {args.prefix}<class>; see docs/unseen.md")
-    rows = {cls: aurocs(predictions_file(name)) for cls, name in sorted(found.items())}
-    Path(args.out).write_text(json.dumps({"experiments": found, "auroc": rows}, indent=2) + "\n")
+    rows, sources = {}, {}
+    for cls, name in sorted(found.items()):
+        logits = logits_file(name)
+        sources[cls] = "logits" if logits.exists() else "probs"
+        rows[cls] = aurocs(logits if logits.exists() else predictions_file(name))
+    doc = {"experiments": found, "scores_from": sources, "auroc": rows}
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(table(rows))
 
 
