@@ -150,8 +150,7 @@ def build_pairs(pred: Predictions, top_k: int, block_size: int, name: str | None
     start = 0
     if pred.kind == "topk":
         for block in pred.blocks(block_size):
-            guess[start : start + len(block)] = block[:, :k]
-            _check_no_unseen_guess(pred, guess[start : start + len(block)], blocked, start)
+            guess[start : start + len(block)] = block[:, :k]  # blocks refuse unseen guesses
             start += len(block)
         prob.fill(np.nan)
     else:
@@ -197,17 +196,6 @@ def _novelty(pred: Predictions, block_size: int, k: int) -> dict[str, np.ndarray
     """novelty.py's per-picture scores, repeated over each picture's k pairs."""
     scores = picture_scores(pred, block_size)
     return {name: np.repeat(v, k) for name, v in scores.items()} if scores else None
-
-
-def _check_no_unseen_guess(pred: Predictions, guess: np.ndarray, blocked: list[int], start: int):
-    bad = np.isin(guess, blocked).any(axis=1)
-    if bad.any():
-        row = start + int(np.flatnonzero(bad)[0])
-        raise PipelineError(
-            f"{pred.path}: 'topk' row {row} guesses an unseen class ({', '.join(pred.unseen)}); "
-            "a classifier cannot name a class it was never trained on: drop it from 'unseen' "
-            "or from the guesses"
-        )
 
 
 def combine(parts: list[Pairs]) -> Pairs:

@@ -20,12 +20,18 @@ holding, for N pictures and C classes:
                             the classifier cannot name them, so they are never a guess (a
                             `topk` row must not hold them). At least two classes must remain
                             known. `probs`/`logits` then come in either of two shapes:
-                              [N, C]      every class's column; the unseen classes' columns
-                                          are ignored (the predict stage writes 0 there)
+                              [N, C]      every class's column; an unseen class's column
+                                          is 0 in `probs` (what the predict stage writes:
+                                          the classifier cannot name it; checked) and
+                                          ignored in `logits` (never a guess either way)
                               [N, C - u]  the known classes' columns only, in the order of
                                           `classes` with the unseen ones left out: the
                                           output of a classifier trained on C - u classes
                                           (probs rows then sum to 1 over these columns)
+
+Any other key is ignored, with one warning line on stderr that names it (and the contract's
+key it resembles, e.g. 'unseen' for 'unseen_classes': a misspelt optional key would
+otherwise change the analysis without a word).
 
 Writes: nothing. `load_predictions` validates the metadata and small arrays at once and
 keeps the N x C (or N x k) score array on disk: `Predictions.blocks` streams it in blocks of
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +56,8 @@ from confusion_embeddings.core.errors import PipelineError, first_line
 from confusion_embeddings.core.npz import READ_ERRORS, InMemory, NpyMember, damaged
 
 SCORE_KEYS = ("probs", "logits", "topk")
+OPTIONAL_KEYS = ("split", "splits", "groups", "unseen")
+CONTRACT_KEYS = frozenset({"labels", "classes", *SCORE_KEYS, *OPTIONAL_KEYS})
 # Tolerance on the row sums of `probs`: float32 softmax over 1000 classes is off by ~1e-5.
 PROB_SUM_TOLERANCE = 1e-3
 # Rows per block when load_predictions(check_values=True) makes its own pass over the scores.
@@ -89,26 +98,48 @@ class Predictions:
         """Indices of the classes the classifier was trained on, in the order of `classes`."""
         return [i for i, c in enumerate(self.classes) if c not in self.unseen]
 
+    @property
+    def unseen_ids(self) -> list[int]:
+        """Indices of the unseen classes, in the order of `classes`."""
+        return [i for i, c in enumerate(self.classes) if c in self.unseen]
+
     def blocks(self, rows: int) -> Iterator[np.ndarray]:
         """Yield the score array in consecutive blocks of `rows` rows (the last may be
         shorter), each checked against the contract; a bad value raises PipelineError
-        naming its row. Blocks are read-only views of freshly read bytes, native dtype,
+        naming its row. Blocks are read-only arrays of freshly read bytes, native dtype,
         always C wide for probs/logits: a known-classes-only array comes widened, its
         unseen classes' columns 0 (probs) or -inf (logits), never a guess either way."""
         start = 0
         for block in self._member.blocks(rows):
-            _check_block(self.path, self.kind, block, start, self.n_classes)
+            _check_block(self.path, self.kind, block, start, self.classes, self._blocked)
             yield self._widened(block) if self.known_only else block
             start += block.shape[0]
+
+    @property
+    def _blocked(self) -> list[int]:
+        """The unseen classes' indices into a stored row: none in the known-only form."""
+        return [] if self.known_only else self.unseen_ids
 
     def _widened(self, block: np.ndarray) -> np.ndarray:
         fill = 0.0 if self.kind == "probs" else -np.inf
         full = np.full((block.shape[0], self.n_classes), fill, block.dtype)
         full[:, self.known_ids] = block
+        full.flags.writeable = False  # as the stored blocks: a reader cannot alter the file's
         return full
 
 
-def _check_block(path: Path, kind: str, block: np.ndarray, start: int, n_classes: int) -> None:
+def _check_block(
+    path: Path,
+    kind: str,
+    block: np.ndarray,
+    start: int,
+    classes: tuple[str, ...],
+    unseen: list[int],
+) -> None:
+    """The contract's checks of one block of stored rows (`start`: the first one's index);
+    `unseen`: the unseen classes' indices, to check where a stored row holds them."""
+    n_classes = len(classes)
+
     def row_of(bad_rows: np.ndarray) -> int:
         return start + int(np.flatnonzero(bad_rows)[0])
 
@@ -126,6 +157,19 @@ def _check_block(path: Path, kind: str, block: np.ndarray, start: int, n_classes
                 f"'probs' row {row_of(negative)} has a negative probability; save raw scores "
                 "as 'logits' instead",
             )
+        if unseen:
+            named = (block[:, unseen] != 0).any(axis=1)
+            if named.any():
+                row = row_of(named)
+                p = block[row - start, unseen]
+                col = int(np.flatnonzero(p)[0])
+                name = classes[unseen[col]]
+                raise _fail(
+                    path,
+                    f"'probs' row {row} gives the unseen class '{name}' probability "
+                    f"{p[col]:.6g}; a classifier never trained on a class gives it 0 (or "
+                    "store the known classes' columns only)",
+                )
         sums = block.sum(axis=1, dtype=np.float64)
         off = np.abs(sums - 1.0) > PROB_SUM_TOLERANCE
         if off.any():
@@ -152,6 +196,15 @@ def _check_block(path: Path, kind: str, block: np.ndarray, start: int, n_classes
                     path,
                     f"'topk' row {row_of(dup)} lists a class twice; each row must name k "
                     "different classes",
+                )
+        if unseen:
+            named = np.isin(block, unseen).any(axis=1)
+            if named.any():
+                raise _fail(
+                    path,
+                    f"'topk' row {row_of(named)} guesses an unseen class; a classifier "
+                    "cannot name a class it was never trained on: drop it from 'unseen' or "
+                    "from the guesses",
                 )
 
 
@@ -310,9 +363,25 @@ def _did_you_mean(key: str, unknown: set[str]) -> str:
     return f"; did you mean '{key}' (not '{close[0]}')?" if close else ""
 
 
+def _warn_ignored(path: Path, keys: set[str]) -> None:
+    """One stderr line naming the keys outside the contract, and the optional key each one
+    resembles where it does (a misspelt 'unseen' would leave the class a known one)."""
+    ignored = sorted(keys - CONTRACT_KEYS)
+    if not ignored:
+        return
+    hints = []
+    for key in ignored:
+        close = difflib.get_close_matches(key, OPTIONAL_KEYS, n=1, cutoff=0.6)
+        if close and close[0] not in keys:
+            hints.append(f"'{key}' is not '{close[0]}'")
+    named = ", ".join(f"'{k}'" for k in ignored)
+    hint = f" ({'; '.join(hints)}: rename it if it was meant)" if hints else ""
+    print(f"warning: {path}: ignored key(s) {named}, not in the contract{hint}", file=sys.stderr)
+
+
 def _score_kind(path: Path, keys: set[str]) -> str:
     found = ", ".join(sorted(keys)) or "none"
-    known = {"labels", "classes", *SCORE_KEYS, "split", "splits", "groups", "unseen"}
+    known = CONTRACT_KEYS
     for key in ("labels", "classes"):
         if key not in keys:
             hint = _did_you_mean(key, keys - known)
@@ -451,6 +520,7 @@ def _validated(path: Path, keys: set[str], get, score) -> Predictions:
     for arrays in memory; `score(kind, n, n_classes, n_unseen)` gives the score array's
     reader."""
     kind = _score_kind(path, keys)
+    _warn_ignored(path, keys)
     classes = tuple(str(c) for c in _str_array(path, "classes", get("classes"), 1).tolist())
     if len(classes) < 2:
         raise _fail(path, f"'classes' lists {len(classes)} class(es); at least 2 are needed")

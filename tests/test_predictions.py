@@ -545,6 +545,54 @@ def test_full_width_probs_with_a_zero_unseen_column(tmp_path):
     np.testing.assert_array_equal(np.concatenate(list(pred.blocks(4))), full)
 
 
+def test_full_width_probs_that_give_the_unseen_class_a_probability_are_refused(tmp_path):
+    """A classifier never trained on 'c' cannot give it probability: such a file is a
+    classifier that saw 'c', and reading it as one that did not would be wrong."""
+    full = np.insert(NARROW * 0.9, 2, 0.1, axis=1).astype(np.float32)
+    path = hand_file(tmp_path, **hand_arrays(probs=full, unseen=np.array(["c"])))
+    with pytest.raises(PipelineError) as exc:
+        load_predictions(path)
+    assert str(exc.value).startswith(
+        f"{path}: 'probs' row 0 gives the unseen class 'c' probability 0.1; a classifier "
+        "never trained on a class gives it 0"
+    )
+
+
+def test_full_width_logits_keep_any_finite_value_in_the_unseen_column(tmp_path):
+    logits = np.insert(np.log(NARROW), 2, 5.0, axis=1)  # above every known logit: ignored
+    path = hand_file(tmp_path, **hand_arrays(probs=None, logits=logits, unseen=np.array(["c"])))
+    pred = load_predictions(path)
+    np.testing.assert_array_equal(np.concatenate(list(pred.blocks(4))), logits)
+
+
+@pytest.mark.parametrize("column", [0, 2])  # inside and beyond the top_k the pairs read
+def test_a_topk_row_that_holds_an_unseen_class_is_refused_where_it_loads(tmp_path, column):
+    topk = np.array([[0, 1, 3], [1, 0, 3], [3, 1, 0], [0, 1, 3]])
+    topk[1, column] = 2
+    path = hand_file(tmp_path, **hand_arrays(probs=None, topk=topk, unseen=np.array(["c"])))
+    with pytest.raises(PipelineError, match=r"'topk' row 1 guesses an unseen class"):
+        load_predictions(path)
+
+
+def test_widened_blocks_are_read_only_like_the_stored_ones(tmp_path):
+    arrays = hand_arrays(probs=NARROW.astype(np.float32), unseen=np.array(["c"]))
+    for block in load_predictions(hand_file(tmp_path, **arrays)).blocks(2):
+        with pytest.raises(ValueError, match="read-only"):
+            block[0, 0] = 1.0
+
+
+def test_a_key_outside_the_contract_is_named_in_a_warning(tmp_path, capsys):
+    path = hand_file(tmp_path, **hand_arrays(unseen_classes=np.array(["c"]), ids=np.arange(4)))
+    pred = load_predictions(path)
+    assert pred.unseen == ()  # ignored, as the warning says
+    assert capsys.readouterr().err == (
+        f"warning: {path}: ignored key(s) 'ids', 'unseen_classes', not in the contract "
+        "('unseen_classes' is not 'unseen': rename it if it was meant)\n"
+    )
+    load_predictions(hand_file(tmp_path, "plain.npz", **hand_arrays()))
+    assert capsys.readouterr().err == ""
+
+
 def test_a_wrong_width_with_unseen_names_both_shapes(tmp_path):
     arrays = hand_arrays(probs=HAND_PROBS[:, :2] * 2, unseen=np.array(["c"]))
     path = hand_file(tmp_path, **arrays)

@@ -69,8 +69,9 @@ def _reference(path, nearest_of_new: str = "b"):
 
 def test_pairs_never_guess_an_unseen_class(tmp_path):
     arrays = planted(n=30)
-    arrays["probs"][:, -1] = 0.5  # even a high score in its column is ignored
-    arrays["probs"] /= arrays["probs"].sum(1, keepdims=True)
+    logits = np.log(np.maximum(arrays.pop("probs"), 1e-30))
+    logits[:, -1] = logits.max() + 5.0  # even the top score in its column is ignored
+    arrays["logits"] = logits
     pairs = build_pairs(predictions_from_arrays(arrays), top_k=3, block_size=16)
     assert pairs.unseen == ("new",) and not (pairs.guess == CLASSES.index("new")).any()
     assert (pairs.true == CLASSES.index("new")).sum() == 30 * 3  # its pictures are pairs
