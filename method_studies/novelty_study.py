@@ -36,6 +36,7 @@ from confusion_embeddings.predictions import load_predictions
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".dvc" / "cache" / "files" / "md5"
 BASELINE = "max_prob"
+TRAIN_METRICS = "metrics/train/seed_0.json"
 # method_studies/novelty_logits.py writes each experiment's logits here: the same classifier's
 # output before the softmax, which the logit scores (max_logit, energy) need.
 LOGITS = ROOT / ".cache" / "novelty_logits"
@@ -59,6 +60,11 @@ def experiments(prefix: str) -> dict[str, str]:
 
 def experiment_lock(experiment: str) -> dict:
     """The experiment's dvc.lock, parsed."""
+    return yaml.safe_load(experiment_file(experiment, "dvc.lock"))
+
+
+def experiment_file(experiment: str, path: str) -> str:
+    """A file of the experiment's commit (dvc.lock, a metrics file), as text."""
     refs = subprocess.run(
         ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
         cwd=ROOT,
@@ -68,11 +74,11 @@ def experiment_lock(experiment: str) -> dict:
     ).stdout.split()
     for ref in (r for r in refs if r.rsplit("/", 1)[-1] == experiment):
         lock = subprocess.run(
-            ["git", "show", f"{ref}:dvc.lock"], cwd=ROOT, capture_output=True, text=True
+            ["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True, text=True
         )
         if lock.returncode == 0:
-            return yaml.safe_load(lock.stdout)
-    raise SystemExit(f"{experiment}: no experiment with a dvc.lock of that name")
+            return lock.stdout
+    raise SystemExit(f"{experiment}: no experiment with a {path} of that name")
 
 
 def predictions_file(experiment: str) -> Path:
@@ -98,24 +104,35 @@ def aurocs(path: Path) -> dict[str, float]:
     return {k: round(v, 4) for k, v in ev.unseen.novelty.auroc.items()}
 
 
-def table(rows: dict[str, dict[str, float]]) -> str:
+def test_accuracy(experiment: str) -> float:
+    """The classifier's test accuracy over the known classes (test-time augmentation on)."""
+    return json.loads(experiment_file(experiment, TRAIN_METRICS))["test_accuracy"]
+
+
+def table(rows: dict[str, dict[str, float]], accuracy: dict[str, float]) -> str:
+    """Markdown: a row per left-out class (its classifier's test accuracy, then each score's
+    AUROC, the row's best in bold), then each score's mean, median and wins over max_prob."""
     scores = [s for s in NOVELTY_SCORES if any(s in r for r in rows.values())]
     lines = [
-        "| left out | " + " | ".join(scores) + " |",
-        "|---|" + "---|" * len(scores),
+        "| left out | test accuracy (known) | " + " | ".join(scores) + " |",
+        "|---|---|" + "---|" * len(scores),
     ]
     for cls, r in rows.items():
-        lines.append(
-            f"| {cls} | " + " | ".join(f"{r.get(s, float('nan')):.3f}" for s in scores) + " |"
-        )
+        best = max(r.values())
+        cells = [
+            "" if s not in r else f"**{r[s]:.3f}**" if r[s] == best else f"{r[s]:.3f}"
+            for s in scores
+        ]
+        lines.append(f"| {cls} | {accuracy[cls]:.3f} | " + " | ".join(cells) + " |")
     for what, fn in (("mean", np.mean), ("median", np.median)):
-        lines.append(
-            f"| {what} | "
-            + " | ".join(f"{fn([r[s] for r in rows.values() if s in r]):.3f}" for s in scores)
-            + " |"
-        )
-    beats = [sum(r[s] > r[BASELINE] for r in rows.values() if s in r) for s in scores]
-    lines.append(f"| beats {BASELINE} | " + " | ".join(f"{b}/{len(rows)}" for b in beats) + " |")
+        values = [fn([r[s] for r in rows.values() if s in r]) for s in scores]
+        lines.append(f"| {what} | | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    beats = [
+        f"{sum(r[s] > r[BASELINE] for r in rows.values() if s in r)}/"
+        f"{sum(s in r for r in rows.values())}"
+        for s in scores
+    ]
+    lines.append(f"| beats {BASELINE} | | " + " | ".join(beats) + " |")
     return "\n".join(lines)
 
 
@@ -127,14 +144,15 @@ def main() -> None:
     found = experiments(args.prefix)
     if not found:
         raise SystemExit(f"no experiment named {args.prefix}<class>; see docs/unseen.md")
-    rows, sources = {}, {}
+    rows, sources, accuracy = {}, {}, {}
     for cls, name in sorted(found.items()):
         logits = logits_file(name)
         sources[cls] = "logits" if logits.exists() else "probs"
         rows[cls] = aurocs(logits if logits.exists() else predictions_file(name))
-    doc = {"experiments": found, "scores_from": sources, "auroc": rows}
+        accuracy[cls] = test_accuracy(name)
+    doc = {"experiments": found, "scores_from": sources, "test_accuracy": accuracy, "auroc": rows}
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(table(rows))
+    print(table(rows, accuracy))
 
 
 if __name__ == "__main__":
