@@ -202,7 +202,8 @@ def _check_block(
             if named.any():
                 raise _fail(
                     path,
-                    f"'topk' row {row_of(named)} guesses an unseen class; a classifier "
+                    f"'topk' row {row_of(named)} guesses an unseen class "
+                    f"({', '.join(classes[i] for i in unseen)}); a classifier "
                     "cannot name a class it was never trained on: drop it from 'unseen' or "
                     "from the guesses",
                 )
