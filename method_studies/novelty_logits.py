@@ -42,6 +42,9 @@ from confusion_embeddings.data.selection import known_classes
 from method_studies.novelty_study import (
     CACHE,
     LOGITS,
+    MODEL_PATH,
+    PREDICTIONS_PATH,
+    PREPARED_PATH,
     ROOT,
     cached,
     experiment_lock,
@@ -49,9 +52,6 @@ from method_studies.novelty_study import (
     logits_file,
 )
 
-PREPARED_PATH = "data/prepared"
-MODEL_PATH = "models/cnn/seed_0"
-PREDICTIONS_PATH = "data/predictions/seed_0.npz"
 PREPARED = ROOT / PREPARED_PATH
 # The largest |softmax(logits) - probs| accepted as "the same predictions": float32 rounding
 # of one deterministic run, with room for a different thread split of the sums.

@@ -37,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".dvc" / "cache" / "files" / "md5"
 BASELINE = "max_prob"
 TRAIN_METRICS = "metrics/train/seed_0.json"
+# The one classifier's outputs of a leave-one-class-out experiment, as its dvc.lock names them.
+PREPARED_PATH = "data/prepared"
+MODEL_PATH = "models/cnn/seed_0"
+PREDICTIONS_PATH = "data/predictions/seed_0.npz"
 # method_studies/novelty_logits.py writes each experiment's logits here: the same classifier's
 # output before the softmax, which the logit scores (max_logit, energy) need.
 LOGITS = ROOT / ".cache" / "novelty_logits"
@@ -83,7 +87,7 @@ def experiment_file(experiment: str, path: str) -> str:
 
 def predictions_file(experiment: str) -> Path:
     """The experiment's predict@0 output in the local DVC cache (its dvc.lock says which)."""
-    return cached(experiment_lock(experiment), "predict@0", "data/predictions/seed_0.npz")
+    return cached(experiment_lock(experiment), "predict@0", PREDICTIONS_PATH)
 
 
 def cached(lock: dict, stage: str, path: str) -> Path:
@@ -148,7 +152,7 @@ def main() -> None:
     for cls, name in sorted(found.items()):
         logits = logits_file(name)
         sources[cls] = "logits" if logits.exists() else "probs"
-        rows[cls] = aurocs(logits if logits.exists() else predictions_file(name))
+        rows[cls] = aurocs(logits if sources[cls] == "logits" else predictions_file(name))
         accuracy[cls] = test_accuracy(name)
     doc = {"experiments": found, "scores_from": sources, "test_accuracy": accuracy, "auroc": rows}
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
