@@ -4,6 +4,7 @@ from the CPU flags, and the train stage's command splitting the CPU into devices
 from __future__ import annotations
 
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def _run_python(script: str, *args: str) -> list[str]:
 
 
 # Runs a jitted function whose 64 MB output is allocated afresh on every call, with or
-# without reuse_host_memory, and prints the minor page faults per call.
+# without reuse_host_memory, and prints the minor page faults of each of 16 calls.
 _FAULTS_PER_CALL = """
 import resource, sys
 from confusion_embeddings import host
@@ -62,10 +63,12 @@ f = jax.jit(lambda x: x + 1)
 x = jnp.zeros(16 * 2**20, jnp.float32)
 for _ in range(8):  # until the heap holds every buffer a call needs
     f(x).block_until_ready().delete()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(16):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready().delete()
-print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 16)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, *faults)
 """
 
 
@@ -73,14 +76,14 @@ print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 1
 def test_reuse_host_memory_stops_page_faulting_every_call():
     def faults(mode: str) -> tuple[str, float]:
         out = _run_python(_FAULTS_PER_CALL, mode)
-        return out[0], float(out[1])
+        return out[0], statistics.median(map(int, out[1:]))
 
     (applied_default, default), (applied, reused) = faults("default"), faults("reuse")
     assert applied_default == "False" and applied == "True"
-    # 64 MB in 4 KiB pages is 16,384 faults per call. Reused pages fault once; the heap
-    # may still grow by a buffer now and then (an aligned request that no freed chunk
-    # fits), far from a fresh buffer on every call.
-    assert default > 10_000 and reused < default / 3
+    # 64 MB in 4 KiB pages is 16,384 faults per call. Reused pages fault once, so a typical
+    # call faults none; the heap may still grow by a whole buffer now and then (an aligned
+    # request that no freed chunk fits: 6 calls of 16 in one run), hence the median call.
+    assert default > 10_000 and reused < default / 10
 
 
 def test_reuse_host_memory_leaves_a_running_jax_alone():
