@@ -3,13 +3,14 @@
     python -m method_studies.novelty_logits                # every experiment named loco-<class>
     python -m method_studies.novelty_logits --only ship dog
 
-The predict stage writes probabilities, which keep the logits only up to each picture's own
-constant: enough for max_prob, spread and the Mahalanobis scores (novelty.py centres the
-scores), not for max_logit or energy. For each experiment this restores its classifier
-(train@0's model folder in the experiment's dvc.lock) from the local DVC cache, runs it
-over every picture of data/prepared with the test-time augmentation it was trained with, as
-predict does, and writes a predictions file with `logits` in place of `probs` to
-.cache/novelty_logits/<experiment>.npz (git-ignored; rerun to rebuild).
+The predict stage writes probabilities unless params predict.scores says logits, and
+probabilities keep the logits only up to each picture's own constant: enough for max_prob,
+spread and the Mahalanobis scores (novelty.py centres the scores), not for max_logit or
+energy. For each experiment this restores its classifier (train@0's model folder in the
+experiment's dvc.lock) from the local DVC cache, runs predict's core on it over every
+picture of data/prepared (cnn/inference.py's predict_splits with scores="logits") and writes
+that predictions file to .cache/novelty_logits/<experiment>.npz (git-ignored; rerun to
+rebuild).
 `python -m method_studies.novelty_study` reads that file where it exists.
 
 It checks that the softmax of the logits is the experiment's own predictions file (the same
@@ -25,14 +26,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
 import numpy as np
 import yaml
 
-from confusion_embeddings import devices
 from confusion_embeddings.cnn import conv
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
-from confusion_embeddings.cnn.inference import make_inference_fn, softmax
+from confusion_embeddings.cnn.inference import predict_splits, softmax
 from confusion_embeddings.cnn.run import start_host
 from confusion_embeddings.config.predict import SCHEMA as PREDICT_SCHEMA
 from confusion_embeddings.core.files import atomic_file, save_npz
@@ -86,42 +85,14 @@ def write_logits(experiment: str, lock: dict) -> Path:
         start_host(choice, saved.train.cpu_devices, [predict["batch_size"]], doc, params_file)
         model = load_model(model_dir, saved.running(choice))
     data = load_prepared(PREPARED, predict["splits"])
-    known = np.asarray(known_classes(data.classes, saved.train.unseen))
-    t = saved.train
-    infer = make_inference_fn(model.graphdef, model.norm, t.tta_flip, t.tta_translate)
-    logits, labels, split_ids = [], [], []
-    with devices.data_parallel() as mesh:
-        params, rest = jax.device_put((model.params, model.rest), devices.replicated(mesh))
-        for i, name in enumerate(predict["splits"]):
-            split = data.splits[name]
-            logits.append(
-                devices.map_batches(
-                    lambda x: infer(params, rest, x),
-                    split.images,
-                    predict["batch_size"],
-                    mesh,
-                    show_progress=True,
-                    desc=f"{experiment} {name}",
-                )
-            )
-            labels.append(split.labels)
-            split_ids.append(np.full(len(split.labels), i, np.int8))
-    all_logits = np.concatenate(logits).astype(np.float32)  # [N, known]: the contract's form
-    _check_same(experiment, lock, softmax(all_logits), known)
+    known = known_classes(data.classes, saved.train.unseen)
+    arrays, _ = predict_splits(
+        data, model, known, predict["splits"], predict["batch_size"], scores="logits"
+    )
+    _check_same(experiment, lock, softmax(arrays["logits"]), np.asarray(known))
     LOGITS.mkdir(parents=True, exist_ok=True)
     with atomic_file(logits_file(experiment)) as tmp:
-        save_npz(
-            tmp,
-            {
-                "labels": np.concatenate(labels).astype(np.int32),
-                "classes": np.array(data.classes),
-                "logits": all_logits,
-                "split": np.concatenate(split_ids),
-                "splits": np.array(predict["splits"]),
-                "groups": np.array(json.dumps(data.groups)),
-                "unseen": np.array(t.unseen),
-            },
-        )
+        save_npz(tmp, arrays)
     return logits_file(experiment)
 
 

@@ -3,7 +3,8 @@
 Reads:  --prepared, --model (with the RunConfig train saved beside it: convolution,
         precision, test-time augmentation, CPU devices), params.yaml's `predict:` section.
 Writes: --out, a predictions file in the contract of confusion_embeddings/predictions.py
-        (`labels`, `classes`, `probs`, `split`/`splits`, `groups`), and --timings.
+        (`labels`, `classes`, `probs` or `logits` as params predict.scores says,
+        `split`/`splits`, `groups`, `unseen` where train left classes out), and --timings.
 The work: confusion_embeddings/cnn/run.py (predict_classifier).
 """
 

@@ -11,6 +11,7 @@ import pytest
 
 from confusion_embeddings.cnn.checkpoint import load_model
 from confusion_embeddings.cnn.config import RunConfig
+from confusion_embeddings.cnn.inference import softmax
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data.prepared import load_prepared
 from confusion_embeddings.data.selection import known_classes, without_classes
@@ -68,6 +69,20 @@ def test_train_and_predict_leave_a_class_out(tmp_path, monkeypatch):
     probs = np.load(out)["probs"]
     assert (probs[:, 2] == 0).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred.labels == 2).sum() > 0  # the unseen class's pictures are scored
+
+    # predict.scores: logits -> the network's outputs, one column per known class, whose
+    # softmax is the probabilities above.
+    text = params.read_text().replace("scores: probs", "scores: logits")
+    assert "scores: logits" in text
+    params.write_text(text)
+    run_stage_main("predict", stage_argv("predict"))
+    with np.load(out) as npz:
+        assert "probs" not in npz
+        logits = npz["logits"]
+    assert logits.shape == (pred.n, 3)
+    np.testing.assert_allclose(softmax(logits), probs[:, [0, 1, 3]], rtol=1e-5, atol=1e-6)
+    pred = load_predictions(out)
+    assert pred.kind == "logits" and pred.unseen == (names[2],)
 
 
 def test_a_model_of_every_class_is_saved_without_the_key(tmp_path):

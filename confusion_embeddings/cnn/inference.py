@@ -63,10 +63,13 @@ def predict_splits(
     splits: list[str],
     batch_size: int,
     show_progress: bool = True,
+    scores: str = "probs",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run `model` over `splits`; return the predictions-file arrays (predictions.py's
     contract) and a summary (pictures, top-1 accuracy per split). `known`: the indices of
     data's classes the model's outputs are, in order (data/selection.py's known_classes).
+    `scores` (predict.scores): "probs", every class's column, an unseen class's 0; or
+    "logits", the network's outputs as they are, one column per known class.
 
     A model trained under cross-fitting predicts only the training pictures it never saw
     (its RunConfig's `holdout`); the other splits whole. A model trained without some
@@ -80,7 +83,7 @@ def predict_splits(
         infer = make_inference_fn(
             model.graphdef, model.norm, tta_flip=t.tta_flip, tta_translate=t.tta_translate
         )
-        labels, probs, split_ids, summary = [], [], [], {}
+        labels, outputs, split_ids, summary = [], [], [], {}
         for i, name in enumerate(splits):
             split = data.splits[name]
             if name == "train" and holdout is not None:
@@ -94,14 +97,16 @@ def predict_splits(
                 show_progress,
                 desc=f"predict {name}",
             )
-            probs.append(_all_classes(softmax(logits), known, len(data.classes)))
+            summary[name] = _summary(logits, split.labels, known)
+            if scores == "probs":
+                logits = _all_classes(softmax(logits), known, len(data.classes))
+            outputs.append(logits)
             labels.append(split.labels)
             split_ids.append(np.full(len(split.labels), i, np.int8))
-            summary[name] = _summary(logits, split.labels, known)
     arrays = {
         "labels": np.concatenate(labels).astype(np.int32),
         "classes": np.array(data.classes),
-        "probs": np.concatenate(probs).astype(np.float32),
+        scores: np.concatenate(outputs).astype(np.float32),
         "split": np.concatenate(split_ids),
         "splits": np.array(splits),
         "groups": np.array(json.dumps(data.groups)),

@@ -181,7 +181,9 @@ def predict_classifier(
             f"{len(data.classes)}{less}; rerun `dvc repro train`"
         )
     model = load_model(model_dir, saved.running(choice))
-    arrays, summary = predict_splits(data, model, known, p["splits"], p["batch_size"])
+    arrays, summary = predict_splits(
+        data, model, known, p["splits"], p["batch_size"], scores=p["scores"]
+    )
     if not host.is_primary():  # a multi-process job: every process has the result, one writes
         return
     with atomic_file(out) as tmp:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confusion_embeddings.config.section import Section, knob
-from confusion_embeddings.core.params import at_least
+from confusion_embeddings.core.params import at_least, one_of
 
 
 def _split_names(v: list) -> str | None:
@@ -23,6 +23,9 @@ class PredictConfig(Section):
     # Every picture by default, train and test, as in the paper.
     splits: list[str] = knob(list, ["train", "test"], _split_names)
     batch_size: int = knob(int, 1000, at_least(1))
+    # What the file holds per picture (predictions.py): probabilities, or the logits they
+    # come from, which keep each picture's scale (the max_logit and energy novelty scores).
+    scores: str = knob(str, "probs", one_of("probs", "logits"))
 
 
 SCHEMA = PredictConfig.schema()  # {key: Param}, as core/params.py validates a section
