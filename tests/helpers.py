@@ -18,6 +18,7 @@ import difflib
 import importlib
 import io
 import os
+import pickle
 import shlex
 import shutil
 import struct
@@ -236,6 +237,23 @@ def make_prepared(
     }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
+
+
+def cifar_pickle_tar(path: Path, meta: dict, batch: dict | None = None) -> Path:
+    """A CIFAR-10 python-version tar whose batches.meta is `meta` and whose six batches are
+    all `batch` (two blank pictures, labels 0 and 1, unless given): for prepare's refusals
+    of a malformed archive."""
+    base = "cifar-10-batches-py/"
+    batch = batch or {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    members = {
+        base + "batches.meta": meta,
+        **{base + f"data_batch_{i}": batch for i in range(1, 6)},
+        base + "test_batch": batch,
+    }
+    extra = []
+    for name, obj in members.items():
+        extra.append((tarfile.TarInfo(name), pickle.dumps(obj, protocol=2)))
+    return tar_with(path, None, extra)
 
 
 def tar_with(

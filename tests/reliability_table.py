@@ -35,6 +35,7 @@ from confusion_embeddings.core.errors import PipelineError
 
 from dvc_repo import make_repo, run
 from helpers import (
+    cifar_pickle_tar,
     cli_env,
     make_cifar_tarball,
     make_dataset,
@@ -434,36 +435,19 @@ prep_case(
 )
 
 
-def cifar_tar(path, meta, batch=None):
-    base = "cifar-10-batches-py/"
-    batch = batch or {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
-    members = {
-        base + "batches.meta": meta,
-        **{base + f"data_batch_{i}": batch for i in range(1, 6)},
-        base + "test_batch": batch,
-    }
-    with tarfile.open(path, "w") as tar:
-        for name, obj in members.items():
-            blob = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
-
-
 prep_case(
     "CIFAR class name not UTF-8",
-    cifar_tar(TMP / "u.tar", {b"label_names": [b"\xff\xfe", b"b"]}),
+    cifar_pickle_tar(TMP / "u.tar", {b"label_names": [b"\xff\xfe", b"b"]}),
     "tests/test_inputs.py::test_cifar_class_names",
 )
 prep_case(
     "CIFAR class name given twice",
-    cifar_tar(TMP / "d.tar", {b"label_names": [b"a", b"a"]}),
+    cifar_pickle_tar(TMP / "d.tar", {b"label_names": [b"a", b"a"]}),
     "tests/test_inputs.py::test_cifar_class_names",
 )
 prep_case(
     "CIFAR labels a ragged list",
-    cifar_tar(
+    cifar_pickle_tar(
         TMP / "r.tar",
         {b"label_names": [b"a", b"b"]},
         {b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 1]]},

@@ -8,9 +8,7 @@ tests/test_predictions.py.
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import shutil
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from stages import predict as predict_stage
 
 from dvc_repo import make_repo, run
 from helpers import (
+    cifar_pickle_tar,
     cli_env,
     make_dataset,
     make_prepared,
@@ -42,22 +41,6 @@ from synthetic import CIFAR10, make_synthetic_predictions, write_predictions
 ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- prepare
-
-
-def cifar_tar(path: Path, meta: dict, batch: dict | None = None) -> Path:
-    base = "cifar-10-batches-py/"
-    data = np.zeros((2, 3072), np.uint8)
-    batch = batch or {b"data": data, b"labels": [0, 1]}
-    members = {base + "batches.meta": meta}
-    members.update({base + f"data_batch_{i}": batch for i in range(1, 6)})
-    members[base + "test_batch"] = batch
-    with tarfile.open(path, "w") as tar:
-        for name, obj in members.items():
-            blob = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(name)
-            info.size = len(blob)
-            tar.addfile(info, io.BytesIO(blob))
-    return path
 
 
 def prepare_refuses(source: Path, out: Path, *fragments: str) -> str:
@@ -80,13 +63,13 @@ def prepare_refuses(source: Path, out: Path, *fragments: str) -> str:
     ],
 )
 def test_cifar_class_names(tmp_path, names, fragments):
-    source = cifar_tar(tmp_path / "c.tar", {b"label_names": names})
+    source = cifar_pickle_tar(tmp_path / "c.tar", {b"label_names": names})
     prepare_refuses(source, tmp_path / "out", *fragments)
 
 
 def test_cifar_ragged_labels(tmp_path):
     batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 1]]}
-    source = cifar_tar(tmp_path / "c.tar", {b"label_names": [b"a", b"b"]}, batch)
+    source = cifar_pickle_tar(tmp_path / "c.tar", {b"label_names": [b"a", b"b"]}, batch)
     prepare_refuses(source, tmp_path / "out", "'labels' must be 2 integers")
 
 
