@@ -11,6 +11,13 @@ which), and runs the method on it as the pipeline does (pairs, embed, two redraw
 do not depend on the redraws). Writes method_studies/novelty_study.json (or --out)
 and prints a markdown table: a row per left-out class, a column per score, then the mean,
 the median and how many classes each score beats max_prob on.
+
+The JSON's `best` is the score evaluate.novelty_score defaults to, `best_from_probabilities`
+the one the report falls back on where the predictions cannot give it (evaluation/unseen.py's
+FALLBACK; tests/test_novelty_study.py checks both against the code): the highest median
+AUROC over the classes, then the most wins over max_prob, then the highest mean, among the
+scores measured on every class (`best_from_probabilities`: among those any probabilities
+file gives, FROM_ANY_PROBABILITIES).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ PREDICTIONS_PATH = "data/predictions/seed_0.npz"
 # method_studies/novelty_logits.py writes each experiment's logits here: the same classifier's
 # output before the softmax, which the logit scores (max_logit, energy) need.
 LOGITS = ROOT / ".cache" / "novelty_logits"
+# The scores every predictions file with probabilities gives: from its top-k guesses and the
+# class vectors alone (no logits, no train split to fit on).
+FROM_ANY_PROBABILITIES = ("max_prob", "margin", "entropy", "spread")
 
 
 def logits_file(experiment: str) -> Path:
@@ -113,10 +123,38 @@ def test_accuracy(experiment: str) -> float:
     return json.loads(experiment_file(experiment, TRAIN_METRICS))["test_accuracy"]
 
 
+def summary(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each score's mean and median AUROC over the classes it was measured on, how many of
+    them it beats max_prob on, and on how many it was measured."""
+    out = {}
+    for s in NOVELTY_SCORES:
+        measured = [r for r in rows.values() if s in r]
+        if measured:
+            values = [r[s] for r in measured]
+            out[s] = {
+                "mean": round(float(np.mean(values)), 4),
+                "median": round(float(np.median(values)), 4),
+                "beats_max_prob": sum(r[s] > r[BASELINE] for r in measured),
+                "classes": len(measured),
+            }
+    return out
+
+
+def best(stats: dict[str, dict[str, float]], among: tuple[str, ...] = NOVELTY_SCORES) -> str:
+    """The score with the highest median, then the most wins over max_prob, then the highest
+    mean, among `among`'s scores measured on every class."""
+    most = max(v["classes"] for v in stats.values())
+    full = [s for s in among if s in stats and stats[s]["classes"] == most]
+    return max(
+        full, key=lambda s: (stats[s]["median"], stats[s]["beats_max_prob"], stats[s]["mean"])
+    )
+
+
 def table(rows: dict[str, dict[str, float]], accuracy: dict[str, float]) -> str:
     """Markdown: a row per left-out class (its classifier's test accuracy, then each score's
     AUROC, the row's best in bold), then each score's mean, median and wins over max_prob."""
-    scores = [s for s in NOVELTY_SCORES if any(s in r for r in rows.values())]
+    stats = summary(rows)
+    scores = list(stats)
     lines = [
         "| left out | test accuracy (known) | " + " | ".join(scores) + " |",
         "|---|---|" + "---|" * len(scores),
@@ -128,14 +166,9 @@ def table(rows: dict[str, dict[str, float]], accuracy: dict[str, float]) -> str:
             for s in scores
         ]
         lines.append(f"| {cls} | {accuracy[cls]:.3f} | " + " | ".join(cells) + " |")
-    for what, fn in (("mean", np.mean), ("median", np.median)):
-        values = [fn([r[s] for r in rows.values() if s in r]) for s in scores]
-        lines.append(f"| {what} | | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    beats = [
-        f"{sum(r[s] > r[BASELINE] for r in rows.values() if s in r)}/"
-        f"{sum(s in r for r in rows.values())}"
-        for s in scores
-    ]
+    for what in ("mean", "median"):
+        lines.append(f"| {what} | | " + " | ".join(f"{stats[s][what]:.3f}" for s in scores) + " |")
+    beats = [f"{stats[s]['beats_max_prob']}/{stats[s]['classes']}" for s in scores]
     lines.append(f"| beats {BASELINE} | | " + " | ".join(beats) + " |")
     return "\n".join(lines)
 
@@ -154,9 +187,19 @@ def main() -> None:
         sources[cls] = "logits" if logits.exists() else "probs"
         rows[cls] = aurocs(logits if sources[cls] == "logits" else predictions_file(name))
         accuracy[cls] = test_accuracy(name)
-    doc = {"experiments": found, "scores_from": sources, "test_accuracy": accuracy, "auroc": rows}
+    stats = summary(rows)
+    doc = {
+        "experiments": found,
+        "scores_from": sources,
+        "test_accuracy": accuracy,
+        "auroc": rows,
+        "summary": stats,
+        "best": best(stats),
+        "best_from_probabilities": best(stats, FROM_ANY_PROBABILITIES),
+    }
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(table(rows, accuracy))
+    print(f"best: {doc['best']}; best from any probabilities: {doc['best_from_probabilities']}")
 
 
 if __name__ == "__main__":

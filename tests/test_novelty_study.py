@@ -1,4 +1,5 @@
-"""The novelty study's readers of an experiment's dvc.lock and of the local DVC cache."""
+"""The novelty study's readers of an experiment's dvc.lock and of the local DVC cache, its
+choice of the best score, and the defaults that follow it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 
 import pytest
 
+from confusion_embeddings.config.evaluate import EvaluateConfig
+from confusion_embeddings.evaluation.unseen import FALLBACK
 from method_studies import novelty_logits, novelty_study
 
 LOCK = {
@@ -43,3 +46,36 @@ def test_a_cached_folder_is_restored_file_by_file(tmp_path, monkeypatch):
     out = novelty_logits._restore_dir(listing, tmp_path / "model")
     for relpath, (_, content) in files.items():
         assert (out / relpath).read_bytes() == content
+
+
+def test_the_best_score_is_the_highest_median_then_wins_then_mean():
+    rows = {  # three left-out classes; max_prob is the baseline each score must beat
+        "a": {"max_prob": 0.70, "entropy": 0.72, "energy": 0.90, "spread": 0.71},
+        "b": {"max_prob": 0.80, "entropy": 0.81, "energy": 0.79, "spread": 0.82},
+        "c": {"max_prob": 0.60, "entropy": 0.61, "energy": 0.80, "spread": 0.61},
+    }
+    stats = novelty_study.summary(rows)
+    assert stats["energy"] == {"mean": 0.83, "median": 0.8, "beats_max_prob": 2, "classes": 3}
+    assert novelty_study.best(stats) == "energy"  # median 0.80 against 0.72 and 0.71
+    # energy is not among the scores any probabilities file gives; of those, entropy has the
+    # highest median (0.72 against spread's 0.71 and max_prob's 0.70).
+    assert novelty_study.best(stats, novelty_study.FROM_ANY_PROBABILITIES) == "entropy"
+    # Equal medians: the wins decide, then the mean.
+    rows["c"]["spread"] = 0.72
+    rows["a"]["spread"] = 0.72
+    stats = novelty_study.summary(rows)
+    assert stats["spread"]["median"] == stats["entropy"]["median"] == 0.72
+    assert stats["spread"]["beats_max_prob"] == stats["entropy"]["beats_max_prob"] == 3
+    assert novelty_study.best(stats, ("entropy", "spread")) == "spread"  # mean 0.7533 > 0.7133
+    # A score measured on fewer classes (no logits for one) is not a candidate.
+    del rows["b"]["energy"]
+    assert novelty_study.best(novelty_study.summary(rows)) != "energy"
+
+
+def test_the_defaults_are_the_measured_best():
+    """evaluate.novelty_score's default and the report's fallback are the study's choices
+    (method_studies/novelty_study.json, from the leave-one-class-out runs)."""
+    doc = json.loads((novelty_study.ROOT / "method_studies" / "novelty_study.json").read_text())
+    assert EvaluateConfig().novelty_score == doc["best"]
+    assert doc["best_from_probabilities"] == FALLBACK
+    assert FALLBACK in novelty_study.FROM_ANY_PROBABILITIES
