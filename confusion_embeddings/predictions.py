@@ -21,13 +21,15 @@ holding, for N pictures and C classes:
                             `topk` row must not hold them). At least two classes must remain
                             known. `probs`/`logits` then come in either of two shapes:
                               [N, C]      every class's column; an unseen class's column
-                                          is 0 in `probs` (what the predict stage writes:
-                                          the classifier cannot name it; checked) and
-                                          ignored in `logits` (never a guess either way)
+                                          is 0 in `probs` (the predict stage's form under
+                                          predict.scores: probs: the classifier cannot
+                                          name it; checked) and ignored in `logits`
+                                          (never a guess either way)
                               [N, C - u]  the known classes' columns only, in the order of
                                           `classes` with the unseen ones left out: the
                                           output of a classifier trained on C - u classes
-                                          (probs rows then sum to 1 over these columns)
+                                          (the predict stage's `logits`; probs rows then
+                                          sum to 1 over these columns)
 
 Any other key is ignored, with one warning line on stderr that names it (and the contract's
 key it resembles, e.g. 'unseen' for 'unseen_classes': a misspelt optional key would

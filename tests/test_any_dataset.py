@@ -75,7 +75,7 @@ def test_four_classes_of_16x16_end_to_end(tmp_path, monkeypatch):
         run_in_project(project, f"predict@{s}")
         pred = load_predictions(project / o[f"predict@{s}"]["--out"])
         assert list(pred.classes) == classes and pred.n == 4 * 60
-        probs.append(np.load(project / o[f"predict@{s}"]["--out"])["probs"])
+        probs.append(np.load(project / o[f"predict@{s}"]["--out"])["logits"])
     assert not np.allclose(probs[0], probs[1])  # two classifiers, not one twice
     assert len({o[f"train@{s}"]["--model"] for s in seeds}) == len(seeds)
 

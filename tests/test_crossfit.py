@@ -167,7 +167,7 @@ def test_predictions_cover_the_left_out_fold_and_the_test_split(crossfit_run):
         pred = load_predictions(out)
         assert list(pred.splits) == ["train", "test"]
         with np.load(out, allow_pickle=False) as npz:
-            labels, split, probs = npz["labels"], npz["split"], npz["probs"]
+            labels, split, logits = npz["labels"], npz["split"], npz["logits"]
         rows = np.flatnonzero(fold == s % K)
         on_train = split == 0
         assert on_train.sum() == len(rows) == len(train_labels) // K
@@ -179,12 +179,13 @@ def test_predictions_cover_the_left_out_fold_and_the_test_split(crossfit_run):
         m = load_model(model)
         everything = replace(m, run=replace(m.run, train=replace(m.run.train, crossfit_folds=0)))
         known = list(range(len(data.classes)))
-        full, summary = predict_splits(data, everything, known, ["train", "test"], 8, False)
-        assert summary["train"]["pictures"] == len(train_labels)
-        np.testing.assert_allclose(
-            probs[on_train], full["probs"][full["split"] == 0][rows], atol=1e-6
+        full, summary = predict_splits(
+            data, everything, known, ["train", "test"], 8, False, scores="logits"
         )
-        np.testing.assert_allclose(probs[~on_train], full["probs"][full["split"] == 1], atol=1e-6)
+        assert summary["train"]["pictures"] == len(train_labels)
+        whole = full["logits"]
+        np.testing.assert_allclose(logits[on_train], whole[full["split"] == 0][rows], atol=1e-5)
+        np.testing.assert_allclose(logits[~on_train], whole[full["split"] == 1], atol=1e-5)
         seen[rows] += 1
     # The K classifiers together: every training picture exactly once.
     np.testing.assert_array_equal(seen, 1)

@@ -10,7 +10,7 @@ import numpy as np
 
 from confusion_embeddings.cnn import conv, onednn
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
-from confusion_embeddings.cnn.inference import make_inference_fn, softmax
+from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.data.prepared import load_prepared
 from confusion_embeddings.predictions import load_predictions
 
@@ -47,18 +47,18 @@ def test_the_file_holds_what_the_saved_model_computes(tmp_path, monkeypatch):
     assert list(pred.splits) == ["train", "test"] and pred.n == n_train + n_test == 72
     assert list(pred.classes) == list(data.classes)
     with np.load(project / OPTIONS["--out"]) as npz:
-        labels, split, probs = npz["labels"], npz["split"], npz["probs"]
+        labels, split, logits = npz["labels"], npz["split"], npz["logits"]
     np.testing.assert_array_equal(
         labels, np.concatenate([data.splits["train"].labels, data.splits["test"].labels])
     )
     np.testing.assert_array_equal(split, np.repeat([0, 1], [n_train, n_test]))
-    # The probabilities of the saved network with its saved test-time augmentation.
+    # The logits of the saved network with its saved test-time augmentation.
     m = load_model(project / OPTIONS["--model"])
     assert m.run.train.tta_flip and m.run.train.tta_translate == 1
     infer = make_inference_fn(m.graphdef, m.norm, tta_flip=True, tta_translate=1)
     test = data.splits["test"]
-    want = softmax(np.asarray(infer(m.params, m.rest, np.asarray(test.images))))
-    np.testing.assert_allclose(probs[split == 1], want, rtol=1e-5, atol=1e-6)
+    want = np.asarray(infer(m.params, m.rest, np.asarray(test.images)))
+    np.testing.assert_allclose(logits[split == 1], want, rtol=1e-5, atol=1e-6)
     assert (project / OPTIONS["--timings"]).exists()
 
 

@@ -60,6 +60,10 @@ def test_train_and_predict_leave_a_class_out(tmp_path, monkeypatch):
     assert json.loads((project / OPTIONS["--model"] / "config.json").read_text())["run"]["train"][
         "unseen"
     ] == [names[2]]
+    # predict.scores: probs -> every class's column, the unseen class's 0.
+    probs_text = params.read_text().replace("scores: logits", "scores: probs")
+    assert "scores: probs" in probs_text
+    params.write_text(probs_text)
     run_stage_main("predict", stage_argv("predict"))
     out = project / stage_options("predict")["--out"]
     pred = load_predictions(out)
@@ -70,10 +74,8 @@ def test_train_and_predict_leave_a_class_out(tmp_path, monkeypatch):
     assert (probs[:, 2] == 0).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred.labels == 2).sum() > 0  # the unseen class's pictures are scored
 
-    # predict.scores: logits -> the network's outputs, one column per known class, whose
-    # softmax is the probabilities above.
-    text = params.read_text().replace("scores: probs", "scores: logits")
-    assert "scores: logits" in text
+    # predict.scores: logits (the default) -> the network's outputs, one column per known
+    # class, whose softmax is the probabilities above.
     params.write_text(text)
     run_stage_main("predict", stage_argv("predict"))
     with np.load(out) as npz:

@@ -63,13 +63,13 @@ def predict_splits(
     splits: list[str],
     batch_size: int,
     show_progress: bool = True,
-    scores: str = "probs",
+    scores: str = "logits",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run `model` over `splits`; return the predictions-file arrays (predictions.py's
     contract) and a summary (pictures, top-1 accuracy per split). `known`: the indices of
     data's classes the model's outputs are, in order (data/selection.py's known_classes).
-    `scores` (predict.scores): "probs", every class's column, an unseen class's 0; or
-    "logits", the network's outputs as they are, one column per known class.
+    `scores` (predict.scores): "logits", the network's outputs as they are, one column per
+    known class; or "probs", every class's column, an unseen class's 0.
 
     A model trained under cross-fitting predicts only the training pictures it never saw
     (its RunConfig's `holdout`); the other splits whole. A model trained without some

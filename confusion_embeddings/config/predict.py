@@ -23,9 +23,9 @@ class PredictConfig(Section):
     # Every picture by default, train and test, as in the paper.
     splits: list[str] = knob(list, ["train", "test"], _split_names)
     batch_size: int = knob(int, 1000, at_least(1))
-    # What the file holds per picture (predictions.py): probabilities, or the logits they
-    # come from, which keep each picture's scale (the max_logit and energy novelty scores).
-    scores: str = knob(str, "probs", one_of("probs", "logits"))
+    # What the file holds per picture (predictions.py): the logits, which keep each
+    # picture's scale (the max_logit and energy novelty scores need it), or probabilities.
+    scores: str = knob(str, "logits", one_of("logits", "probs"))
 
 
 SCHEMA = PredictConfig.schema()  # {key: Param}, as core/params.py validates a section
