@@ -3,15 +3,16 @@
     python -m method_studies.novelty_logits                # every experiment named loco-<class>
     python -m method_studies.novelty_logits --only ship dog
 
-The predict stage writes probabilities unless params predict.scores says logits, and
-probabilities keep the logits only up to each picture's own constant: enough for max_prob,
-spread and the Mahalanobis scores (novelty.py centres the scores), not for max_logit or
-energy. For each experiment this restores its classifier (train@0's model folder in the
-experiment's dvc.lock) from the local DVC cache, runs predict's core on it over every
-picture of data/prepared (cnn/inference.py's predict_splits with scores="logits") and writes
-that predictions file to .cache/novelty_logits/<experiment>.npz (git-ignored; rerun to
-rebuild).
-`python -m method_studies.novelty_study` reads that file where it exists.
+For experiments whose predict stage wrote probabilities (predict.scores: probs, the default
+before logits): probabilities keep the logits only up to each picture's own constant,
+enough for max_prob, spread and the Mahalanobis scores (novelty.py centres the scores), not
+for max_logit or energy. For each such experiment this restores its classifier (train@0's
+model folder in the experiment's dvc.lock) from the local DVC cache, runs predict's core on
+it over every picture of data/prepared (cnn/inference.py's predict_splits with
+scores="logits") and writes that predictions file to
+.cache/novelty_logits/<experiment>.npz (git-ignored; rerun to rebuild).
+`python -m method_studies.novelty_study` reads that file where it exists. Experiments whose
+predict wrote logits are skipped.
 
 It checks that the softmax of the logits is the experiment's own predictions file (the same
 model, pictures and views), so the logit scores belong to the classifier the other scores
@@ -38,6 +39,7 @@ from confusion_embeddings.core.files import atomic_file, save_npz
 from confusion_embeddings.core.params import params_section, read_params_file
 from confusion_embeddings.data.prepared import load_prepared
 from confusion_embeddings.data.selection import known_classes
+from confusion_embeddings.predictions import load_predictions
 from method_studies.novelty_study import (
     CACHE,
     LOGITS,
@@ -49,6 +51,7 @@ from method_studies.novelty_study import (
     experiment_lock,
     experiments,
     logits_file,
+    predictions_file,
 )
 
 PREPARED = ROOT / PREPARED_PATH
@@ -120,6 +123,9 @@ def main() -> None:
             continue
         if logits_file(name).exists() and not args.again:
             print(f"{name}: {logits_file(name)} exists (--again rewrites it)")
+            continue
+        if load_predictions(predictions_file(name)).kind == "logits":
+            print(f"{name}: its predict output holds logits already")
             continue
         print(write_logits(name, experiment_lock(name)))
 

@@ -5,12 +5,14 @@ experiments' own predictions files.
     python -m method_studies.novelty_study --prefix unseen-
 
 Reads each experiment's predict@0 output (its dvc.lock names the file, the local DVC cache
-holds it), or the same classifier's logits where `python -m method_studies.novelty_logits`
-wrote them (then max_logit and energy are measured too; `scores_from` in the JSON says
-which), and runs the method on it as the pipeline does (pairs, embed, two redraws: the AUROCs
-do not depend on the redraws). Writes method_studies/novelty_study.json (or --out)
-and prints a markdown table: a row per left-out class, a column per score, then the mean,
-the median and how many classes each score beats max_prob on.
+holds it): logits, since predict.scores defaults to them. For an experiment whose predict
+wrote probabilities it reads the same classifier's logits where `python -m
+method_studies.novelty_logits` recomputed them, so that max_logit and energy are measured
+too (`scores_from` in the JSON says what each row read). It runs the method on them as the
+pipeline does (pairs, embed, two redraws: the AUROCs do not depend on the redraws), writes
+method_studies/novelty_study.json (or --out) and prints a markdown table: a row per
+left-out class, a column per score, then the mean, the median and how many classes each
+score beats max_prob on.
 
 The JSON's `best` is the score evaluate.novelty_score defaults to, `best_from_probabilities`
 the one the report falls back on where the predictions cannot give it (evaluation/unseen.py's
@@ -109,6 +111,15 @@ def cached(lock: dict, stage: str, path: str) -> Path:
     raise SystemExit(f"dvc.lock: stage {stage} has no output {path}")
 
 
+def scores_file(experiment: str) -> Path:
+    """The experiment's predictions with logits where there are any: its own predict output,
+    or else novelty_logits' recomputed file, or else its probabilities."""
+    own = predictions_file(experiment)
+    if load_predictions(own).kind == "logits" or not logits_file(experiment).exists():
+        return own
+    return logits_file(experiment)
+
+
 def aurocs(path: Path) -> dict[str, float]:
     """Every score's AUROC for one left-out class's predictions."""
     pairs = make_pairs([("seed_0", load_predictions(path))], PairsConfig())
@@ -183,9 +194,11 @@ def main() -> None:
         raise SystemExit(f"no experiment named {args.prefix}<class>; see docs/unseen.md")
     rows, sources, accuracy = {}, {}, {}
     for cls, name in sorted(found.items()):
-        logits = logits_file(name)
-        sources[cls] = "logits" if logits.exists() else "probs"
-        rows[cls] = aurocs(logits if sources[cls] == "logits" else predictions_file(name))
+        path = scores_file(name)
+        sources[cls] = load_predictions(path).kind
+        if path == logits_file(name):
+            sources[cls] += " (recomputed: novelty_logits)"
+        rows[cls] = aurocs(path)
         accuracy[cls] = test_accuracy(name)
     stats = summary(rows)
     doc = {
