@@ -13,6 +13,7 @@ import pytest
 
 from confusion_embeddings import novelty
 from confusion_embeddings.config.evaluate import NOVELTY_SCORES
+from confusion_embeddings.evaluation.unseen import FALLBACK
 from confusion_embeddings.evaluation.unseen import novelty as novelty_figures
 from confusion_embeddings.pairs import build_pairs, load_pairs, write_pairs
 from confusion_embeddings.predictions import predictions_from_arrays
@@ -83,12 +84,12 @@ def test_from_probabilities_the_logit_scores_are_absent_and_the_learned_ones_the
         assert from_probs.auroc[name] == pytest.approx(from_logits.auroc[name], abs=1e-3)
 
 
-def test_without_a_train_split_the_learned_scores_are_absent_and_spread_leads():
+def test_without_a_train_split_the_learned_scores_are_absent_and_the_fallback_leads():
     _, nov = figures(planted_logits(with_split=False), score="mahalanobis")
     assert "mahalanobis" not in nov.auroc and "relative_mahalanobis" not in nov.auroc
-    assert nov.score == "spread" and nov.asked == "mahalanobis"
+    assert nov.score == FALLBACK and nov.asked == "mahalanobis"
     _, nov = figures(as_probs(planted_logits()), score="energy")
-    assert nov.score == "spread" and nov.asked == "energy"
+    assert nov.score == FALLBACK and nov.asked == "energy"
 
 
 def test_nothing_is_learned_from_the_unseen_class():

@@ -48,15 +48,17 @@ def test_a_cached_folder_is_restored_file_by_file(tmp_path, monkeypatch):
         assert (out / relpath).read_bytes() == content
 
 
-def test_the_best_score_is_the_highest_median_then_wins_then_mean():
+def test_the_best_score_meets_more_targets_then_has_the_highest_median_wins_mean():
     rows = {  # three left-out classes; max_prob is the baseline each score must beat
         "a": {"max_prob": 0.70, "entropy": 0.72, "energy": 0.90, "spread": 0.71},
-        "b": {"max_prob": 0.80, "entropy": 0.81, "energy": 0.79, "spread": 0.82},
+        "b": {"max_prob": 0.80, "entropy": 0.81, "energy": 0.81, "spread": 0.82},
         "c": {"max_prob": 0.60, "entropy": 0.61, "energy": 0.80, "spread": 0.61},
     }
     stats = novelty_study.summary(rows)
-    assert stats["energy"] == {"mean": 0.83, "median": 0.8, "beats_max_prob": 2, "classes": 3}
-    assert novelty_study.best(stats) == "energy"  # median 0.80 against 0.72 and 0.71
+    assert stats["energy"] == {"mean": 0.8367, "median": 0.81, "beats_max_prob": 3, "classes": 3}
+    # Each of energy, entropy and spread beats max_prob on 3 of 3 (one target met, the
+    # median of 0.85 not): the highest median, energy's 0.81 against 0.72 and 0.71.
+    assert novelty_study.best(stats) == "energy"
     # energy is not among the scores any probabilities file gives; of those, entropy has the
     # highest median (0.72 against spread's 0.71 and max_prob's 0.70).
     assert novelty_study.best(stats, novelty_study.FROM_ANY_PROBABILITIES) == "entropy"
@@ -70,6 +72,15 @@ def test_the_best_score_is_the_highest_median_then_wins_then_mean():
     # A score measured on fewer classes (no logits for one) is not a candidate.
     del rows["b"]["energy"]
     assert novelty_study.best(novelty_study.summary(rows)) != "energy"
+    # Meeting a target (beat max_prob on 90% of the classes) outranks a higher median.
+    rows = {c: {"max_prob": 0.7, "entropy": 0.71, "max_logit": 0.8} for c in "abcdefghij"}
+    rows["a"]["max_logit"] = rows["b"]["max_logit"] = 0.6
+    stats = novelty_study.summary(rows)
+    assert stats["max_logit"]["beats_max_prob"] == 8 and stats["entropy"]["beats_max_prob"] == 10
+    assert novelty_study.best(stats) == "entropy"
+    rows["c"]["max_logit"] = 0.9  # 9 of 10 too: now the higher median decides
+    rows["b"]["max_logit"] = 0.8
+    assert novelty_study.best(novelty_study.summary(rows)) == "max_logit"
 
 
 def test_the_defaults_are_the_measured_best():

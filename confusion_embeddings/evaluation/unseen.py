@@ -47,8 +47,9 @@ from confusion_embeddings.pairs import Pairs
 
 BASELINE = "max_prob"
 # What leads where evaluate.novelty_score cannot be computed from the predictions at hand:
-# the best of the scores every file with probabilities allows (docs/unseen.md).
-FALLBACK = "spread"
+# the best of the scores every file with probabilities allows, on the leave-one-class-out
+# runs (method_studies/novelty_study.json's best_from_probabilities; docs/unseen.md).
+FALLBACK = "entropy"
 NEAREST_LISTED = 3  # known classes listed per unseen class in the report
 REFERENCE_HEADER = ["class", "neighbour", "cosine"]  # the first columns of the table CSV
 
