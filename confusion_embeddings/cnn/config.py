@@ -59,17 +59,27 @@ class TrainParams:
     precision: str
     cpu_devices: int | str
     unseen: tuple[str, ...]
+    lookahead: bool
+    alternate_flip: bool
 
     @classmethod
     def from_dict(cls, p: dict[str, Any]) -> TrainParams:
-        # A model trained on every class is saved without `unseen` (see to_dict).
-        return cls(**{**p, "widths": tuple(p["widths"]), "unseen": tuple(p.get("unseen", ()))})
+        # A key added after models were saved is absent from them when at its neutral value.
+        p = {**_SAVED_ONLY_IF_SET, **p}
+        return cls(**{**p, "widths": tuple(p["widths"]), "unseen": tuple(p["unseen"])})
 
     def to_dict(self) -> dict[str, Any]:
         d = {**asdict(self), "widths": list(self.widths), "unseen": list(self.unseen)}
-        if not self.unseen:  # saved as before the key existed: the same model, the same bytes
-            del d["unseen"]
+        # Saved as before these keys existed where they change nothing: the same model, the
+        # same bytes (a model's folder is a DVC output: new bytes would invalidate predict).
+        for key, neutral in _SAVED_ONLY_IF_SET.items():
+            if d[key] == neutral:
+                del d[key]
         return d
+
+
+# TrainParams fields a saved model holds only when they differ from these values.
+_SAVED_ONLY_IF_SET: dict[str, Any] = {"unseen": [], "lookahead": False, "alternate_flip": False}
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
+        if self.train.alternate_flip and not self.train.flip:
+            raise PipelineError(
+                "params.yaml: 'train.alternate_flip' orders the flips that 'train.flip' "
+                "turns on; set train.flip: true, or alternate_flip: false"
+            )
         if self.train.unseen and self.train.crossfit_folds:
             # The folds are dealt per class over all classes; predict could not tell which
             # of an unseen-class run's training pictures it left out.

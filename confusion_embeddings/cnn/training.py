@@ -71,11 +71,20 @@ def check_batch_sizes(t: TrainParams, n_train: int) -> None:
 # --------------------------------------------------------------------------- the step
 
 
-def augment(images: jax.Array, key: jax.Array, translate: int, flip: bool) -> jax.Array:
-    """Random horizontal flip and translation by up to `translate` pixels (reflect-padded)."""
+def augment(
+    images: jax.Array,
+    key: jax.Array,
+    translate: int,
+    flip: bool,
+    flips: jax.Array | None = None,
+) -> jax.Array:
+    """Horizontal flip and translation by up to `translate` pixels (reflect-padded). The
+    flip is random per picture, or where given the `flips` [N] bools (alternate_flip)."""
     x = images.astype(jnp.float32)
     k_flip, k_shift = jax.random.split(key)
-    if flip:
+    if flips is not None:
+        x = jnp.where(flips[:, None, None, None], x[:, :, ::-1, :], x)
+    elif flip:
         do = jax.random.bernoulli(k_flip, 0.5, (x.shape[0], 1, 1, 1))
         x = jnp.where(do, x[:, :, ::-1, :], x)
     if translate:
@@ -128,8 +137,9 @@ def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
 def create_train_state(run: RunConfig, total_steps: int, whitening: np.ndarray | None = None):
     """(graphdef, state, optimizer): the network initialised from the run's seed; the state
     is a plain dict (params, rest = batch-norm statistics and the frozen whitening, opt,
-    step, key) that serialises. `whitening` sets the stem's patch whitening (train.whiten:
-    cnn/network.py's whitening_matrix of the training pictures)."""
+    step, key; under train.lookahead also slow, the averaged copy of params and rest) that
+    serialises. `whitening` sets the stem's patch whitening (train.whiten: cnn/network.py's
+    whitening_matrix of the training pictures)."""
     key = jax.random.key(run.seed)
     model = CNN(run.model, rngs=nnx.Rngs(params=jax.random.fold_in(key, 0)))
     if whitening is not None:
@@ -144,19 +154,66 @@ def create_train_state(run: RunConfig, total_steps: int, whitening: np.ndarray |
         # Raw uint32 key data, so that the state serialises like any array.
         "key": jax.random.key_data(jax.random.fold_in(key, 1)),
     }
+    if run.train.lookahead:
+        state["slow"] = jax.tree.map(jnp.copy, (params, rest))
     return graphdef, state, tx
 
 
-def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], t: TrainParams):
-    """Return jitted `step(state, images_u8, labels) -> (state, loss_sum, correct)`."""
+# airbench's lookahead: every LOOKAHEAD_EVERY steps the slow copy moves toward the weights
+# by 1 - decay and the weights jump back to it. decay rises as (step / total)^3 up to
+# LOOKAHEAD_DECAY: plain SGD early, an average of the last steps' weights at the end.
+LOOKAHEAD_EVERY = 5
+LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY
+
+
+def _lerp_floats(slow, fast, weight):
+    """slow + weight * (fast - slow) on float leaves; integer leaves keep `fast`."""
+
+    def one(s, f):
+        return s + weight * (f - s) if jnp.issubdtype(f.dtype, jnp.floating) else f
+
+    return jax.tree.map(one, slow, fast)
+
+
+def lookahead_sync(state: dict, total_steps: int) -> dict:
+    """The lookahead update after a step (a no-op unless the step count is a multiple of
+    LOOKAHEAD_EVERY)."""
+    k = state["step"]
+    due = k % LOOKAHEAD_EVERY == 0
+    decay = LOOKAHEAD_DECAY * (k.astype(jnp.float32) / total_steps) ** 3
+    fast = (state["params"], state["rest"])
+    moved = _lerp_floats(state["slow"], fast, 1.0 - decay)
+    slow = jax.tree.map(lambda m, s: jnp.where(due, m, s), moved, state["slow"])
+    params, rest = jax.tree.map(lambda s, f: jnp.where(due, s, f), slow, fast)
+    return {**state, "params": params, "rest": rest, "slow": slow}
+
+
+def lookahead_finish(state: dict) -> dict:
+    """The weights the run keeps under lookahead: the slow copy (airbench's last update)."""
+    params, rest = state["slow"]
+    return {**state, "params": params, "rest": rest}
+
+
+def make_train_step(
+    graphdef,
+    tx,
+    norm: tuple[jax.Array, jax.Array],
+    t: TrainParams,
+    total_steps: int | None = None,
+):
+    """Return jitted `step(state, images_u8, labels, flips=None) -> (state, loss_sum,
+    correct)`; `flips` [N] bools replace the random flip (train.alternate_flip).
+    `total_steps` (the run's) sets the lookahead schedule; needed under train.lookahead."""
+    if t.lookahead and not total_steps:
+        raise ValueError("train.lookahead needs the run's total_steps")
     mean, std = norm
     smoothing = t.label_smoothing
 
-    def loss_fn(variables, images, labels, key):
+    def loss_fn(variables, images, labels, key, flips):
         # Batch statistics are differentiated too (their gradient is zero and compiled
         # away): NNX refuses to update variables created at an outer trace level.
         model = nnx.merge(graphdef, *variables)
-        x = (augment(images, key, t.translate, t.flip) - mean) / std
+        x = (augment(images, key, t.translate, t.flip, flips) - mean) / std
         logits = model(x)
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
         losses = optax.softmax_cross_entropy(logits, targets)
@@ -164,14 +221,16 @@ def make_train_step(graphdef, tx, norm: tuple[jax.Array, jax.Array], t: TrainPar
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         return losses.mean(), (new_rest, losses.sum(), correct)
 
-    def step(state, images, labels):
+    def step(state, images, labels, flips=None):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
         (grads, _), (rest, loss_sum, correct) = jax.grad(loss_fn, has_aux=True)(
-            (state["params"], state["rest"]), images, labels, key
+            (state["params"], state["rest"]), images, labels, key, flips
         )
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = {**state, "params": params, "rest": rest, "opt": opt, "step": state["step"] + 1}
+        if t.lookahead:
+            new = lookahead_sync(new, total_steps)
         return new, loss_sum, correct
 
     return jax.jit(step, donate_argnums=(0,))
@@ -189,9 +248,11 @@ def train_epoch(
     mesh,
     desc: str = "",
     show_progress: bool = True,
+    flips: np.ndarray | None = None,
 ):
     """One pass over `train` in `order` (full batches only); returns (state, mean loss,
-    accuracy, seconds). Metrics stay on the device until the epoch ends."""
+    accuracy, seconds). `flips` [N] bools, where given, say which pictures of `train` the
+    step mirrors this epoch. Metrics stay on the device until the epoch ends."""
     steps = len(order) // batch_size
     host_rows = devices.local_slice(batch_size)
     loss_acc, correct_acc = jnp.zeros(()), jnp.zeros((), jnp.int32)
@@ -200,8 +261,9 @@ def train_epoch(
         # Sorted for faster mmap reads, then this host's rows: every host's rows sit where
         # one process would put them, so the run does not depend on the process count.
         idx = np.sort(order[i * batch_size : (i + 1) * batch_size])[host_rows]
-        xb, yb = devices.shard_batch(mesh, np.asarray(train.images[idx]), train.labels[idx])
-        state, loss_sum, correct = step(state, xb, yb)
+        batch = (np.asarray(train.images[idx]), train.labels[idx])
+        batch += () if flips is None else (flips[idx],)
+        state, loss_sum, correct = step(state, *devices.shard_batch(mesh, *batch))
         loss_acc, correct_acc = loss_acc + loss_sum, correct_acc + correct
     jax.block_until_ready(state)
     seen = steps * batch_size
@@ -213,6 +275,13 @@ def accuracy(infer, state, split: Split, batch_size: int, mesh) -> float:
         lambda x: infer(state["params"], state["rest"], x), split.images, batch_size, mesh
     )
     return float((logits.argmax(-1) == split.labels).mean())
+
+
+def alternate_flips(seed: int, n: int) -> np.ndarray:
+    """airbench's alternating flip: each of the n training pictures' flip in even epochs,
+    drawn once from the seed; odd epochs mirror the others, so every picture is seen both
+    ways in any two epochs running."""
+    return np.random.default_rng([seed, 0x666C6970]).random(n) < 0.5  # 0x666C6970: "flip"
 
 
 def training_rows(labels: np.ndarray, holdout: Holdout | None) -> np.ndarray:
@@ -279,11 +348,12 @@ def train_and_evaluate(
     check_batch_sizes(t, len(train.labels))
     check_geometry(data.image_hw, t)
     steps_per_epoch = len(train.labels) // t.batch_size
+    total_steps = steps_per_epoch * t.epochs
     norm = pixel_norm(train.images)
 
     with devices.data_parallel() as mesh:  # the mesh the step's convolutions see
         whitening = patch_whitening(train.images, norm, t)
-        graphdef, state, tx = create_train_state(run, steps_per_epoch * t.epochs, whitening)
+        graphdef, state, tx = create_train_state(run, total_steps, whitening)
         history: list[dict[str, float]] = []
         train_seconds = 0.0
         # Every process resumes, or none: the checkpoint folder must be one they all see.
@@ -293,7 +363,10 @@ def train_and_evaluate(
             state, history, train_seconds = resume.load(state)
             print(f"resuming from {resume.path} after epoch {len(history)}")
         state = jax.device_put(state, devices.replicated(mesh))
-        step = make_train_step(graphdef, tx, (jnp.asarray(norm[0]), jnp.asarray(norm[1])), t)
+        step = make_train_step(
+            graphdef, tx, (jnp.asarray(norm[0]), jnp.asarray(norm[1])), t, total_steps
+        )
+        first_flips = alternate_flips(run.seed, len(train.labels)) if t.alternate_flip else None
         # The per-epoch curve uses the plain network (one view, cheap); the final score the
         # test-time augmentation that predict applies too.
         infer_plain = make_inference_fn(graphdef, norm)
@@ -305,8 +378,9 @@ def train_and_evaluate(
         for epoch in range(len(history), t.epochs):
             order = np.random.default_rng([run.seed, epoch]).permutation(len(train.labels))
             desc = f"epoch {epoch + 1}/{t.epochs}"
+            flips = None if first_flips is None else first_flips ^ bool(epoch % 2)
             state, loss, acc, seconds = train_epoch(
-                step, state, train, order, t.batch_size, mesh, desc, show_progress
+                step, state, train, order, t.batch_size, mesh, desc, show_progress, flips
             )
             train_seconds += seconds
             test_acc = accuracy(infer_plain, state, data.splits["test"], t.eval_batch_size, mesh)
@@ -319,6 +393,8 @@ def train_and_evaluate(
             if resume is not None and epoch + 1 < t.epochs and host.is_primary():
                 resume.save(state, history, train_seconds)
             on_epoch(history[-1])  # after the save: a failing logger loses no epoch
+        if t.lookahead:
+            state = lookahead_finish(state)
         final_acc = accuracy(infer_tta, state, data.splits["test"], t.eval_batch_size, mesh)
     images = steps_per_epoch * t.batch_size * t.epochs
     return Trained(graphdef, state, norm, history, final_acc, train_seconds, images)

@@ -50,6 +50,11 @@ SCHEMA = {
     "dirac": Param(bool, True),
     "bias_lr_scale": Param(float, 64.0, above(0)),
     "logit_scale": Param(float, 1 / 9, above(0)),
+    # airbench's last two: every 5 steps the weights move to a slow average of themselves
+    # (its weight rising to 0.95**5 by the end, which the model keeps), and a flip per
+    # picture drawn once then inverted every other epoch instead of drawn every epoch.
+    "lookahead": Param(bool, False),
+    "alternate_flip": Param(bool, False),
     "conv_impl": Param(str, "auto", one_of(*IMPLS)),
     # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
     "precision": Param(str, "bf16", one_of(*PRECISIONS)),
