@@ -1,25 +1,38 @@
-"""train.whiten, train.dirac and train.bias_lr_scale (cnn/network.py, cnn/training.py):
-each does what it says on planted inputs, is on by default and can be turned off, and a
-whitened model saves and loads back whole."""
+"""airbench's levers (cnn/network.py, cnn/training.py). train.whiten, train.dirac and
+train.bias_lr_scale: each does what it says on planted inputs, is on by default and can be
+turned off, and a whitened model saves and loads back whole. train.lookahead and
+train.alternate_flip: each does what it says, is off by default, and a model saved with them
+off holds the same config as before they existed."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
+from confusion_embeddings.cnn import training
 from confusion_embeddings.cnn.checkpoint import load_model, save_model
+from confusion_embeddings.cnn.config import RunConfig
 from confusion_embeddings.cnn.conv import conv
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import CNN, dirac, space_to_depth, whitening_matrix
 from confusion_embeddings.cnn.training import (
+    LOOKAHEAD_DECAY,
+    LOOKAHEAD_EVERY,
+    alternate_flips,
+    augment,
     create_train_state,
+    lookahead_finish,
+    lookahead_sync,
     make_optimizer,
     patch_whitening,
     train_and_evaluate,
 )
 from confusion_embeddings.config.train import SCHEMA
+from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data.prepared import load_prepared
 
 from cnn_helpers import tiny_run, tiny_train
@@ -113,3 +126,76 @@ def test_create_train_state_sets_the_whitening():
     w = np.arange(144, dtype=np.float32).reshape(12, 12)
     _, state, _ = create_train_state(tiny_run(4, whiten=True), 10, w)
     np.testing.assert_array_equal(np.asarray(state["rest"]["whitening"].get_value()), w)
+
+
+def test_augment_mirrors_exactly_the_pictures_flips_names():
+    imgs = jnp.asarray(np.random.default_rng(0).integers(0, 255, (4, 8, 8, 3)), jnp.uint8)
+    flips = jnp.asarray([True, False, False, True])
+    out = np.asarray(augment(imgs, jax.random.key(1), 0, True, flips))
+    want = np.where(np.asarray(flips)[:, None, None, None], imgs[:, :, ::-1], imgs)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_alternate_flips_are_drawn_once_per_seed():
+    first = alternate_flips(seed=3, n=1000)
+    assert first.dtype == bool and 400 < first.sum() < 600  # about half, drawn once
+    np.testing.assert_array_equal(first, alternate_flips(seed=3, n=1000))
+    assert not np.array_equal(first, alternate_flips(seed=4, n=1000))
+
+
+def test_alternate_flip_needs_flip():
+    with pytest.raises(PipelineError, match="train.alternate_flip"):
+        tiny_run(4, flip=False, alternate_flip=True)
+
+
+def test_lookahead_moves_the_slow_copy_every_fifth_step_and_keeps_it():
+    run = tiny_run(4, lookahead=True)
+    _, state, _ = create_train_state(run, total_steps=10)
+    slow0 = state["slow"]
+    moved = jax.tree.map(lambda a: a + 1.0, (state["params"], state["rest"]))
+    at = {**state, "params": moved[0], "rest": moved[1]}
+
+    # Step 4: not due; nothing changes.
+    off = lookahead_sync({**at, "step": jnp.asarray(4, jnp.int32)}, 10)
+    chex.assert_trees_all_equal(off["slow"], slow0)
+    chex.assert_trees_all_equal((off["params"], off["rest"]), moved)
+
+    # Step 5 of 10: the slow copy moves by 1 - decay toward the weights, which jump to it.
+    on = lookahead_sync({**at, "step": jnp.asarray(LOOKAHEAD_EVERY, jnp.int32)}, 10)
+    step = 1.0 - LOOKAHEAD_DECAY * 0.5**3
+    chex.assert_trees_all_close(on["slow"], jax.tree.map(lambda a: a + step, slow0), rtol=1e-6)
+    chex.assert_trees_all_equal((on["params"], on["rest"]), on["slow"])
+
+    kept = lookahead_finish({**on, "params": moved[0], "rest": moved[1]})
+    chex.assert_trees_all_equal((kept["params"], kept["rest"]), on["slow"])
+
+
+def test_saved_run_config_holds_the_new_keys_only_when_set():
+    assert SCHEMA["lookahead"].default is False and SCHEMA["alternate_flip"].default is False
+    plain, levers = tiny_run(4), tiny_run(4, lookahead=True, alternate_flip=True)
+    assert not {"lookahead", "alternate_flip"} & set(plain.to_dict()["train"])
+    assert levers.to_dict()["train"]["lookahead"] is True
+    for run in (plain, levers):
+        assert RunConfig.from_dict(run.to_dict()) == run
+
+
+def test_learns_with_lookahead_and_alternate_flip(tmp_path, monkeypatch):
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    run = tiny_run(4, epochs=4, lookahead=True, alternate_flip=True)
+    flips, train_epoch = [], training.train_epoch
+
+    def recording(*args):
+        flips.append(args[-1])
+        return train_epoch(*args)
+
+    monkeypatch.setattr(training, "train_epoch", recording)
+    data = load_prepared(prepared)
+    trained = train_and_evaluate(data, run, show_progress=False)
+    assert trained.test_accuracy >= 0.9, trained.history
+    # Epochs 1 and 3 mirror the pictures epochs 0 and 2 did not: each seen both ways.
+    first = alternate_flips(run.seed, len(data.splits["train"].labels))
+    for epoch, f in enumerate(flips):
+        np.testing.assert_array_equal(f, first if epoch % 2 == 0 else ~first)
+    assert len(flips) == 4
+    # The run keeps the slow copy's weights.
+    chex.assert_trees_all_equal(trained.state["params"], trained.state["slow"][0])
