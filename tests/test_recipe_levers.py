@@ -2,7 +2,8 @@
 train.bias_lr_scale: each does what it says on planted inputs, is on by default and can be
 turned off, and a whitened model saves and loads back whole. train.lookahead and
 train.alternate_flip: each does what it says, is off by default, and a model saved with them
-off holds the same config as before they existed."""
+off holds the same config as before they existed. train.optimizer: muon: the filters take
+orthogonalised steps at a fixed norm, the rest the same SGD."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -170,11 +172,45 @@ def test_lookahead_moves_the_slow_copy_every_fifth_step_and_keeps_it():
     chex.assert_trees_all_equal((kept["params"], kept["rest"]), on["slow"])
 
 
+def test_muon_steps_the_filters_orthogonally_at_a_fixed_norm_and_the_rest_by_sgd():
+    rng = np.random.default_rng(0)
+    params = {
+        "conv": jnp.asarray(rng.normal(size=(3, 3, 4, 8)), jnp.float32) * 0.3,
+        "head": jnp.asarray(rng.normal(size=(8, 5)), jnp.float32),
+        "bias": jnp.ones(8),
+    }
+    grads = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params)
+    t_sgd = tiny_train(warmup_fraction=0.0)
+    t_muon = tiny_train(warmup_fraction=0.0, optimizer="muon", muon_lr=0.1)
+    after = {}
+    for name, t in (("sgd", t_sgd), ("muon", t_muon)):
+        tx = make_optimizer(t, steps=10)
+        _, opt = tx.update(grads, tx.init(params), params)  # the warm-up's step: lr 0
+        updates, _ = tx.update(grads, opt, params)
+        after[name] = optax.apply_updates(params, updates)
+    # The head and biases move exactly as under SGD; the filters do not.
+    for k in ("head", "bias"):
+        np.testing.assert_allclose(after["muon"][k], after["sgd"][k], rtol=1e-6)
+    conv = params["conv"]
+    target = np.sqrt(conv.shape[-1])  # the norm the filters are rescaled to before the step
+    step = (after["muon"]["conv"] - conv * target / jnp.linalg.norm(conv)).reshape(-1, 8)
+    # The step is orthogonalised: its singular values all near one (Newton-Schulz's band),
+    # times the peak learning rate (the step after the one-step warm-up).
+    s = np.linalg.svd(np.asarray(step) / 0.1, compute_uv=False)
+    assert s.min() > 0.5 and s.max() < 1.3, s
+    assert SCHEMA["optimizer"].default == "sgd"
+
+
 def test_saved_run_config_holds_the_new_keys_only_when_set():
     assert SCHEMA["lookahead"].default is False and SCHEMA["alternate_flip"].default is False
     plain, levers = tiny_run(4), tiny_run(4, lookahead=True, alternate_flip=True)
-    assert not {"lookahead", "alternate_flip"} & set(plain.to_dict()["train"])
+    assert not {"lookahead", "alternate_flip", "optimizer", "muon_lr"} & set(
+        plain.to_dict()["train"]
+    )
     assert levers.to_dict()["train"]["lookahead"] is True
+    muon = tiny_run(4, optimizer="muon", muon_lr=0.1)
+    assert muon.to_dict()["train"]["optimizer"] == "muon"
+    assert RunConfig.from_dict(muon.to_dict()) == muon
     for run in (plain, levers):
         assert RunConfig.from_dict(run.to_dict()) == run
 
@@ -199,3 +235,10 @@ def test_learns_with_lookahead_and_alternate_flip(tmp_path, monkeypatch):
     assert len(flips) == 4
     # The run keeps the slow copy's weights.
     chex.assert_trees_all_equal(trained.state["params"], trained.state["slow"][0])
+
+
+def test_learns_with_muon(tmp_path):
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    run = tiny_run(4, epochs=4, optimizer="muon", muon_lr=0.2)
+    trained = train_and_evaluate(load_prepared(prepared), run, show_progress=False)
+    assert trained.test_accuracy >= 0.9, trained.history

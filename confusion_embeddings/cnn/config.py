@@ -61,6 +61,9 @@ class TrainParams:
     unseen: tuple[str, ...]
     lookahead: bool
     alternate_flip: bool
+    optimizer: str
+    muon_lr: float
+    muon_momentum: float
 
     @classmethod
     def from_dict(cls, p: dict[str, Any]) -> TrainParams:
@@ -79,7 +82,14 @@ class TrainParams:
 
 
 # TrainParams fields a saved model holds only when they differ from these values.
-_SAVED_ONLY_IF_SET: dict[str, Any] = {"unseen": [], "lookahead": False, "alternate_flip": False}
+_SAVED_ONLY_IF_SET: dict[str, Any] = {
+    "unseen": [],
+    "lookahead": False,
+    "alternate_flip": False,
+    "optimizer": "sgd",
+    "muon_lr": 0.24,
+    "muon_momentum": 0.6,
+}
 
 
 @dataclass(frozen=True)

@@ -114,24 +114,74 @@ def _biases_only(params):
     return jax.tree.map(lambda a: a.ndim == 1, params)
 
 
-def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
-    """Nesterov SGD, linear warm-up over `warmup_fraction` of the steps, then linear decay;
-    batch-norm biases at `bias_lr_scale` times the learning rate (their gradient scaled
-    before the momentum, which is the same thing for SGD)."""
-    warmup = max(1, int(t.warmup_fraction * steps))
-    schedule = optax.join_schedules(
+def _warmup_then_decay(peak: float, warmup_fraction: float, steps: int) -> optax.Schedule:
+    warmup = max(1, int(warmup_fraction * steps))
+    return optax.join_schedules(
         [
-            optax.linear_schedule(0.0, t.lr, warmup),
-            optax.linear_schedule(t.lr, 0.0, max(1, steps - warmup)),
+            optax.linear_schedule(0.0, peak, warmup),
+            optax.linear_schedule(peak, 0.0, max(1, steps - warmup)),
         ],
         [warmup],
     )
+
+
+def _sgd(t: TrainParams, steps: int) -> optax.GradientTransformation:
     scale_biases = [optax.masked(optax.scale(t.bias_lr_scale), _biases_only)]
     return optax.chain(
         optax.add_decayed_weights(t.weight_decay, mask=_kernels_only),
         *(scale_biases if t.bias_lr_scale != 1.0 else []),
-        optax.sgd(schedule, momentum=t.momentum, nesterov=t.nesterov),
+        optax.sgd(
+            _warmup_then_decay(t.lr, t.warmup_fraction, steps),
+            momentum=t.momentum,
+            nesterov=t.nesterov,
+        ),
     )
+
+
+# A conv kernel is [kh, kw, cin, cout]: Muon orthogonalises it as a (kh*kw*cin, cout) matrix.
+_FILTER_DIMS = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+
+
+def _fixed_norm() -> optax.GradientTransformation:
+    """airbench's Muon rescales each filter bank to Frobenius norm sqrt(cout) before its
+    step: batch norm follows every convolution, so the scale is free, and fixing it keeps
+    the orthogonalised step's size relative to the weights the same all run long."""
+
+    def update(updates, state, params):
+        def one(u, p):
+            target = jnp.sqrt(jnp.float32(p.shape[-1]))
+            return u + p * (target / (jnp.linalg.norm(p) + 1e-12) - 1.0)
+
+        return jax.tree.map(one, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _muon_filters(t: TrainParams, steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.contrib.scale_by_muon(
+            beta=t.muon_momentum,
+            nesterov=t.nesterov,
+            weight_dimension_numbers=lambda tree: jax.tree.map(lambda _: _FILTER_DIMS, tree),
+        ),
+        optax.scale_by_learning_rate(_warmup_then_decay(t.muon_lr, t.warmup_fraction, steps)),
+        _fixed_norm(),
+    )
+
+
+def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
+    """Nesterov SGD, linear warm-up over `warmup_fraction` of the steps, then linear decay;
+    batch-norm biases at `bias_lr_scale` times the learning rate (their gradient scaled
+    before the momentum, which is the same thing for SGD). Under `optimizer: muon` the
+    convolution filters (the 4-D parameters) take airbench's Muon instead, no weight
+    decay (their norm is fixed), and the head and biases keep the SGD."""
+    if t.optimizer == "sgd":
+        return _sgd(t, steps)
+
+    def labels(params):
+        return jax.tree.map(lambda a: "muon" if a.ndim == 4 else "sgd", params)
+
+    return optax.multi_transform({"muon": _muon_filters(t, steps), "sgd": _sgd(t, steps)}, labels)
 
 
 def create_train_state(run: RunConfig, total_steps: int, whitening: np.ndarray | None = None):

@@ -55,6 +55,12 @@ SCHEMA = {
     # picture drawn once then inverted every other epoch instead of drawn every epoch.
     "lookahead": Param(bool, False),
     "alternate_flip": Param(bool, False),
+    # sgd: every parameter under Nesterov SGD; muon: the convolution filters under airbench's
+    # Muon instead (momentum muon_momentum, orthogonalised steps of muon_lr on filters kept
+    # at a fixed norm, the same warm-up and decay), the rest under the SGD above.
+    "optimizer": Param(str, "sgd", one_of("sgd", "muon")),
+    "muon_lr": Param(float, 0.24, above(0)),
+    "muon_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
     "conv_impl": Param(str, "auto", one_of(*IMPLS)),
     # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
     "precision": Param(str, "bf16", one_of(*PRECISIONS)),
