@@ -14,8 +14,9 @@ setting it reports, as evaluate computes them:
     (each the mean over the embed params' 10 word2vec seeds), with engine jax and gensim;
   - Spearman vs confusion of each classifier's table (jax), and the mean;
   - secondary_vs_confusion: what the 2nd and 3rd guesses alone say (evaluation/scores.py).
-With --tta, every classifier of the settings is also run again from its saved weights with
-test-time augmentation off, flip only, and flip + translate, the same figures per variant.
+With --tta, every classifier of the settings (one per experiment, or the `seed_<s>` of one)
+is also run again from its saved weights with test-time augmentation off (1 view), flip only
+(2) and flip + translate (6), the same figures per variant.
 
 Writes method_studies/recipe_study.json (or --out) and prints a markdown table.
 """
@@ -199,37 +200,37 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "method_studies" / "recipe_study.json")
     args = ap.parse_args()
     refs = experiment_refs(args.repo)
-    # setting -> [(classifier name, its experiment's outputs, its predictions md5)]
-    settings: dict[str, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
+    # setting -> [(classifier name, its model folder's md5 or None, its predictions md5)]
+    settings: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
     for name in args.experiments:
         outs = outputs(args.repo, refs.get(name, name))  # an experiment, or any git revision
         files = prediction_files(outs)
-        if len(files) == 1:
-            settings[re.sub(r"-s\d+$", "", name)].append((name, outs, *files.values()))
-        else:
-            settings[name].extend((f"{name}/{c}", outs, md5) for c, md5 in files.items())
+        for c, md5 in files.items():
+            model = outs.get(f"models/cnn/{c}" if c.startswith("seed_") else "models/cnn")
+            if len(files) == 1:
+                settings[re.sub(r"-s\d+$", "", name)].append((name, model, md5))
+            else:
+                settings[name].append((f"{name}/{c}", model, md5))
     results = {}
     for setting, members in settings.items():
         names = [n for n, _, _ in members]
         pairs = [pairs_of(cached(args.repo, md5), n) for n, _, md5 in members]
         results[setting] = {"classifiers": names, **figures(pairs)}
         print(setting, json.dumps(results[setting]), flush=True)
-        outs = [o for _, o, _ in members]
-        # The single-classifier layout only (models/cnn); a later lock may still carry that
-        # entry beside the per-classifier ones, so the predictions files decide.
-        single = all(len(prediction_files(o)) == 1 and "models/cnn" in o for o in outs)
-        if args.tta and not single:
-            print(f"{setting}: --tta reads single-classifier experiments only; skipped")
-        if args.tta and single:
-            models = [model_folder(args.repo, o["models/cnn"]) for o in outs]
-            for variant, (flip, translate) in TTA.items():
-                variant_pairs = [
-                    tta_pairs(m, args.prepared, flip, translate, n)
-                    for m, n in zip(models, names, strict=True)
-                ]
-                key = f"{setting}, TTA {variant}"
-                results[key] = {"classifiers": names, **figures(variant_pairs)}
-                print(key, json.dumps(results[key]), flush=True)
+        if not args.tta:
+            continue
+        if any(m is None for _, m, _ in members):
+            print(f"{setting}: --tta needs every classifier's model folder; skipped")
+            continue
+        models = [model_folder(args.repo, m) for _, m, _ in members]
+        for variant, (flip, translate) in TTA.items():
+            variant_pairs = [
+                tta_pairs(m, args.prepared, flip, translate, n)
+                for m, n in zip(models, names, strict=True)
+            ]
+            key = f"{setting}, TTA {variant}"
+            results[key] = {"classifiers": names, **figures(variant_pairs)}
+            print(key, json.dumps(results[key]), flush=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(
         "\n| setting | test accuracy | agreement (jax / gensim) | Spearman vs confusion | "
