@@ -2,8 +2,8 @@
 train.bias_lr_scale: each does what it says on planted inputs, is on by default and can be
 turned off, and a whitened model saves and loads back whole. train.lookahead and
 train.alternate_flip: each does what it says, is off by default, and a model saved with them
-off holds the same config as before they existed. train.optimizer: muon: the filters take
-orthogonalised steps at a fixed norm, the rest the same SGD."""
+off holds the same config as before they existed. train.optimizer: muon (the default): the
+filters take orthogonalised steps at a fixed norm, the rest the same SGD."""
 
 from __future__ import annotations
 
@@ -198,20 +198,23 @@ def test_muon_steps_the_filters_orthogonally_at_a_fixed_norm_and_the_rest_by_sgd
     # times the peak learning rate (the step after the one-step warm-up).
     s = np.linalg.svd(np.asarray(step) / 0.1, compute_uv=False)
     assert s.min() > 0.5 and s.max() < 1.3, s
-    assert SCHEMA["optimizer"].default == "sgd"
+    assert SCHEMA["optimizer"].default == "muon"
 
 
 def test_saved_run_config_holds_the_new_keys_only_when_set():
+    """A model trained as before these keys existed (SGD, no lookahead, random flips) saves
+    the config it saved then; any other setting is saved and read back."""
     assert SCHEMA["lookahead"].default is False and SCHEMA["alternate_flip"].default is False
-    plain, levers = tiny_run(4), tiny_run(4, lookahead=True, alternate_flip=True)
-    assert not {"lookahead", "alternate_flip", "optimizer", "muon_lr"} & set(
+    plain = tiny_run(4, optimizer="sgd")
+    assert not {"lookahead", "alternate_flip", "optimizer", "muon_lr", "muon_momentum"} & set(
         plain.to_dict()["train"]
     )
+    levers = tiny_run(4, lookahead=True, alternate_flip=True)
     assert levers.to_dict()["train"]["lookahead"] is True
     muon = tiny_run(4, optimizer="muon", muon_lr=0.1)
     assert muon.to_dict()["train"]["optimizer"] == "muon"
-    assert RunConfig.from_dict(muon.to_dict()) == muon
-    for run in (plain, levers):
+    assert muon.to_dict()["train"]["muon_lr"] == 0.1
+    for run in (plain, levers, muon, tiny_run(4)):
         assert RunConfig.from_dict(run.to_dict()) == run
 
 

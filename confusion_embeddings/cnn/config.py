@@ -87,7 +87,7 @@ _SAVED_ONLY_IF_SET: dict[str, Any] = {
     "lookahead": False,
     "alternate_flip": False,
     "optimizer": "sgd",
-    "muon_lr": 0.24,
+    "muon_lr": 0.12,
     "muon_momentum": 0.6,
 }
 

@@ -21,7 +21,7 @@ def _class_names(v: list) -> str | None:
 
 SCHEMA = {
     # The fewest epochs that keep every classifier above the accuracy floor (docs/recipe.md).
-    "epochs": Param(int, 12, at_least(1)),
+    "epochs": Param(int, 7, at_least(1)),
     "batch_size": Param(int, 512, at_least(1)),
     "lr": Param(float, 0.2, above(0)),  # peak learning rate, per mean loss over a batch
     "momentum": Param(float, 0.9, in_range(0.0, 0.999)),
@@ -58,8 +58,8 @@ SCHEMA = {
     # sgd: every parameter under Nesterov SGD; muon: the convolution filters under airbench's
     # Muon instead (momentum muon_momentum, orthogonalised steps of muon_lr on filters kept
     # at a fixed norm, the same warm-up and decay), the rest under the SGD above.
-    "optimizer": Param(str, "sgd", one_of("sgd", "muon")),
-    "muon_lr": Param(float, 0.24, above(0)),
+    "optimizer": Param(str, "muon", one_of("sgd", "muon")),
+    "muon_lr": Param(float, 0.12, above(0)),
     "muon_momentum": Param(float, 0.6, in_range(0.0, 0.999)),
     "conv_impl": Param(str, "auto", one_of(*IMPLS)),
     # bf16 where the CPU has it, f32 with a warning elsewhere (docs/design/bf16.md).
