@@ -221,7 +221,12 @@ def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monk
         ("pairs", "top_k", 0, ["'pairs.top_k' = 0 is out of range; expected a number >= 1"]),
         # The classifier's seed was train.seed before `classifiers.seeds`: a params.yaml
         # that still holds it is refused by name, not silently ignored.
-        ("train", "seed", 0, ["unknown key 'train.seed'", "valid keys: alternate_flip, batch_size"]),
+        (
+            "train",
+            "seed",
+            0,
+            ["unknown key 'train.seed'", "valid keys: alternate_flip, batch_size"],
+        ),
         (
             "train",
             "crossfit_folds",
