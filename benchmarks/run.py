@@ -19,8 +19,12 @@ repetition.
   pipeline uses (`train.cpu_devices`; the figure on a single device is reported beside it)
   vs the same network in
   PyTorch (benchmarks/torch_reference.py) in its faster memory layout (channels_last or
-  contiguous, whichever measures faster here); train_ratio_vs_torch = JAX / PyTorch. The
-  JAX step with its fused augmentation is reported too.
+  contiguous, whichever measures faster here); train_ratio_vs_torch = JAX / PyTorch. Both
+  steps update every parameter by SGD, so that they do the same work; the default
+  optimizer's step where it is not SGD (`train.optimizer: muon`: Newton-Schulz iterations
+  on the filters' updates on top) is train_images_per_s_jax_default_optimizer, and
+  train_ratio_default_optimizer_vs_sgd its speed against the SGD step. The JAX step with its
+  fused augmentation is reported too.
 - train_fraction_of_peak: the JAX step's achieved GFLOP/s (3x the forward FLOPs of
   cnn/network.py:count_flops: every tap of every 3x3 window, padding included, whatever
   an implementation skips) over peak_gflops.
@@ -472,17 +476,27 @@ def network(b: Bench) -> dict:
     }
 
 
+def _with_sgd(run: RunConfig | None) -> RunConfig | None:
+    """The run with every parameter under SGD (train.optimizer: sgd), as PyTorch's step."""
+    if run is None:
+        return None
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, optimizer="sgd"))
+
+
 def train_measures(b: Bench) -> dict:
     """The peak matmul and every train step, each a function returning its figure."""
     p, cfg, batch, labels, reps = b.params, b.cfg, b.batch, b.labels, b.reps
+    # Against PyTorch's SGD step, JAX's SGD step: the same work. The default optimizer's
+    # step (Muon's orthogonalisation on top) is measured beside it, against that SGD step.
+    sgd, sgd_bf16 = _with_sgd(b.run), _with_sgd(b.run_bf16)
     measures = {
         "peak_gflops": lambda: peak_gflops(reps),
-        "train_images_per_s_jax": lambda: jax_train(b.run, batch, labels, reps, False),
+        "train_images_per_s_jax": lambda: jax_train(sgd, batch, labels, reps, False),
         "train_images_per_s_jax_with_augmentation": lambda: jax_train(
-            b.run, batch, labels, reps, True
+            sgd, batch, labels, reps, True
         ),
         "train_images_per_s_jax_one_device": lambda: jax_train(
-            b.run, batch, labels, reps, False, n_devices=1
+            sgd, batch, labels, reps, False, n_devices=1
         ),
         "train_images_per_s_torch_channels_last": lambda: torch_train(
             p, cfg, batch, labels, reps, channels_last=True
@@ -491,9 +505,13 @@ def train_measures(b: Bench) -> dict:
             p, cfg, batch, labels, reps, channels_last=False
         ),
     }
-    if b.run_bf16 is not None:
+    if b.run.train.optimizer != "sgd":
+        measures["train_images_per_s_jax_default_optimizer"] = lambda: jax_train(
+            b.run, batch, labels, reps, False
+        )
+    if sgd_bf16 is not None:
         measures["train_images_per_s_jax_bf16"] = lambda: jax_train(
-            b.run_bf16, batch, labels, reps, False
+            sgd_bf16, batch, labels, reps, False
         )
         measures["train_images_per_s_torch_bf16_channels_last"] = lambda: torch_train(
             p, cfg, batch, labels, reps, channels_last=True, bf16=True
@@ -511,6 +529,10 @@ def measure_train(b: Bench) -> dict:
         "train_images_per_s_jax",
         ("train_images_per_s_torch_channels_last", "train_images_per_s_torch_contiguous"),
     )
+    if "train_images_per_s_jax_default_optimizer" in train:
+        res["train_ratio_default_optimizer_vs_sgd"] = ratio_over_rounds(
+            train, "train_images_per_s_jax_default_optimizer", ("train_images_per_s_jax",)
+        )
     if b.run_bf16 is not None:
         res["train_ratio_bf16_vs_f32"] = ratio_over_rounds(
             train, "train_images_per_s_jax_bf16", ("train_images_per_s_jax",)
