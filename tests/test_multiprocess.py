@@ -7,7 +7,7 @@ dataset, against one process with two CPU devices (`train.cpu_devices: 2`): the 
 device count, so the same computation.
 
 * With XLA's convolutions the model, metrics and predictions are byte-identical.
-* With oneDNN's they agree to ONEDNN_ATOL, not to the bit: each oneDNN call runs on
+* With oneDNN's they agree to ONEDNN_ATOL under SGD, not to the bit: each oneDNN call runs on
   cores // local devices threads (cnn/onednn.py), 1 in one process with two devices, 2 in
   each of two processes, and its weight gradient sums its partial results over its threads.
 * Only process 0 writes: process 1 is given other output paths, which stay empty.
@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 EPOCHS = 6  # long enough to kill a process between its first checkpoint and its end
 PEER_TIMEOUT = 10  # params hosts.peer_timeout: the killed run's peer must stop within it...
 EXIT_BOUND = 3 * PEER_TIMEOUT  # ... and, with the slack of a loaded machine, within this
-ONEDNN_ATOL = 1e-6  # measured after 3 epochs of this network: 2.4e-7 at most (weights up to 3.2)
+ONEDNN_ATOL = 1e-6  # measured under SGD after 6 epochs of this network: 4.2e-7 at most
 # Process 1's outputs go here: it must write none of them.
 ELSEWHERE = "elsewhere"
 OUTPUTS = ("model", "metrics", "timings", "live")
@@ -60,9 +60,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_project(folder: Path, conv_impl: str) -> Path:
+def make_project(folder: Path, conv_impl: str, optimizer: str = "muon") -> Path:
     params = default_params()
-    params["train"].update(TINY_TRAIN, epochs=EPOCHS, conv_impl=conv_impl, precision="f32")
+    params["train"].update(
+        TINY_TRAIN, epochs=EPOCHS, conv_impl=conv_impl, precision="f32", optimizer=optimizer
+    )
     params["hosts"]["peer_timeout"] = PEER_TIMEOUT
     scratch_project(folder, params)
     make_prepared(folder / "data" / "prepared", num_classes=4, train=64, test=16)
@@ -151,12 +153,12 @@ def weights(folder: Path) -> list[np.ndarray]:
     return jax.tree.leaves(serialization.msgpack_restore(blob))
 
 
-def train_both(tmp: Path, conv_impl: str) -> tuple[Path, Path, list]:
+def train_both(tmp: Path, conv_impl: str, optimizer: str = "muon") -> tuple[Path, Path, list]:
     """Train on the same tiny project twice: one process with two devices, two processes
     with one each; (the first's folder, the second's, the two processes' results)."""
-    one = make_project(tmp / "one", conv_impl)
+    one = make_project(tmp / "one", conv_impl, optimizer)
     set_cpu_devices(one, 2)
-    two = make_project(tmp / "two", conv_impl)
+    two = make_project(tmp / "two", conv_impl, optimizer)
     set_cpu_devices(two, 1)
     assert_ok([run_alone(one, "train@0")])
     results = run_job(two, "train@0")
@@ -183,7 +185,12 @@ def test_two_processes_train_as_one_process_with_two_devices(trained):
 
 @pytest.mark.skipif(not onednn.available(), reason="oneDNN runs on x86-64 Linux CPUs only")
 def test_with_onednn_two_processes_train_as_one_within_its_rounding(tmp_path):
-    one, two, _ = train_both(tmp_path, "onednn")
+    # Under SGD, so that the kernel's rounding reaches the weights unmagnified: Muon (the
+    # default) maps each filter gradient to its orthogonal factor, which scales the near-zero
+    # singular directions of these tiny gradients up to unit size, and with them the rounding
+    # (measured: 1.5e-2 apart after these 24 steps, against 4.2e-7 under SGD). That the
+    # distributed run computes Muon's step itself is the byte-identical XLA test's job.
+    one, two, _ = train_both(tmp_path, "onednn", optimizer="sgd")
     a, b = weights(one), weights(two)
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
