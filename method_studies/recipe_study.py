@@ -16,7 +16,7 @@ setting it reports, as evaluate computes them:
   - secondary_vs_confusion: what the 2nd and 3rd guesses alone say (evaluation/scores.py).
 With --tta, every classifier of the settings (one per experiment, or the `seed_<s>` of one)
 is also run again from its saved weights with test-time augmentation off (1 view), flip only
-(2) and flip + translate (6), the same figures per variant.
+(2) and flip + translate (6), the same figures per variant (--views picks some of them).
 
 Writes method_studies/recipe_study.json (or --out) and prints a markdown table.
 """
@@ -197,6 +197,13 @@ def main() -> None:
     ap.add_argument("--experiments", nargs="+", required=True)
     ap.add_argument("--tta", action="store_true", help="also rerun predict with TTA variants")
     ap.add_argument("--prepared", type=Path, help="the prepared data (for --tta)")
+    ap.add_argument(
+        "--views",
+        nargs="+",
+        choices=list(TTA),
+        default=list(TTA),
+        help="the TTA variants --tta reruns (default: all)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "method_studies" / "recipe_study.json")
     args = ap.parse_args()
     refs = experiment_refs(args.repo)
@@ -223,7 +230,8 @@ def main() -> None:
             print(f"{setting}: --tta needs every classifier's model folder; skipped")
             continue
         models = [model_folder(args.repo, m) for _, m, _ in members]
-        for variant, (flip, translate) in TTA.items():
+        for variant in args.views:
+            flip, translate = TTA[variant]
             variant_pairs = [
                 tta_pairs(m, args.prepared, flip, translate, n)
                 for m, n in zip(models, names, strict=True)
