@@ -60,11 +60,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_project(folder: Path, conv_impl: str, optimizer: str = "muon") -> Path:
+def make_project(folder: Path, conv_impl: str, optimizer: str | None = None) -> Path:
+    """A tiny project on params.yaml's train recipe, or on `optimizer` where one is named."""
     params = default_params()
-    params["train"].update(
-        TINY_TRAIN, epochs=EPOCHS, conv_impl=conv_impl, precision="f32", optimizer=optimizer
-    )
+    params["train"].update(TINY_TRAIN, epochs=EPOCHS, conv_impl=conv_impl, precision="f32")
+    if optimizer is not None:
+        params["train"]["optimizer"] = optimizer
     params["hosts"]["peer_timeout"] = PEER_TIMEOUT
     scratch_project(folder, params)
     make_prepared(folder / "data" / "prepared", num_classes=4, train=64, test=16)
@@ -153,7 +154,7 @@ def weights(folder: Path) -> list[np.ndarray]:
     return jax.tree.leaves(serialization.msgpack_restore(blob))
 
 
-def train_both(tmp: Path, conv_impl: str, optimizer: str = "muon") -> tuple[Path, Path, list]:
+def train_both(tmp: Path, conv_impl: str, optimizer: str | None = None) -> tuple[Path, Path, list]:
     """Train on the same tiny project twice: one process with two devices, two processes
     with one each; (the first's folder, the second's, the two processes' results)."""
     one = make_project(tmp / "one", conv_impl, optimizer)
