@@ -30,6 +30,7 @@ from confusion_embeddings.cnn.training import (
     lookahead_finish,
     lookahead_sync,
     make_optimizer,
+    muon_flops_per_step,
     patch_whitening,
     train_and_evaluate,
 )
@@ -199,6 +200,28 @@ def test_muon_steps_the_filters_orthogonally_at_a_fixed_norm_and_the_rest_by_sgd
     s = np.linalg.svd(np.asarray(step) / 0.1, compute_uv=False)
     assert s.min() > 0.5 and s.max() < 1.3, s
     assert SCHEMA["optimizer"].default == "muon"
+
+
+def test_muon_flops_per_step_counts_what_xla_compiles_for_the_filters():
+    # The default network's seven filter banks and a head (2-D, SGD's: not counted). XLA's
+    # cost analysis of the compiled orthogonalisation adds the elementwise work (momentum,
+    # norms) to the matrix products the count is made of: a few per cent at most.
+    shapes = [(3, 3, 12, 32), (3, 3, 32, 64), (3, 3, 64, 64), (3, 3, 64, 128)]
+    shapes += [(3, 3, 128, 128), (3, 3, 128, 256), (3, 3, 256, 256)]
+    filters = {f"conv{i}": jnp.ones(s, jnp.float32) for i, s in enumerate(shapes)}
+    counted = muon_flops_per_step({**filters, "head": jnp.ones((256, 10))})
+    assert counted == muon_flops_per_step(filters)
+    # The stem by hand: a 108 x 32 matrix, m = 32, five iterations of 4m^2n + 2m^3.
+    assert muon_flops_per_step({"stem": filters["conv0"]}) == 5 * (4 * 32**2 * 108 + 2 * 32**3)
+    muon_only = optax.contrib.scale_by_muon(
+        ns_steps=training.NS_STEPS,
+        weight_dimension_numbers=lambda t: jax.tree.map(lambda _: training._FILTER_DIMS, t),
+    )
+    state = muon_only.init(filters)
+    cost = jax.jit(lambda g, s: muon_only.update(g, s, filters)).lower(filters, state)
+    analysis = cost.compile().cost_analysis()
+    xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    assert counted <= xla <= 1.03 * counted
 
 
 def test_saved_run_config_holds_the_new_keys_only_when_set():

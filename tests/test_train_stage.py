@@ -17,7 +17,7 @@ from confusion_embeddings import host
 from confusion_embeddings.cnn.checkpoint import load_model, read_config
 from confusion_embeddings.cnn.inference import make_inference_fn
 from confusion_embeddings.cnn.network import count_flops
-from confusion_embeddings.cnn.training import train_and_evaluate
+from confusion_embeddings.cnn.training import muon_flops_per_step, train_and_evaluate
 from confusion_embeddings.core.cli import run_main
 from confusion_embeddings.core.errors import PipelineError
 from confusion_embeddings.data.prepared import load_prepared
@@ -54,6 +54,7 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
         "train_accuracy",
         "train_loss",
         "train_pflops",
+        "optimizer_pflops",
         "conv_impl_used",
         "precision_used",
         "backend",
@@ -85,6 +86,10 @@ def test_smoke_one_epoch(tmp_path, monkeypatch):
     pictures = len(data.splits["train"].labels) // 16 * 16
     per_image = 3 * count_flops(model.run.model, data.image_hw)
     assert m["train_pflops"] == pytest.approx(per_image * pictures / 1e15, rel=1e-3)
+    # Beside it, the optimizer's own compute: Muon's iterations once a step (the default).
+    assert model.run.train.optimizer == "muon"
+    muon = muon_flops_per_step(model.params) * (pictures // 16)
+    assert m["optimizer_pflops"] == pytest.approx(muon / 1e15, rel=1e-3) and muon > 0
     # The headline figures are the saved model's: its test accuracy, recomputed from the
     # model with the saved test-time augmentation and without, and the last epoch's curve.
     test = load_prepared(project / OPTIONS["--prepared"], ["test"]).splits["test"]

@@ -29,7 +29,7 @@ from confusion_embeddings.cnn.config import RunConfig, check_seed
 from confusion_embeddings.cnn.inference import predict_splits
 from confusion_embeddings.cnn.network import count_flops
 from confusion_embeddings.cnn.resume import Resume, fingerprint
-from confusion_embeddings.cnn.training import Trained, train_and_evaluate
+from confusion_embeddings.cnn.training import Trained, muon_flops_per_step, train_and_evaluate
 from confusion_embeddings.config.hosts import HOSTS
 from confusion_embeddings.config.predict import SCHEMA as PREDICT_SCHEMA
 from confusion_embeddings.config.train import SCHEMA
@@ -111,14 +111,19 @@ def _skip(record: dict[str, float]) -> None:
 
 def _train_metrics(run: RunConfig, trained: Trained, flops_per_image: int) -> dict[str, Any]:
     """The headline figures; `train_pflops` (training FLOPs per picture x pictures through
-    the train step) compares recipes by compute on any CPU, where seconds do not."""
+    the train step) compares recipes by compute on any CPU, where seconds do not;
+    `optimizer_pflops` adds what the optimizer computes beside the network (Muon's
+    Newton-Schulz iterations, once a step; 0 under SGD, whose update is elementwise)."""
     last = trained.history[-1]
+    steps = trained.images_trained // run.train.batch_size
+    per_step = muon_flops_per_step(trained.state["params"]) if run.train.optimizer == "muon" else 0
     return {
         "test_accuracy": round(trained.test_accuracy, 6),
         "test_accuracy_no_tta": last["test/accuracy"],
         "train_accuracy": last["train/accuracy"],
         "train_loss": last["train/loss"],
         "train_pflops": float(f"{flops_per_image * trained.images_trained / 1e15:.4g}"),
+        "optimizer_pflops": float(f"{per_step * steps / 1e15:.4g}"),
         "conv_impl_used": run.conv_impl,
         "precision_used": run.precision,
         "backend": jax.default_backend(),

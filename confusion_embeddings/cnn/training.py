@@ -140,6 +140,28 @@ def _sgd(t: TrainParams, steps: int) -> optax.GradientTransformation:
 
 # A conv kernel is [kh, kw, cin, cout]: Muon orthogonalises it as a (kh*kw*cin, cout) matrix.
 _FILTER_DIMS = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+# Newton-Schulz iterations of each orthogonalisation (optax's default, named here so that
+# the optimizer and muon_flops_per_step count the same ones).
+NS_STEPS = 5
+
+
+def _is_filter(a) -> bool:
+    """The parameters Muon takes under `optimizer: muon`: the convolution kernels."""
+    return a.ndim == 4
+
+
+def muon_flops_per_step(params) -> int:
+    """FLOPs of one Muon step's orthogonalisation, over the filter banks in `params` (any
+    tree of arrays or shapes-with-ndim). Each kernel is an m x n matrix, m the smaller side
+    (optax transposes it so), and one Newton-Schulz iteration costs 4m^2n + 2m^3: X X^T,
+    its square, and the product with X. The network's own FLOPs (count_flops) leave this out."""
+    flops = 0
+    for a in jax.tree.leaves(params):
+        if _is_filter(a):
+            rows, cols = int(np.prod(a.shape[:3])), int(a.shape[3])
+            m, n = min(rows, cols), max(rows, cols)
+            flops += NS_STEPS * (4 * m * m * n + 2 * m**3)
+    return flops
 
 
 def _fixed_norm() -> optax.GradientTransformation:
@@ -160,6 +182,7 @@ def _fixed_norm() -> optax.GradientTransformation:
 def _muon_filters(t: TrainParams, steps: int) -> optax.GradientTransformation:
     return optax.chain(
         optax.contrib.scale_by_muon(
+            ns_steps=NS_STEPS,
             beta=t.muon_momentum,
             nesterov=t.nesterov,
             weight_dimension_numbers=lambda tree: jax.tree.map(lambda _: _FILTER_DIMS, tree),
@@ -179,7 +202,7 @@ def make_optimizer(t: TrainParams, steps: int) -> optax.GradientTransformation:
         return _sgd(t, steps)
 
     def labels(params):
-        return jax.tree.map(lambda a: "muon" if a.ndim == 4 else "sgd", params)
+        return jax.tree.map(lambda a: "muon" if _is_filter(a) else "sgd", params)
 
     return optax.multi_transform({"muon": _muon_filters(t, steps), "sgd": _sgd(t, steps)}, labels)
 
