@@ -202,7 +202,7 @@ def test_every_checked_key_refuses_out_of_range(stage, key, value, project, monk
     [
         # The values the issue names, with the exact text a user sees.
         ("train", "epochs", 0, ["'train.epochs' = 0 is out of range; expected a number >= 1"]),
-        ("train", "epochs", True, ["'train.epochs' = True has the wrong type; expected int"]),
+        ("train", "epochs", True, ["'train.epochs' = True has the wrong type; expected float"]),
         (
             "train",
             "conv_impl",

@@ -15,6 +15,7 @@ from confusion_embeddings.cnn.training import (
     create_train_state,
     make_train_step,
     train_and_evaluate,
+    training_steps,
 )
 from confusion_embeddings.data.prepared import load_prepared
 
@@ -60,6 +61,20 @@ def test_learns_the_synthetic_classes(tmp_path):
     )
     assert trained.test_accuracy >= 0.9, trained.history
     assert [rec["epoch"] for rec in seen] == [1, 2, 3, 4] and seen == trained.history
+
+
+def test_a_fractional_epoch_count_ends_part_way_through_the_last_epoch(tmp_path):
+    assert training_steps(7, 97) == 679 and training_steps(6.5, 97) == 630
+    assert training_steps(1.0, 1) == 1 and training_steps(1.2, 4) == 5
+    prepared = make_prepared(tmp_path / "prepared", train=64, test=16)
+    run = tiny_run(4, epochs=1.5)
+    data = load_prepared(prepared)
+    per_epoch = len(data.splits["train"].labels) // run.train.batch_size
+    trained = train_and_evaluate(data, run, show_progress=False)
+    # One whole epoch, then the first half of the second's order: the half is its own record.
+    assert [rec["epoch"] for rec in trained.history] == [1, 2]
+    assert int(trained.state["step"]) == per_epoch + per_epoch // 2
+    assert trained.images_trained == (per_epoch + per_epoch // 2) * run.train.batch_size
 
 
 @pytest.mark.skipif(

@@ -32,7 +32,7 @@ class TrainParams:
     """params.yaml's `train:` section, validated against SCHEMA (which holds the defaults
     and the reasons); conv_impl and precision as asked for, before resolution."""
 
-    epochs: int
+    epochs: float  # an int in params.yaml unless a fraction of an epoch is asked for
     batch_size: int
     lr: float
     momentum: float

@@ -421,7 +421,8 @@ def train_and_evaluate(
     check_batch_sizes(t, len(train.labels))
     check_geometry(data.image_hw, t)
     steps_per_epoch = len(train.labels) // t.batch_size
-    total_steps = steps_per_epoch * t.epochs
+    total_steps = training_steps(t.epochs, steps_per_epoch)
+    epochs = -(-total_steps // steps_per_epoch)  # the last one a part of an epoch, if any
     norm = pixel_norm(train.images)
 
     with devices.data_parallel() as mesh:  # the mesh the step's convolutions see
@@ -448,9 +449,11 @@ def train_and_evaluate(
         )
         for rec in history:
             on_epoch(rec)
-        for epoch in range(len(history), t.epochs):
+        for epoch in range(len(history), epochs):
             order = np.random.default_rng([run.seed, epoch]).permutation(len(train.labels))
-            desc = f"epoch {epoch + 1}/{t.epochs}"
+            steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+            order = order[: steps * t.batch_size]  # all of it but in a fractional last epoch
+            desc = f"epoch {epoch + 1}/{epochs}"
             flips = None if first_flips is None else first_flips ^ bool(epoch % 2)
             state, loss, acc, seconds = train_epoch(
                 step, state, train, order, t.batch_size, mesh, desc, show_progress, flips
@@ -460,17 +463,24 @@ def train_and_evaluate(
             history.append(_epoch_record(epoch + 1, loss, acc, test_acc))
             print(
                 f"{desc}: loss {loss:.4f} train acc {acc:.4f} test acc {test_acc:.4f} "
-                f"({steps_per_epoch * t.batch_size / seconds:.0f} img/s, {seconds:.0f} s)",
+                f"({steps * t.batch_size / seconds:.0f} img/s, {seconds:.0f} s)",
                 flush=True,
             )
-            if resume is not None and epoch + 1 < t.epochs and host.is_primary():
+            if resume is not None and epoch + 1 < epochs and host.is_primary():
                 resume.save(state, history, train_seconds)
             on_epoch(history[-1])  # after the save: a failing logger loses no epoch
         if t.lookahead:
             state = lookahead_finish(state)
         final_acc = accuracy(infer_tta, state, data.splits["test"], t.eval_batch_size, mesh)
-    images = steps_per_epoch * t.batch_size * t.epochs
+    images = total_steps * t.batch_size
     return Trained(graphdef, state, norm, history, final_acc, train_seconds, images)
+
+
+def training_steps(epochs: float, steps_per_epoch: int) -> int:
+    """The train steps of `epochs` epochs of `steps_per_epoch` full batches each. A fractional
+    count (airbench's 9.9) ends with the first batches of one more epoch's order: the
+    learning-rate schedule spans them all, so the run is a shorter schedule, not a cut one."""
+    return max(1, round(epochs * steps_per_epoch))
 
 
 def _epoch_record(epoch: int, loss: float, acc: float, test_acc: float) -> dict[str, float]:
