@@ -79,20 +79,35 @@ def cached(repo: Path, md5: str) -> Path:
     return cache_dir(repo) / "files" / "md5" / md5[:2] / md5[2:]
 
 
+def _lock(repo: Path, ref: str) -> dict:
+    return yaml.safe_load(_git(repo, "show", f"{ref}:dvc.lock"))
+
+
 def outputs(repo: Path, ref: str) -> dict[str, str]:
     """{output path: md5} of every stage in the experiment's dvc.lock."""
-    lock = yaml.safe_load(_git(repo, "show", f"{ref}:dvc.lock"))
+    lock = _lock(repo, ref)
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
 
 
-def prediction_files(outs: dict[str, str]) -> dict[str, str]:
+def run_predictions(repo: Path, ref: str) -> set[str] | None:
+    """The predictions files of the classifiers the run has (`classifiers.seeds` of its
+    params.yaml; None where it has no such section). DVC keeps a foreach stage's lock
+    entries for seeds a run no longer has (an experiment with `classifiers.seeds: [3, 4, 5]`
+    queued from a run of [0, 1, 2] carries predict@0..2 in its lock too)."""
+    params = yaml.safe_load(_git(repo, "show", f"{ref}:params.yaml"))
+    seeds = (params.get("classifiers") or {}).get("seeds")
+    return None if seeds is None else {f"data/predictions/seed_{s}.npz" for s in seeds}
+
+
+def prediction_files(outs: dict[str, str], used: set[str] | None = None) -> dict[str, str]:
     """{classifier: md5} of an experiment's predictions files: `data/predictions/seed_<s>.npz`
-    per classifier (predict@<s>), or else `data/predictions.npz` (the single-classifier
-    layout of earlier commits, whose entry a later dvc.lock may still carry)."""
+    per classifier (predict@<s>; of those, the ones in `used` where given: run_predictions),
+    or else `data/predictions.npz` (the single-classifier layout of earlier commits, whose
+    entry a later dvc.lock may still carry)."""
     found = {
         path.rsplit("/", 1)[1].removesuffix(".npz"): md5
         for path, md5 in outs.items()
-        if re.fullmatch(r"data/predictions/seed_\d+\.npz", path)
+        if re.fullmatch(r"data/predictions/seed_\d+\.npz", path) and (used is None or path in used)
     }
     if not found and "data/predictions.npz" in outs:
         found = {"predictions": outs["data/predictions.npz"]}
@@ -210,8 +225,9 @@ def main() -> None:
     # setting -> [(classifier name, its model folder's md5 or None, its predictions md5)]
     settings: dict[str, list[tuple[str, str | None, str]]] = defaultdict(list)
     for name in args.experiments:
-        outs = outputs(args.repo, refs.get(name, name))  # an experiment, or any git revision
-        files = prediction_files(outs)
+        rev = refs.get(name, name)  # an experiment, or any git revision
+        outs = outputs(args.repo, rev)
+        files = prediction_files(outs, run_predictions(args.repo, rev))
         for c, md5 in files.items():
             model = outs.get(f"models/cnn/{c}" if c.startswith("seed_") else "models/cnn")
             if len(files) == 1:

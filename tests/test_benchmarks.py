@@ -65,5 +65,23 @@ def test_recipe_study_finds_every_classifiers_predictions_in_a_lock():
     assert prediction_files(several) == {"seed_0": "d", "seed_12": "e"}
     # A single-classifier entry left over in a later lock does not count beside them.
     assert prediction_files({**several, "data/predictions.npz": "b"}) == prediction_files(several)
+    # A lock keeps predict@<s> entries of seeds the run no longer has: its params.yaml's
+    # classifiers.seeds say which classifiers it pooled (recipe_study.run_predictions).
+    used = {"data/predictions/seed_12.npz", "data/prepared"}
+    assert prediction_files(several, used) == {"seed_12": "e"}
     with pytest.raises(SystemExit, match="no predictions file"):
         prediction_files({"data/pairs": "f"})
+
+
+def test_agreement_spread_summarises_every_triple_of_the_pooled_tables():
+    from method_studies.agreement_spread import spread
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(5, 5))
+    base = base + base.T
+    # Three classifiers that rank the class pairs alike and one that ranks them backwards:
+    # the triple without it agrees fully (1), the three with it at (1 - 1 - 1) / 3.
+    tables = np.stack([base, 2 * base, base + 1, -base])
+    s = spread(tables, 3, threshold=0.98)
+    assert s["subsets"] == 4 and s["max"] == 1.0 and s["min"] == round(-1 / 3, 4)
+    assert s["mean"] == 0.0 and s["share_at_least_0.98"] == 0.25
