@@ -24,7 +24,10 @@ repetition.
   optimizer's step where it is not SGD (`train.optimizer: muon`: Newton-Schulz iterations
   on the filters' updates on top) is train_images_per_s_jax_default_optimizer, and
   train_ratio_default_optimizer_vs_sgd its speed against the SGD step. The JAX step with its
-  fused augmentation is reported too.
+  fused augmentation is reported too, and so is the step the train stage runs
+  (train_images_per_s_jax_pipeline_step: params.yaml's optimizer, augmentation and
+  precision, bf16 where it runs), with train_ratio_pipeline_step_vs_sgd its speed against
+  the SGD step of the same precision: what the optimizer and augmentation cost on this CPU.
 - train_fraction_of_peak: the JAX step's achieved GFLOP/s (3x the forward FLOPs of
   cnn/network.py:count_flops: every tap of every 3x3 window, padding included, whatever
   an implementation skips) over peak_gflops.
@@ -483,6 +486,12 @@ def _with_sgd(run: RunConfig | None) -> RunConfig | None:
     return dataclasses.replace(run, train=dataclasses.replace(run.train, optimizer="sgd"))
 
 
+def _as_pipeline(b: Bench) -> RunConfig:
+    """The run as the train stage trains it: in bf16 where params.yaml asks for it and it
+    runs here, else in float32."""
+    return b.run_bf16 if b.run_bf16 is not None and b.params["precision"] == "bf16" else b.run
+
+
 def train_measures(b: Bench) -> dict:
     """The peak matmul and every train step, each a function returning its figure."""
     p, cfg, batch, labels, reps = b.params, b.cfg, b.batch, b.labels, b.reps
@@ -509,6 +518,9 @@ def train_measures(b: Bench) -> dict:
         measures["train_images_per_s_jax_default_optimizer"] = lambda: jax_train(
             b.run, batch, labels, reps, False
         )
+    measures["train_images_per_s_jax_pipeline_step"] = lambda: jax_train(
+        _as_pipeline(b), batch, labels, reps, True
+    )
     if sgd_bf16 is not None:
         measures["train_images_per_s_jax_bf16"] = lambda: jax_train(
             sgd_bf16, batch, labels, reps, False
@@ -533,6 +545,12 @@ def measure_train(b: Bench) -> dict:
         res["train_ratio_default_optimizer_vs_sgd"] = ratio_over_rounds(
             train, "train_images_per_s_jax_default_optimizer", ("train_images_per_s_jax",)
         )
+    same_precision_sgd = (
+        "train_images_per_s_jax_bf16" if _as_pipeline(b) is b.run_bf16 else "train_images_per_s_jax"
+    )
+    res["train_ratio_pipeline_step_vs_sgd"] = ratio_over_rounds(
+        train, "train_images_per_s_jax_pipeline_step", (same_precision_sgd,)
+    )
     if b.run_bf16 is not None:
         res["train_ratio_bf16_vs_f32"] = ratio_over_rounds(
             train, "train_images_per_s_jax_bf16", ("train_images_per_s_jax",)
