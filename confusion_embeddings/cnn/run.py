@@ -119,7 +119,7 @@ def _train_metrics(run: RunConfig, trained: Trained, flops_per_image: int) -> di
     per_step = muon_flops_per_step(trained.state["params"]) if run.train.optimizer == "muon" else 0
     return {
         "test_accuracy": round(trained.test_accuracy, 6),
-        "test_accuracy_no_tta": last["test/accuracy"],
+        "test_accuracy_no_tta": trained.test_accuracy_one_view,
         "train_accuracy": last["train/accuracy"],
         "train_loss": last["train/loss"],
         "train_pflops": float(f"{flops_per_image * trained.images_trained / 1e15:.4g}"),

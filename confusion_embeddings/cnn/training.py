@@ -399,6 +399,7 @@ class Trained:
     norm: tuple[np.ndarray, np.ndarray]
     history: list[dict[str, float]]
     test_accuracy: float  # with test-time augmentation, as predict runs the network
+    test_accuracy_one_view: float  # the same network without it
     train_seconds: float  # the epochs alone, summed over resumed runs
     images_trained: int  # pictures through the train step, over every epoch
 
@@ -469,11 +470,16 @@ def train_and_evaluate(
             if resume is not None and epoch + 1 < epochs and host.is_primary():
                 resume.save(state, history, train_seconds)
             on_epoch(history[-1])  # after the save: a failing logger loses no epoch
+        one_view = history[-1]["test/accuracy"]
         if t.lookahead:
+            # The model keeps the slow copy, not the weights the last epoch's curve scored.
             state = lookahead_finish(state)
+            one_view = accuracy(infer_plain, state, data.splits["test"], t.eval_batch_size, mesh)
         final_acc = accuracy(infer_tta, state, data.splits["test"], t.eval_batch_size, mesh)
     images = total_steps * t.batch_size
-    return Trained(graphdef, state, norm, history, final_acc, train_seconds, images)
+    return Trained(
+        graphdef, state, norm, history, final_acc, round(one_view, 6), train_seconds, images
+    )
 
 
 def training_steps(epochs: float, steps_per_epoch: int) -> int:
