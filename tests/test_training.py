@@ -42,7 +42,7 @@ def test_train_step_compiles_once(monkeypatch):
     jit = jax.jit
     with monkeypatch.context() as m:  # the step make_train_step jits, traced at most once
         m.setattr(jax, "jit", lambda fn, **kw: jit(chex.assert_max_traces(fn, n=1), **kw))
-        step = make_train_step(graphdef, tx, (jnp.zeros(3), jnp.ones(3)), run.train)
+        step = make_train_step(graphdef, tx, (jnp.zeros(3), jnp.ones(3)), run.train, 10)
     rng = np.random.default_rng(0)
     for _ in range(4):
         x = rng.integers(0, 255, (16, 16, 16, 3)).astype(np.uint8)
