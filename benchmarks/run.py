@@ -154,8 +154,9 @@ def jax_train(
 ) -> dict:
     t = run.train
     t = dataclasses.replace(t, translate=t.translate if augment else 0, flip=t.flip and augment)
-    graphdef, state, tx = create_train_state(run, total_steps=1000)  # as train does
-    step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), t)
+    steps = 1000  # the schedule's length (and lookahead's, where on): any will do here
+    graphdef, state, tx = create_train_state(run, total_steps=steps)  # as train does
+    step = make_train_step(graphdef, tx, (jnp.full(3, 120.0), jnp.full(3, 60.0)), t, steps)
     with devices.data_parallel(n_devices) as mesh:  # as in the train stage
         box = [jax.device_put(state, devices.replicated(mesh))]
         x, y = jax.device_put((batch, labels), devices.batch_sharded(mesh))

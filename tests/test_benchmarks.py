@@ -85,3 +85,18 @@ def test_agreement_spread_summarises_every_triple_of_the_pooled_tables():
     s = spread(tables, 3, threshold=0.98)
     assert s["subsets"] == 4 and s["max"] == 1.0 and s["min"] == round(-1 / 3, 4)
     assert s["mean"] == 0.0 and s["share_at_least_0.98"] == 0.25
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_the_benchmarks_train_step_runs_the_recipe_it_is_given(lookahead):
+    # make bench once failed at its first step when lookahead became a default: the step
+    # it builds needs the run's length, as the train stage's does.
+    from benchmarks.run import jax_train
+
+    from cnn_helpers import tiny_run
+
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 4, 16).astype(np.int32)
+    fig = jax_train(tiny_run(4, lookahead=lookahead), batch, labels, reps=1, augment=True)
+    assert fig["median"] > 0
