@@ -1,7 +1,9 @@
 """Speed and precision measurements, each beside its results (docs/benchmarks.md).
 
     run.py              `make bench`: train step, inference, bf16, dvc repro, pairs at
-                        ImageNet's size, against PyTorch CPU -> results.json
+                        ImageNet's size, against PyTorch CPU -> results.json (the CPU of
+                        the committed run; results_no_avx512.json: the AMD EPYC without
+                        AVX-512, where the f32 step was checked against PyTorch)
     torch_reference.py  the project's CNN in PyTorch, for run.py's side-by-side figures
     xla_onednn.py       XLA's own oneDNN convolutions against the project's kernel
     onednn_kernels.py   which oneDNN kernels the train step runs on this CPU
