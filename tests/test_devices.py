@@ -26,7 +26,9 @@ def test_data_mesh_over_the_first_devices():
 
 @pytest.mark.slow
 def test_two_fake_devices_agree_with_one(tmp_path):
-    train_project(tmp_path, train=32, test=8)
+    # In f32: what is checked is the sharding, and on a bf16 CPU the default precision's
+    # rounding of the differently ordered sums alone moves the loss by up to ~0.4% in 4 steps.
+    train_project(tmp_path, train=32, test=8, precision="f32")
     for n in (1, 2):
         subprocess.run(
             train_cmd(f"d{n}"),
