@@ -79,13 +79,9 @@ def cached(repo: Path, md5: str) -> Path:
     return cache_dir(repo) / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def _lock(repo: Path, ref: str) -> dict:
-    return yaml.safe_load(_git(repo, "show", f"{ref}:dvc.lock"))
-
-
 def outputs(repo: Path, ref: str) -> dict[str, str]:
     """{output path: md5} of every stage in the experiment's dvc.lock."""
-    lock = _lock(repo, ref)
+    lock = yaml.safe_load(_git(repo, "show", f"{ref}:dvc.lock"))
     return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
 
 
